@@ -1,0 +1,209 @@
+"""Tests of the retraining adapter."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from quantus_roar.data import load_digits_data
+from quantus_roar.exceptions import NotResettableError
+from quantus_roar.models import SmallCNN, SmallResNet
+from quantus_roar.retrain import RetrainJob, TorchRetrainer, fit_score_many
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_data(seed=0)
+
+
+def _tiny_data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    y = (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).long()
+    return x, y
+
+
+def _state_equal(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))
+
+
+def test_load_digits_data_shapes_and_stratification():
+    x_train, y_train, x_test, y_test = load_digits_data(seed=1)
+    assert x_train.shape[1:] == (1, 8, 8) and x_train.dtype == np.float32
+    assert len(x_train) + len(x_test) == 1797 and abs(len(x_test) - 360) <= 1
+    assert 0.0 <= x_train.min() and x_train.max() <= 1.0
+    train_frac = np.bincount(y_train) / len(y_train)
+    test_frac = np.bincount(y_test) / len(y_test)
+    assert np.abs(train_frac - test_frac).max() < 0.01
+
+
+def test_same_seed_same_model_different_seed_different_model():
+    x, y = _tiny_data()
+    r = TorchRetrainer(SmallCNN(), epochs=2)
+    m1, m2, m3 = r.fit(x, y, seed=3), r.fit(x, y, seed=3), r.fit(x, y, seed=4)
+    assert _state_equal(m1, m2)
+    assert not _state_equal(m1, m3)
+    assert r.score(m1, x, y) == r.score(m2, x, y)
+    assert not m1.training
+
+
+def test_global_rng_untouched():
+    x, y = _tiny_data()
+    retrainer = TorchRetrainer(SmallCNN(), epochs=1)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    retrainer.fit(x, y, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_template_unchanged_and_weights_reset():
+    template = SmallCNN()
+    before = copy.deepcopy(template.state_dict())
+    x, y = _tiny_data()
+    model = TorchRetrainer(template, epochs=1).fit(x, y, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in template.state_dict().items())
+    fresh = TorchRetrainer(template).new_model(0)
+    assert not torch.equal(fresh[0].weight, template[0].weight)
+    assert model is not template
+
+
+class _NoReset(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def test_module_without_reset_parameters_is_named():
+    model = nn.Sequential(nn.Flatten(), _NoReset(), nn.Linear(64, 2))
+    with pytest.raises(NotResettableError, match=r"Module '1' \(_NoReset\) has parameters but no "
+                                                 r"reset_parameters\(\).*model_fn="):
+        TorchRetrainer(model)
+    # the documented way out works
+    x, y = _tiny_data()
+    r = TorchRetrainer(model_fn=lambda: nn.Sequential(nn.Flatten(), _NoReset(), nn.Linear(64, 2)),
+                       epochs=1)
+    assert isinstance(r.fit(x, y, seed=0), nn.Module)
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="exactly one of 'model'"):
+        TorchRetrainer()
+    with pytest.raises(ValueError, match=r"exactly one of 'model'.*Got both"):
+        TorchRetrainer(SmallCNN(), model_fn=SmallCNN)
+    with pytest.raises(ValueError, match="'epochs' parameter of TorchRetrainer must be a positive"):
+        TorchRetrainer(SmallCNN(), epochs=0)
+    with pytest.raises(ValueError, match=r"'optimizer' parameter .* one of"):
+        TorchRetrainer(SmallCNN(), optimizer="lbfgs")
+    with pytest.raises(ValueError, match="'validation_split' parameter"):
+        TorchRetrainer(SmallCNN(), validation_split=1.0)
+
+
+def test_ensemble_matches_sequential_after_one_step():
+    x, y = _tiny_data(n=64)
+    jobs = [RetrainJob(x * (1 + 0.1 * s), y, x, y, s) for s in range(4)]
+    # one epoch of one batch = one optimizer step
+    kwargs = {"epochs": 1, "batch_size": 64, "schedule": None, "lr": 1e-2}
+    together = TorchRetrainer(SmallCNN(), ensemble=True, **kwargs).fit_many(jobs)
+    alone = TorchRetrainer(SmallCNN(), ensemble=False, **kwargs).fit_many(jobs)
+    init = TorchRetrainer(SmallCNN()).new_model(0)
+    for a, b in zip(together, alone, strict=True):
+        for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=name)
+    assert not torch.equal(together[0][0].weight, init[0].weight)  # a step was taken
+
+
+def test_ensemble_dropout_is_independent_per_model():
+    def make():
+        return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 2))
+
+    x, y = _tiny_data(n=64)
+    # two jobs with the same seed: identical init and batches, so only dropout differs
+    jobs = [RetrainJob(x, y, x, y, 0), RetrainJob(x, y, x, y, 0)]
+    models = TorchRetrainer(model_fn=make, epochs=1, batch_size=64, ensemble=True).fit_many(jobs)
+    assert not torch.equal(models[0][2].weight, models[1][2].weight)
+
+
+def test_batchnorm_falls_back_and_ensemble_true_raises():
+    x = torch.rand(32, 3, 32, 32)
+    y = torch.randint(0, 10, (32,))
+    r = TorchRetrainer(SmallResNet(width=4), epochs=1, batch_size=16)
+    ok, why = r.batchable()
+    assert not ok and "BatchNorm2d" in why
+    scores = r.fit_score_many([RetrainJob(x, y, x, y, 0), RetrainJob(x, y, x, y, 1)])
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    with pytest.raises(ValueError, match=r"ensemble=True\) cannot train this model.*BatchNorm2d"):
+        TorchRetrainer(SmallResNet(width=4), ensemble=True).fit_score_many(
+            [RetrainJob(x, y, x, y, 0)])
+
+
+def test_validation_split_selects_on_training_data_only():
+    x, y = _tiny_data(n=80)
+    x_test = torch.full((10, 1, 8, 8), float("nan"))  # any use of the test data would show
+    r = TorchRetrainer(SmallCNN(), epochs=2, validation_split=0.25)
+    model = r.fit(x, y, seed=0)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert r.fit_score_many([RetrainJob(x, y, x_test, torch.zeros(10, dtype=torch.long), 0)])
+
+
+class _MeanClassifier:
+    """A user's own retrainer: nearest class mean, no torch training at all."""
+
+    def __init__(self):
+        self.calls = []
+
+    def fit(self, x, y, *, seed):
+        self.calls.append(seed)
+        x = torch.as_tensor(np.asarray(x)).flatten(1)
+        y = torch.as_tensor(np.asarray(y))
+        means = torch.stack([x[y == c].mean(0) for c in range(int(y.max()) + 1)])
+
+        class Model(nn.Module):
+            def forward(self, inp):
+                return -torch.cdist(inp.flatten(1), means)
+
+        return Model()
+
+    def score(self, model, x, y):
+        x = torch.as_tensor(np.asarray(x))
+        return float((model(x).argmax(1) == torch.as_tensor(np.asarray(y))).float().mean())
+
+
+def test_plain_user_retrainer_through_fit_score_many(digits):
+    x_train, y_train, x_test, y_test = digits
+    user = _MeanClassifier()
+    scores = fit_score_many(user, [(x_train, y_train, x_test, y_test, 5),
+                                   (x_train, y_train, x_test, y_test, 6)])
+    assert user.calls == [5, 6]
+    assert scores[0] == scores[1] and 0.85 < scores[0] < 1.0
+    with pytest.raises(TypeError, match=r"fit\(x, y, \*, seed\)"):
+        fit_score_many(object(), [])
+
+
+def test_small_resnet_shapes():
+    assert SmallResNet()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_smallcnn_default_recipe_reaches_97_percent(digits):
+    x_train, y_train, x_test, y_test = digits
+    r = TorchRetrainer(SmallCNN())
+    scores = r.fit_score_many([RetrainJob(x_train, y_train, x_test, y_test, s) for s in range(5)])
+    assert np.mean(scores) >= 0.97, scores
+
+
+@pytest.mark.slow
+def test_ensemble_and_sequential_accuracy_agree_after_training(digits):
+    x_train, y_train, x_test, y_test = digits
+    jobs = [RetrainJob(x_train, y_train, x_test, y_test, s) for s in range(5)]
+    together = TorchRetrainer(SmallCNN(), ensemble=True).fit_score_many(jobs)
+    alone = TorchRetrainer(SmallCNN(), ensemble=False).fit_score_many(jobs)
+    assert abs(np.mean(together) - np.mean(alone)) <= 0.015

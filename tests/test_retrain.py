@@ -142,7 +142,28 @@ def test_batchnorm_falls_back_and_ensemble_true_raises():
     assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
     with pytest.raises(ValueError, match=r"ensemble=True\) cannot train this model.*BatchNorm2d"):
         TorchRetrainer(SmallResNet(width=4), ensemble=True).fit_score_many(
-            [RetrainJob(x, y, x, y, 0)])
+            [RetrainJob(x, y, x, y, 0), RetrainJob(x, y, x, y, 1)])
+
+
+class _ItemModel(nn.Module):
+    """Calls .item() in forward, which vmap cannot batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 2)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * (1.0 + 0.0 * x.mean().item())
+
+
+def test_model_vmap_cannot_run_falls_back():
+    x, y = _tiny_data(n=32)
+    jobs = [RetrainJob(x, y, x, y, 0), RetrainJob(x, y, x, y, 1)]
+    auto = TorchRetrainer(_ItemModel(), epochs=1)
+    assert len(auto.fit_score_many(jobs)) == 2
+    assert auto.batchable()[0] is False and "vmap" in auto.batchable()[1]
+    with pytest.raises(ValueError, match=r"ensemble=True\) cannot train this model.*vmap"):
+        TorchRetrainer(_ItemModel(), epochs=1, ensemble=True).fit_score_many(jobs)
 
 
 def test_validation_split_selects_on_training_data_only():

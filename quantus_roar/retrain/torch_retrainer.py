@@ -214,18 +214,34 @@ class TorchRetrainer(RetrainerBase):
                         module.reset_running_stats()
         return model.to(self.device).train()
 
-    def batchable(self) -> tuple[bool, str]:
-        """Whether the model can be trained in the ensemble path, and if not why."""
-        if self._batchable is None:
-            self._batchable = self._probe_batchable()
+    def batchable(self, x_example: Any = None) -> tuple[bool, str]:
+        """Whether the model can be trained in the ensemble path, and if not why.
+
+        With ``x_example`` (a few training inputs) one vmapped forward and
+        backward pass of two models is tried, so modules that vmap cannot
+        handle are found before training starts.
+        """
+        if self._batchable is None or (x_example is not None and self._batchable[0]):
+            self._batchable = self._probe_batchable(x_example)
         return self._batchable
 
-    def _probe_batchable(self) -> tuple[bool, str]:
+    def _probe_batchable(self, x_example: Any) -> tuple[bool, str]:
         model = self.new_model(0)
         for name, module in model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 return False, (f"module '{name}' ({type(module).__name__}) updates running "
                                "statistics in training mode")
+        if x_example is None:
+            return True, ""
+        x = _to_tensor(x_example, self.device, torch.float32)[:2]
+        params, buffers = stack_module_state([model, self.new_model(1)])
+        base = copy.deepcopy(model).to("meta")
+        try:
+            out = vmap(lambda p, b, xb: functional_call(base, (p, b), (xb,)),
+                       randomness="different")(params, buffers, x.expand(2, *x.shape))
+            out.sum().backward()
+        except Exception as err:  # any failure means: train one at a time
+            return False, f"torch.func.vmap cannot run it ({type(err).__name__}: {err})"
         return True, ""
 
     # ------------------------------------------------------------------ training
@@ -368,7 +384,7 @@ class TorchRetrainer(RetrainerBase):
                  progress: bool = False) -> list[nn.Module]:
         """Train one model per job (its test data is not used); ensemble path when possible."""
         jobs = [RetrainJob(*job) for job in jobs]
-        stacked = self._use_ensemble()
+        stacked = len(jobs) > 1 and self._use_ensemble(jobs[0].x_train)
         out: list[nn.Module | None] = [None] * len(jobs)
         groups = self._groups(jobs) if stacked else [[i] for i in range(len(jobs))]
         bar = tqdm(total=len(jobs), desc="retraining", disable=not progress, leave=False)
@@ -390,10 +406,10 @@ class TorchRetrainer(RetrainerBase):
         return [self.score(model, job.x_test, job.y_test)
                 for model, job in zip(models, jobs, strict=True)]
 
-    def _use_ensemble(self) -> bool:
+    def _use_ensemble(self, x_example: Any) -> bool:
         if self.ensemble is False:
             return False
-        ok, why = self.batchable()
+        ok, why = self.batchable(x_example)
         if not ok and self.ensemble is True:
             raise ValueError(f"TorchRetrainer(ensemble=True) cannot train this model in the "
                              f"ensemble path: {why}. Use ensemble='auto' to fall back to one "

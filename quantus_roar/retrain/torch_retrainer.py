@@ -179,7 +179,8 @@ class TorchRetrainer(RetrainerBase):
         self.device = torch.device(device if device is not None else "cpu")
         if model is not None:
             self._check_resettable(model)
-        self._batchable: tuple[bool, str] | None = None
+        # Probe results per per-sample input shape (None: no input tried).
+        self._batchable: dict[tuple[int, ...] | None, tuple[bool, str]] = {}
 
     # ------------------------------------------------------------------ models
 
@@ -219,11 +220,15 @@ class TorchRetrainer(RetrainerBase):
 
         With ``x_example`` (a few training inputs) one vmapped forward and
         backward pass of two models is tried, so modules that vmap cannot
-        handle are found before training starts.
+        handle are found before training starts; the answer is cached per
+        input shape. Without it, the latest answer is returned.
         """
-        if self._batchable is None or (x_example is not None and self._batchable[0]):
-            self._batchable = self._probe_batchable(x_example)
-        return self._batchable
+        if x_example is None and self._batchable:
+            return next(reversed(self._batchable.values()))  # the latest answer
+        key = None if x_example is None else tuple(np.shape(x_example)[1:])
+        if key not in self._batchable:
+            self._batchable[key] = self._probe_batchable(x_example)
+        return self._batchable[key]
 
     def _probe_batchable(self, x_example: Any) -> tuple[bool, str]:
         model = self.new_model(0)

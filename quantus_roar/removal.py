@@ -44,6 +44,7 @@ from quantus_roar._validation import (
 
 __all__ = [
     "IMPUTERS",
+    "IMPUTER_KWARGS",
     "REDUCES",
     "channel_means",
     "feature_ranks",
@@ -61,6 +62,11 @@ ORDERS: tuple[str, ...] = ("remove_top", "keep_top")
 GRANULARITIES: tuple[str, ...] = ("pixel", "value")
 REDUCES: tuple[str, ...] = ("sum_abs", "sum", "max_abs", "l2")
 IMPUTERS: tuple[str, ...] = ("channel_mean", "zero", "image_mean", "blur", "noisy_linear")
+# Keyword arguments each imputer accepts.
+IMPUTER_KWARGS: dict[str, frozenset[str]] = {
+    "channel_mean": frozenset(), "zero": frozenset(), "image_mean": frozenset(),
+    "blur": frozenset({"sigma"}), "noisy_linear": frozenset({"noise", "tol", "max_iter"}),
+}
 
 # ROAD's neighbour weights: 1/6 for edge neighbours, 1/12 for diagonal ones.
 _ROAD_KERNEL = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
@@ -521,7 +527,7 @@ def impute(
     """
     owner = "impute"
     check_choice(imputer, "imputer", owner, IMPUTERS)
-    allowed = {"blur": {"sigma"}, "noisy_linear": {"noise", "tol", "max_iter"}}.get(imputer, set())
+    allowed = IMPUTER_KWARGS[imputer]
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise TypeError(f"impute(imputer={imputer!r}) got unexpected keyword argument(s) "

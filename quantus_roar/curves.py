@@ -1,0 +1,445 @@
+"""Accuracy against the share of features removed: with retraining and without.
+
+The procedures behind the ROAR / KAR and no-retrain deletion metrics, in plain
+PyTorch (no Quantus import), so that the metrics, the benchmark runner and the
+distributed executors share one implementation.
+
+* :func:`retrain_curve` -- remove features from train *and* test data by the
+  attributions of the original model, train fresh models on every modified
+  training set, report their test accuracy (Hooker et al., 2019).
+* :func:`deletion_curve` -- the same removal, scored with the original model
+  (MoRF / LeRF deletion).
+
+Inputs may be images ``(N, C, H, W)``, time series ``(N, C, T)`` (handled as
+images of height one) or tabular ``(N, F)``; attributions have the shape of
+the inputs or a single channel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from quantus_roar._validation import as_tensor, check_choice, check_finite, check_percentages
+from quantus_roar.removal import (
+    GRANULARITIES,
+    IMPUTERS,
+    ORDERS,
+    REDUCES,
+    channel_means,
+    impute,
+    removal_masks,
+)
+from quantus_roar.retrain.base import RetrainJob, fit_score_many
+
+__all__ = [
+    "deletion_curve",
+    "normalised_auc",
+    "removed_inputs",
+    "retrain_curve",
+    "retrain_seeds",
+    "stratified_split",
+]
+
+
+def retrain_seeds(seed: int, n: int) -> list[int]:
+    """The training seeds of ``n`` retrains for a run seeded with ``seed``.
+
+    Each is drawn from ``numpy.random.SeedSequence(seed, spawn_key=(i,))``, so
+    runs with neighbouring seeds share no training seed, and the first ``k``
+    seeds do not depend on ``n``. The same seeds are used at every
+    percentage (common random numbers), so differences between percentages
+    are not confounded with initialisation.
+    """
+    return [int(np.random.SeedSequence(int(seed), spawn_key=(i,)).generate_state(1)[0])
+            for i in range(int(n))]
+
+
+def stratified_split(
+    y: Any, test_size: float, seed: int, owner: str = "stratified_split"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of the sample indices keeping every class in both parts.
+
+    Class ``c`` with ``n_c`` samples puts ``round(test_size * n_c)`` of them
+    (at least one, at most ``n_c - 1``) in the test part, chosen by a
+    ``numpy.random.Generator`` seeded with ``seed``.
+
+    Returns
+    -------
+    train_idx, test_idx : numpy.ndarray
+        Sorted int64 indices into ``y``.
+
+    Raises
+    ------
+    ValueError
+        If ``test_size`` is not in (0, 1) or a class has fewer than two samples.
+    """
+    if not 0.0 < float(test_size) < 1.0:
+        raise ValueError(f"The 'test_size' parameter of {owner} must be in (0, 1). Got "
+                         f"{test_size!r} instead.")
+    y_np = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y).astype(np.int64).ravel()
+    classes, counts = np.unique(y_np, return_counts=True)
+    small = classes[counts < 2]
+    if small.size:
+        raise ValueError(
+            f"{owner} needs at least 2 samples of every class for a stratified train/test split. "
+            f"Class(es) {small.tolist()} have fewer. Pass more samples, or an explicit test set "
+            "with x_test, y_test."
+        )
+    rng = np.random.default_rng(int(seed))
+    test = []
+    for c, n_c in zip(classes, counts, strict=True):
+        idx = np.flatnonzero(y_np == c)
+        k = min(max(1, round(float(test_size) * n_c)), n_c - 1)
+        test.append(rng.permutation(idx)[:k])
+    test_idx = np.sort(np.concatenate(test))
+    train_mask = np.ones(y_np.size, dtype=bool)
+    train_mask[test_idx] = False
+    return np.flatnonzero(train_mask), test_idx
+
+
+def normalised_auc(percentages: Sequence[float], values: Sequence[float]) -> float:
+    """Trapezoidal area under ``values`` over ``percentages``, divided by their span.
+
+    The result is in the units of ``values`` (an average accuracy over the
+    removal range), so curves over different percentage grids compare.
+    """
+    p = np.asarray(percentages, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(p)
+    p, v = p[order], v[order]
+    if p.size < 2 or p[-1] == p[0]:
+        return float(v.mean())
+    return float(np.sum((p[1:] - p[:-1]) * (v[1:] + v[:-1]) / 2.0) / (p[-1] - p[0]))
+
+
+# --------------------------------------------------------------------------- removal
+
+
+def _check_removal_args(order: str, granularity: str, reduce: str, imputer: str,
+                        owner: str) -> None:
+    check_choice(order, "order", owner, ORDERS)
+    check_choice(granularity, "granularity", owner, GRANULARITIES)
+    check_choice(reduce, "reduce", owner, REDUCES)
+    check_choice(imputer, "imputer", owner, IMPUTERS)
+
+
+def _removal_layout(x: torch.Tensor, a: torch.Tensor, owner: str
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of ``x`` and ``a`` in the removal engine's layout (time series as height-1 images)."""
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"{owner} handles inputs of shape (N, F), (N, C, T) or (N, C, H, W). "
+                         f"Got shape {tuple(x.shape)}.")
+    if a.ndim == x.ndim - 1 and x.ndim >= 3:
+        a = a.unsqueeze(1)
+    ok = a.shape[0] == x.shape[0] and a.ndim == x.ndim and a.shape[2:] == x.shape[2:] and (
+        a.shape[1] in (1, x.shape[1]))
+    if not ok:
+        raise ValueError(
+            f"The attributions given to {owner} must have the shape of the inputs "
+            f"{tuple(x.shape)}, or a single channel. Got shape {tuple(a.shape)} instead."
+        )
+    if x.ndim == 3:
+        return x.unsqueeze(2), a.unsqueeze(2)
+    return x, a
+
+
+def removed_inputs(
+    x: torch.Tensor | np.ndarray,
+    a: torch.Tensor | np.ndarray,
+    percentages: float | Iterable[float],
+    *,
+    order: str = "remove_top",
+    granularity: str = "pixel",
+    reduce: str = "sum_abs",
+    imputer: str = "channel_mean",
+    imputer_kwargs: dict | None = None,
+    stats: Any = None,
+    seed: int = 0,
+    sample_ids: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs with features removed at every percentage, and the share removed.
+
+    Parameters
+    ----------
+    x : tensor or array
+        Inputs (N, C, H, W), (N, C, T) or (N, F).
+    a : tensor or array
+        Attributions of the shape of ``x`` or with one channel.
+    percentages, order, granularity, reduce, seed, sample_ids
+        As :func:`quantus_roar.removal.removal_masks`.
+    imputer, imputer_kwargs, stats
+        As :func:`quantus_roar.removal.impute`.
+
+    Returns
+    -------
+    x_removed : torch.Tensor
+        Shape (P, *x.shape), on the device of ``x``.
+    removed_fraction : torch.Tensor
+        Shape (P,): the share of input values actually replaced, per percentage.
+    """
+    owner = "removed_inputs"
+    x_t = as_tensor(x, "x", owner)
+    a_t = as_tensor(a, "a", owner).to(x_t.device)
+    x_r, a_r = _removal_layout(x_t, a_t, owner)
+    masks = removal_masks(a_r, percentages, order=order, granularity=granularity,
+                          reduce=reduce, seed=seed, sample_ids=sample_ids)
+    out = impute(x_r, masks, imputer, stats=stats, seed=seed, sample_ids=sample_ids,
+                 **(imputer_kwargs or {}))
+    n_values = x_r[0].numel() * x_r.shape[0]
+    per_p = masks.reshape(masks.shape[0], masks.shape[1], -1).sum(dim=(1, 2))
+    scale = x_r.shape[1] // masks.shape[2] if masks.ndim == x_r.ndim + 1 else 1
+    fraction = per_p.double() * scale / n_values
+    return out.reshape(out.shape[0], *x_t.shape), fraction
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def _to_channels_first(t: torch.Tensor, ndim: int, channel_last: bool) -> torch.Tensor:
+    """(N, ..., C) -> (N, C, ...) for channel-last inputs and attributions with a channel axis."""
+    return t.movedim(-1, 1) if channel_last and ndim >= 3 and t.ndim == ndim else t
+
+
+def _key(p: float) -> int | float:
+    return int(p) if float(p).is_integer() else float(p)
+
+
+def retrain_curve(
+    retrainer: Any,
+    x_train: Any,
+    y_train: Any,
+    a_train: Any,
+    x_test: Any,
+    y_test: Any,
+    a_test: Any,
+    percentages: float | Iterable[float] = (10, 30, 50, 70, 90),
+    *,
+    order: str = "remove_top",
+    n_retrains: int = 5,
+    granularity: str = "pixel",
+    reduce: str = "sum_abs",
+    imputer: str = "channel_mean",
+    imputer_kwargs: dict | None = None,
+    seed: int = 0,
+    train_ids: Any = None,
+    test_ids: Any = None,
+    channel_last: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Test accuracy of models retrained on data with features removed (ROAR / KAR).
+
+    Train and test inputs are modified with the same rule at every percentage
+    (0 is the unmodified baseline), ``n_retrains`` fresh models are trained per
+    percentage with the seeds :func:`retrain_seeds` gives, and all
+    ``(percentage x seed)`` jobs go to ``retrainer`` in one
+    ``fit_score_many`` call so that a batching retrainer trains them together.
+    ``"channel_mean"`` imputation uses the means of the unmodified training
+    inputs for both splits.
+
+    Parameters
+    ----------
+    retrainer : Retrainer
+        Any object with ``fit``/``score`` (see :mod:`quantus_roar.retrain`).
+    x_train, y_train, a_train, x_test, y_test, a_test : tensor or array
+        Inputs, integer labels and attributions of each split.
+    percentages : float or sequence of float, default (10, 30, 50, 70, 90)
+        Each in (0, 100]: the share removed (``order="remove_top"``) or kept
+        (``"keep_top"``).
+    order : {"remove_top", "keep_top"}
+        ROAR or KAR.
+    n_retrains : int, default 5
+    granularity, reduce, imputer, imputer_kwargs
+        The removal rule (see :func:`removed_inputs`).
+    seed : int, default 0
+        Seeds tie-breaking, imputation noise and the training seeds.
+    train_ids, test_ids : sequence of int, optional
+        Sample ids for tie-breaking and noise (default ``0..N_train-1`` and
+        ``N_train..N_train+N_test-1``).
+    channel_last : bool, default False
+        Inputs (and attributions with a channel axis) are (N, H, W, C) or
+        (N, T, C); the retrainer receives them in that layout.
+    progress : bool, default False
+        Show progress bars.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (percentage, retrain): ``percentage``, ``retrain``,
+        ``seed`` (training seed), ``accuracy``, ``removed_fraction`` (share of
+        input values replaced in train and test together), ``removal_time_s``
+        (masking and imputation of that percentage) and ``retrain_time_s``
+        (the batched retraining wall time divided evenly among its jobs).
+    """
+    owner = "retrain_curve"
+    ps = check_percentages(percentages, owner)
+    _check_removal_args(order, granularity, reduce, imputer, owner)
+    if not isinstance(n_retrains, (int, np.integer)) or n_retrains < 1:
+        raise ValueError(f"The 'n_retrains' parameter of {owner} must be a positive integer. "
+                         f"Got {n_retrains!r} instead.")
+    x_tr = as_tensor(x_train, "x_train", owner)
+    x_te = as_tensor(x_test, "x_test", owner)
+    a_tr = check_finite(as_tensor(a_train, "a_train", owner), "a_train", owner)
+    a_te = check_finite(as_tensor(a_test, "a_test", owner), "a_test", owner)
+    if not x_tr.is_floating_point():
+        x_tr, x_te = x_tr.float(), x_te.float()
+    n_tr, n_te = len(x_tr), len(x_te)
+    if train_ids is None:
+        train_ids = torch.arange(n_tr)
+    if test_ids is None:
+        test_ids = torch.arange(n_tr, n_tr + n_te)
+    nd = x_tr.ndim
+    x_tr_cf = _to_channels_first(x_tr, nd, channel_last)
+    x_te_cf = _to_channels_first(x_te, nd, channel_last)
+    a_tr = _to_channels_first(a_tr, nd, channel_last)
+    a_te = _to_channels_first(a_te, nd, channel_last)
+    stats = None
+    if imputer == "channel_mean":
+        stats = channel_means(x_tr_cf.unsqueeze(2) if nd == 3 else x_tr_cf)
+    seeds = retrain_seeds(seed, n_retrains)
+
+    datasets: list[tuple[float, torch.Tensor, torch.Tensor, float, float]] = [
+        (0.0, x_tr, x_te, 0.0, 0.0)
+    ]
+    kw = dict(order=order, granularity=granularity, reduce=reduce, imputer=imputer,
+              imputer_kwargs=imputer_kwargs, stats=stats, seed=seed)
+    for p in tqdm(ps, desc="removing", disable=not progress, leave=False):
+        start = time.perf_counter()
+        xr_tr, f_tr = removed_inputs(x_tr_cf, a_tr, [p], sample_ids=train_ids, **kw)
+        xr_te, f_te = removed_inputs(x_te_cf, a_te, [p], sample_ids=test_ids, **kw)
+        if channel_last and nd >= 3:
+            xr_tr, xr_te = xr_tr.movedim(2, -1).contiguous(), xr_te.movedim(2, -1).contiguous()
+        fraction = float((f_tr[0] * n_tr + f_te[0] * n_te) / (n_tr + n_te))
+        datasets.append((p, xr_tr[0], xr_te[0], fraction, time.perf_counter() - start))
+
+    jobs = [RetrainJob(xd_tr, y_train, xd_te, y_test, s)
+            for _, xd_tr, xd_te, _, _ in datasets for s in seeds]
+    start = time.perf_counter()
+    scores = fit_score_many(retrainer, jobs, progress=progress)
+    per_job = (time.perf_counter() - start) / len(jobs)
+    if len(scores) != len(jobs):
+        raise RuntimeError(f"The retrainer's fit_score_many returned {len(scores)} scores for "
+                           f"{len(jobs)} jobs; it must return one accuracy per job, in order.")
+    rows = []
+    it = iter(scores)
+    for p, _, _, fraction, t_removal in datasets:
+        for i, s in enumerate(seeds):
+            rows.append({"percentage": _key(p), "retrain": i, "seed": s,
+                         "accuracy": float(next(it)), "removed_fraction": fraction,
+                         "removal_time_s": t_removal, "retrain_time_s": per_job})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def deletion_curve(
+    model: torch.nn.Module,
+    x: Any,
+    y: Any,
+    a: Any,
+    percentages: float | Iterable[float] = (10, 30, 50, 70, 90),
+    *,
+    order: str = "remove_top",
+    granularity: str = "pixel",
+    reduce: str = "sum_abs",
+    imputer: str = "channel_mean",
+    imputer_kwargs: dict | None = None,
+    stats: Any = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    softmax: bool = True,
+    channel_last: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Accuracy of the original model on inputs with features removed (MoRF / LeRF deletion).
+
+    Works through the data in chunks of ``batch_size`` samples; each chunk is
+    modified at every percentage at once and the ``P x batch_size`` modified
+    inputs go through the model together. Chunking does not change the
+    result: tie-breaking and noise depend on each sample's position in ``x``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model, put in ``eval()`` mode for the call (its mode is
+        restored afterwards).
+    x, y, a : tensor or array
+        Inputs, integer labels and attributions.
+    percentages, order, granularity, reduce, imputer, imputer_kwargs, seed
+        The removal rule (see :func:`removed_inputs`).
+    stats : array-like, optional
+        Channel means for ``"channel_mean"``; default the means of ``x``.
+    batch_size : int, default 64
+    device : str or torch.device, optional
+        Default: the device of the model's parameters.
+    softmax : bool, default True
+        Score the true class by its softmax probability (``True``) or by the
+        raw model output (``False``, for models that end in a softmax).
+    channel_last : bool, default False
+        Inputs (and attributions with a channel axis) are (N, H, W, C) or
+        (N, T, C), and so is what the model receives.
+    progress : bool, default False
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per percentage (0 first): ``percentage``, ``accuracy``,
+        ``true_class_score`` (mean over samples), ``removed_fraction``.
+    """
+    owner = "deletion_curve"
+    ps = check_percentages(percentages, owner)
+    _check_removal_args(order, granularity, reduce, imputer, owner)
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else "cpu"
+    device = torch.device(device)
+    x_t = as_tensor(x, "x", owner)
+    if not x_t.is_floating_point():
+        x_t = x_t.float()
+    y_t = as_tensor(y, "y", owner).long()
+    a_t = check_finite(as_tensor(a, "a", owner), "a", owner)
+    nd = x_t.ndim
+    if imputer == "channel_mean" and stats is None:
+        x_cf = _to_channels_first(x_t, nd, channel_last)
+        stats = channel_means(x_cf.unsqueeze(2) if nd == 3 else x_cf)
+    n = len(x_t)
+    n_p = len(ps) + 1
+    correct = torch.zeros(n_p, dtype=torch.float64, device=device)
+    score = torch.zeros(n_p, dtype=torch.float64, device=device)
+    removed = torch.zeros(n_p, dtype=torch.float64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, n, batch_size), desc="deleting", disable=not progress,
+                          leave=False):
+            xb = x_t[start : start + batch_size].to(device)
+            ab = a_t[start : start + batch_size].to(device)
+            yb = y_t[start : start + batch_size].to(device)
+            ids = torch.arange(start, start + len(xb), device=device)
+            xr, frac = removed_inputs(_to_channels_first(xb, nd, channel_last),
+                                      _to_channels_first(ab, nd, channel_last), ps,
+                                      order=order, granularity=granularity, reduce=reduce,
+                                      imputer=imputer, imputer_kwargs=imputer_kwargs,
+                                      stats=stats, seed=seed, sample_ids=ids)
+            if channel_last and nd >= 3:
+                xr = xr.movedim(2, -1)
+            batch = torch.cat([xb[None], xr]).flatten(0, 1)
+            out = model(batch).unflatten(0, (n_p, len(xb)))
+            correct += (out.argmax(-1) == yb).sum(dim=1).double()
+            probs = out.softmax(-1) if softmax else out
+            score += probs.gather(-1, yb.expand(n_p, -1)[..., None])[..., 0].sum(dim=1).double()
+            removed[1:] += frac.to(device) * len(xb)
+    finally:
+        model.train(was_training)
+    return pd.DataFrame({
+        "percentage": [0, *(_key(p) for p in ps)],
+        "accuracy": (correct / n).tolist(),
+        "true_class_score": (score / n).tolist(),
+        "removed_fraction": (removed / n).tolist(),
+    })

@@ -1,0 +1,6 @@
+"""Quantus metrics: thin adapters over :mod:`quantus_roar.curves`."""
+
+from quantus_roar.metrics.deletion import KARNoRetrain, ROARNoRetrain
+from quantus_roar.metrics.roar import KAR, ROAR
+
+__all__ = ["KAR", "ROAR", "KARNoRetrain", "ROARNoRetrain"]

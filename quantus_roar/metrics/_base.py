@@ -1,0 +1,321 @@
+"""Quantus plumbing shared by the removal metrics: arguments, input checks, explanations."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+import pandas as pd
+import quantus
+import torch
+from quantus.helpers.enums import DataType, EvaluationCategory, ModelType
+from tqdm.auto import tqdm
+
+from quantus_roar._validation import check_choice, check_percentages
+from quantus_roar.curves import normalised_auc
+from quantus_roar.exceptions import QuantusRoarWarning
+from quantus_roar.removal import GRANULARITIES, IMPUTER_KWARGS, IMPUTERS, REDUCES
+
+__all__ = [
+    "Inputs", "RemovalMetric", "check_call_kwargs", "check_inputs", "compute_attributions",
+]
+
+
+class Inputs(NamedTuple):
+    """Validated inputs of one metric call (all on CPU, in the caller's layout)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    n_classes: int
+    channel_last: bool
+
+
+def _owner_call(owner: str) -> str:
+    return f"{owner}.__call__"
+
+
+def _to_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    try:
+        arr = np.asarray(value)
+    except Exception as err:  # pragma: no cover - exotic array-likes
+        raise TypeError(f"The '{name}' parameter of {owner} must be array-like. Got "
+                        f"{type(value).__name__} instead.") from err
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
+                                   or arr.dtype == np.bool_):
+        raise TypeError(f"The '{name}' parameter of {owner} must be a numeric array. Got dtype "
+                        f"{arr.dtype} instead.")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _model_device(model: torch.nn.Module, device: Any) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _channel_last(x: torch.Tensor, channel_first: bool | None) -> bool:
+    if x.ndim < 3:
+        return False
+    if isinstance(channel_first, bool):
+        return not channel_first
+    return not quantus.helpers.utils.infer_channel_first(x[:1].numpy())
+
+
+@torch.no_grad()
+def _n_classes(model: torch.nn.Module, x: torch.Tensor, device: torch.device, owner: str) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x[:2].to(device=device, dtype=torch.float32))
+    finally:
+        model.train(was_training)
+    if out.ndim != 2:
+        raise ValueError(f"{owner} needs a classifier returning (N, n_classes) scores. The model "
+                         f"returned shape {tuple(out.shape)} for 2 inputs.")
+    return int(out.shape[1])
+
+
+def check_inputs(
+    model: Any, x: Any, y: Any, owner: str, *, channel_first: bool | None = None,
+    device: Any = None, x_name: str = "x_batch", y_name: str = "y_batch",
+) -> Inputs:
+    """Check the model, inputs and labels of a metric call before any work is done.
+
+    Raises
+    ------
+    TypeError
+        A model that is not a ``torch.nn.Module``, or non-numeric inputs.
+    ValueError
+        Inputs that are not (N, F), (N, C, T) or (N, C, H, W); ``len(y) !=
+        len(x)``; labels that are not integers in [0, n_classes).
+    """
+    call = _owner_call(owner)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"The 'model' parameter of {call} must be a torch.nn.Module (the metric "
+                        f"supports PyTorch models only). Got {type(model).__name__} instead.")
+    x_t = _to_tensor(x, x_name, call)
+    if x_t.ndim not in (2, 3, 4) or x_t.shape[0] == 0:
+        raise ValueError(f"The '{x_name}' parameter of {call} must be a non-empty batch of shape "
+                         f"(N, F), (N, C, T) or (N, C, H, W). Got shape {tuple(x_t.shape)} "
+                         "instead.")
+    if not x_t.is_floating_point():
+        x_t = x_t.float()
+    y_t = _to_tensor(y, y_name, call)
+    if y_t.ndim != 1 or len(y_t) != len(x_t):
+        raise ValueError(f"The '{y_name}' parameter of {call} must hold one label per sample: "
+                         f"shape ({len(x_t)},) for {x_name} of shape {tuple(x_t.shape)}. Got "
+                         f"shape {tuple(y_t.shape)} instead.")
+    if y_t.is_floating_point():
+        if not bool(torch.isfinite(y_t).all()) or not bool((y_t == y_t.round()).all()):
+            bad = y_t[~(torch.isfinite(y_t) & (y_t == y_t.round()))][:5].tolist()
+            raise ValueError(f"The '{y_name}' parameter of {call} must hold integer class labels. "
+                             f"Got non-integer values such as {bad}.")
+    elif y_t.dtype == torch.bool:
+        raise ValueError(f"The '{y_name}' parameter of {call} must hold integer class labels. "
+                         "Got booleans; pass them as integers 0 and 1.")
+    y_t = y_t.long()
+    channel_last = _channel_last(x_t, channel_first)
+    n_classes = _n_classes(model, x_t, _model_device(model, device), call)
+    low, high = int(y_t.min()), int(y_t.max())
+    if low < 0 or high >= n_classes:
+        raise ValueError(f"The '{y_name}' parameter of {call} must hold class labels in "
+                         f"[0, {n_classes}) for a model with {n_classes} outputs. Got labels from "
+                         f"{low} to {high} instead.")
+    return Inputs(x_t, y_t, n_classes, channel_last)
+
+
+def check_call_kwargs(kwargs: dict) -> None:
+    """Reject unknown call arguments the way Quantus does (``custom_batch`` is ignored)."""
+    kwargs.pop("custom_batch", None)
+    quantus.helpers.warn.deprecation_warnings(kwargs)
+    quantus.helpers.warn.check_kwargs(kwargs)
+
+
+def compute_attributions(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, explain_func: Callable | None,
+    explain_func_kwargs: dict | None, batch_size: int, owner: str, *, what: str = "a_batch",
+    progress: bool = False,
+) -> np.ndarray:
+    """Attributions of ``x`` by ``explain_func``, computed in batches of ``batch_size``.
+
+    ``explain_func`` is called with Quantus' convention,
+    ``explain_func(model=model, inputs=x, targets=y, **explain_func_kwargs)``,
+    on numpy arrays.
+    """
+    if explain_func is None:
+        raise ValueError(
+            f"{_owner_call(owner)} needs attributions: pass '{what}', or an 'explain_func' (for "
+            "example explain_func=quantus_roar.explain, explain_func_kwargs={'method': "
+            "'Gradient'}) to compute them."
+        )
+    if not callable(explain_func):
+        raise TypeError(f"The 'explain_func' parameter of {_owner_call(owner)} must be callable. "
+                        f"Got {type(explain_func).__name__} instead.")
+    kwargs = dict(explain_func_kwargs or {})
+    parts = []
+    for start in tqdm(range(0, len(x), batch_size), desc=f"explaining ({what})",
+                      disable=not progress, leave=False):
+        out = explain_func(model=model, inputs=x[start : start + batch_size].numpy(),
+                           targets=y[start : start + batch_size].numpy(), **kwargs)
+        parts.append(out.detach().cpu().numpy() if isinstance(out, torch.Tensor)
+                     else np.asarray(out))
+    return np.concatenate(parts)
+
+
+class RemovalMetric(quantus.Metric):
+    """Arguments, checks and result handling shared by the removal metrics."""
+
+    data_applicability: ClassVar[set[DataType]] = {
+        DataType.IMAGE, DataType.TABULAR, DataType.TIMESERIES}
+    model_applicability: ClassVar[set[ModelType]] = {ModelType.TORCH}
+    evaluation_category: ClassVar[EvaluationCategory] = EvaluationCategory.FAITHFULNESS
+    order: ClassVar[str] = "remove_top"
+
+    def __init__(
+        self,
+        percentages: float | Iterable[float] = (10, 30, 50, 70, 90),
+        *,
+        granularity: str = "pixel",
+        reduce: str = "sum_abs",
+        imputer: str = "channel_mean",
+        imputer_kwargs: dict | None = None,
+        seed: int = 0,
+        abs: bool = False,
+        normalise: bool = False,
+        normalise_func: Callable | None = None,
+        normalise_func_kwargs: dict | None = None,
+        return_aggregate: bool = False,
+        aggregate_func: Callable | None = None,
+        default_plot_func: Callable | None = None,
+        disable_warnings: bool = False,
+        display_progressbar: bool = False,
+        **kwargs: Any,
+    ):
+        owner = type(self).__name__
+        self.percentages = check_percentages(percentages, owner)
+        self.granularity = check_choice(granularity, "granularity", owner, GRANULARITIES)
+        self.reduce = check_choice(reduce, "reduce", owner, REDUCES)
+        self.imputer = check_choice(imputer, "imputer", owner, IMPUTERS)
+        self.imputer_kwargs = dict(imputer_kwargs or {})
+        unknown = sorted(set(self.imputer_kwargs) - IMPUTER_KWARGS[imputer])
+        if unknown:
+            raise ValueError(f"The 'imputer_kwargs' parameter of {owner} has key(s) {unknown} "
+                             f"that imputer={imputer!r} does not accept; it accepts "
+                             f"{sorted(IMPUTER_KWARGS[imputer]) or 'none'}.")
+        if not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"The 'seed' parameter of {owner} must be an int. Got "
+                            f"{type(seed).__name__} instead.")
+        self.seed = int(seed)
+        self.results: pd.DataFrame | None = None
+        super().__init__(
+            abs=abs, normalise=normalise, normalise_func=normalise_func,
+            normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+            aggregate_func=aggregate_func, default_plot_func=default_plot_func,
+            disable_warnings=disable_warnings, display_progressbar=display_progressbar,
+            **kwargs,
+        )
+        # Quantus defaults aggregate_func to np.mean; ours is the normalised AUC.
+        self.aggregate_func = aggregate_func
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def disable_warnings(self) -> bool:
+        """Whether parameter advice is silenced (Quantus' own property also silences it
+        whenever the code is not running on GitHub Actions)."""
+        return self._disable_warnings
+
+    @property
+    def display_progressbar(self) -> bool:
+        """Whether progress bars are shown."""
+        return self._display_progressbar
+
+    def _warn(self, message: str) -> None:
+        if not self._disable_warnings:
+            warnings.warn(message, QuantusRoarWarning, stacklevel=3)
+
+    def _removal_kwargs(self) -> dict[str, Any]:
+        return dict(order=self.order, granularity=self.granularity, reduce=self.reduce,
+                    imputer=self.imputer, imputer_kwargs=self.imputer_kwargs, seed=self.seed)
+
+    def _prepare_attributions(self, a: Any, x: torch.Tensor, owner_name: str,
+                              channel_last: bool) -> torch.Tensor:
+        """Check shape and finiteness of attributions; apply ``normalise`` and ``abs``."""
+        call = _owner_call(type(self).__name__)
+        a_t = _to_tensor(a, owner_name, call).float()
+        shape_ok = a_t.ndim in (x.ndim, x.ndim - 1) and len(a_t) == len(x)
+        if shape_ok and x.ndim >= 3:
+            spatial_x = x.shape[1:-1] if channel_last else x.shape[2:]
+            if a_t.ndim == x.ndim:
+                spatial_a = a_t.shape[1:-1] if channel_last else a_t.shape[2:]
+                chan = a_t.shape[-1] if channel_last else a_t.shape[1]
+                c_x = x.shape[-1] if channel_last else x.shape[1]
+                shape_ok = spatial_a == spatial_x and chan in (1, c_x)
+            else:
+                shape_ok = a_t.shape[1:] == spatial_x
+        elif shape_ok:
+            shape_ok = a_t.shape == x.shape
+        if not shape_ok:
+            raise ValueError(
+                f"The '{owner_name}' parameter of {call} must have the shape of the inputs "
+                f"{tuple(x.shape)}, a single channel, or no channel axis. Got shape "
+                f"{tuple(a_t.shape)} instead."
+            )
+        bad = ~torch.isfinite(a_t)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad.reshape(len(a_t), -1).any(1)).flatten()[:5].tolist()
+            raise ValueError(
+                f"The '{owner_name}' parameter of {call} must be finite. Got {int(bad.sum())} "
+                f"NaN or inf value(s), first in sample(s) {rows}. Check the explanation method "
+                "(e.g. a division by zero in its normalisation)."
+            )
+        if self.normalise:
+            a_t = torch.as_tensor(np.asarray(self.normalise_func(a_t.numpy()), dtype=np.float32))
+        if self.abs:
+            a_t = a_t.abs()
+        return a_t
+
+    def _aggregate(self, curve: dict) -> float:
+        keys = sorted(curve)
+        values = [curve[k] for k in keys]
+        if self.aggregate_func is None:
+            return normalised_auc(keys, values)
+        return float(self.aggregate_func(np.asarray(values)))
+
+    def _finish(self, curve: dict, results: pd.DataFrame) -> Any:
+        self.results = results
+        score: Any = self._aggregate(curve) if self.return_aggregate else curve
+        self.evaluation_scores = score
+        self.all_evaluation_scores.append(score)
+        return score
+
+    def evaluate_batch(self, *args: Any, **kwargs: Any) -> Any:
+        """Not used: the removal metrics evaluate the whole dataset in ``__call__``."""
+        raise NotImplementedError(f"{type(self).__name__} evaluates whole datasets; call the "
+                                  "metric instance instead.")
+
+    def plot(self, plot_func: Callable | None = None, show: bool = True,
+             path_to_save: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Plot the last results (accuracy against percentage) and optionally save them.
+
+        Returns the matplotlib Figure.
+        """
+        import matplotlib.pyplot as plt
+
+        from quantus_roar.plotting import plot_curve
+
+        if self.results is None:
+            raise RuntimeError(f"{type(self).__name__} has no results to plot yet; call the "
+                               "metric first.")
+        func = plot_func or self.default_plot_func or plot_curve
+        fig = func(self.results, *args, label=kwargs.pop("label", self.name), **kwargs)
+        if path_to_save:
+            fig.savefig(path_to_save, dpi=150, bbox_inches="tight")
+        if show:
+            plt.show()
+        return fig

@@ -2,6 +2,7 @@
 
 from quantus_roar.data import load_digits_data, make_synthetic
 from quantus_roar.exceptions import NotResettableError, QuantusRoarWarning
+from quantus_roar.explainers import ESTIMATORS, FunctionalReLUError, explain
 from quantus_roar.metrics import KAR, ROAR, KARNoRetrain, ROARNoRetrain
 from quantus_roar.models import SmallCNN, SmallResNet
 from quantus_roar.removal import channel_means, feature_ranks, impute, removal_counts, removal_masks
@@ -10,8 +11,10 @@ from quantus_roar.retrain import Retrainer, RetrainJob, TorchRetrainer
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ESTIMATORS",
     "KAR",
     "ROAR",
+    "FunctionalReLUError",
     "KARNoRetrain",
     "NotResettableError",
     "QuantusRoarWarning",
@@ -23,6 +26,7 @@ __all__ = [
     "TorchRetrainer",
     "__version__",
     "channel_means",
+    "explain",
     "feature_ranks",
     "impute",
     "load_digits_data",

@@ -1,0 +1,355 @@
+"""The ROAR paper's estimators and controls, as Quantus explain functions.
+
+:func:`explain` computes Gradient, Integrated Gradients, Guided Backprop and
+Input x Gradient (through captum), each plain or wrapped in SmoothGrad,
+SmoothGrad² or VarGrad, and the two controls of Hooker et al. (2019): a
+seeded Random ranking and a Sobel edge filter. It has Quantus' explain_func
+signature::
+
+    quantus_roar.ROAR()(model, x, y, explain_func=quantus_roar.explain,
+                        explain_func_kwargs={"method": "GuidedBackprop_SmoothGrad"})
+
+:data:`ESTIMATORS` names the benchmark's set; each name is also a valid
+``method``. Plain PyTorch and captum, no Quantus import.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from quantus_roar._validation import check_choice
+from quantus_roar.removal import _hash_keys, _mix32
+
+__all__ = [
+    "BASE_METHODS", "CONTROLS", "ESTIMATORS", "NOISE_TYPES", "FunctionalReLUError", "explain",
+    "noisy_inputs",
+]
+
+BASE_METHODS: tuple[str, ...] = ("Gradient", "IntegratedGradients", "GuidedBackprop",
+                                 "InputXGradient")
+CONTROLS: tuple[str, ...] = ("Random", "Sobel")
+NOISE_TYPES: tuple[str, ...] = ("SmoothGrad", "SmoothGradSquared", "VarGrad")
+
+#: The benchmark's estimators: every base method of the ROAR paper plain and
+#: with each noise ensemble, and the two controls. Name -> :func:`explain` kwargs.
+ESTIMATORS: dict[str, dict[str, Any]] = {
+    **{base: {"method": base, "noise": None}
+       for base in ("Gradient", "IntegratedGradients", "GuidedBackprop")},
+    **{f"{base}_{noise}": {"method": base, "noise": noise}
+       for base in ("Gradient", "IntegratedGradients", "GuidedBackprop")
+       for noise in NOISE_TYPES},
+    "Random": {"method": "Random", "noise": None},
+    "Sobel": {"method": "Sobel", "noise": None},
+}
+
+_STREAM_RANDOM = 0x2A4D0F17
+# Integrated Gradients options the other methods ignore, so that one
+# explain_func_kwargs dict can serve every estimator of a benchmark.
+_IG_ONLY = frozenset({"n_steps", "baselines", "internal_batch_size"})
+_RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
+               torch.Tensor.relu_}
+
+
+class FunctionalReLUError(TypeError):
+    """Guided Backprop was asked of a model that applies ReLU as a function."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _content_keys(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit key per sample computed from its values: the same image gets the same key."""
+    bits = x.detach().float().reshape(len(x), -1).contiguous().view(torch.int32).to(torch.int64)
+    pos = _mix32(torch.arange(bits.shape[1], device=x.device, dtype=torch.int64) + 0x9E3779B9)
+    return _mix32((bits & 0xFFFFFFFF) ^ pos).sum(dim=1) & 0xFFFFFFFF
+
+
+class _ReluSpy(TorchFunctionMode):
+    """Records ReLU calls made outside ``nn.ReLU`` modules during one forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+        self.functional = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.inside == 0 and func in _RELU_FUNCS:
+            self.functional += 1
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def _check_relu_modules(model: nn.Module, example: torch.Tensor) -> None:
+    spy = _ReluSpy()
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+
+    def enter(*_: Any) -> None:
+        spy.inside += 1
+
+    def leave(*_: Any) -> None:
+        spy.inside -= 1
+
+    handles = [h for m in relus for h in (m.register_forward_pre_hook(enter),
+                                          m.register_forward_hook(leave))]
+    try:
+        with spy:
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    if spy.functional or not relus:
+        raise FunctionalReLUError(
+            f"GuidedBackprop needs every ReLU of the model as an nn.ReLU module (it overrides "
+            f"their backward pass), but {type(model).__name__} applies ReLU as a function "
+            f"({spy.functional} call(s) of torch.relu / F.relu outside nn.ReLU modules in one "
+            "forward pass). Replace them with nn.ReLU modules, or use another method."
+        )
+
+
+def noisy_inputs(x: torch.Tensor, n_samples: int, stdev: float, seed: int) -> torch.Tensor:
+    """The noisy copies SmoothGrad, SmoothGrad² and VarGrad average over.
+
+    Gaussian noise of std ``stdev * (max - min)`` of each input (the SmoothGrad
+    paper's convention), drawn from a ``torch.Generator`` on the device of
+    ``x`` seeded with ``seed`` and the content of the batch, so the same batch
+    and seed give the same copies, and different batches different noise.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (n_samples, *x.shape).
+    """
+    dims = tuple(range(1, x.ndim))
+    spread = (x.amax(dim=dims, keepdim=True) - x.amin(dim=dims, keepdim=True)) * float(stdev)
+    batch_key = int(_mix32(_content_keys(x).sum() & 0xFFFFFFFF))
+    seed = int(seed)
+    # CPU generators use 32 bits of the seed: fold seed and batch key into them.
+    mixed = _mix32(_mix32((seed & 0xFFFFFFFF) ^ 0x51ED5EED) ^ ((seed >> 32) & 0xFFFFFFFF))
+    gen = torch.Generator(device=x.device).manual_seed(int(_mix32(mixed ^ batch_key)))
+    noise = torch.randn((n_samples, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
+    return x[None] + noise * spread[None]
+
+
+def _sobel(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(gx² + gy²) of each channel plane, borders as scipy.ndimage.sobel (mode 'reflect')."""
+    if x.ndim != 4:
+        raise ValueError("method='Sobel' needs images of shape (N, C, H, W). Got shape "
+                         f"{tuple(x.shape)} instead.")
+    n, c, h, w = x.shape
+    smooth = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
+    diff = torch.tensor([-1.0, 0.0, 1.0], dtype=x.dtype, device=x.device)
+    kx = (smooth[:, None] * diff[None, :])[None, None]  # derivative along width
+    ky = (diff[:, None] * smooth[None, :])[None, None]  # derivative along height
+    planes = F.pad(x.reshape(n * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(planes, kx)
+    gy = F.conv2d(planes, ky)
+    return torch.sqrt(gx * gx + gy * gy).reshape(n, c, h, w)
+
+
+def _random(x: torch.Tensor, seed: int) -> torch.Tensor:
+    keys = _hash_keys(seed, _STREAM_RANDOM, _content_keys(x), x[0].numel())
+    return ((keys.double() + 0.5) / 2.0**32).to(torch.float32).reshape(x.shape)
+
+
+def _base_attribution(model: nn.Module, method: str, kwargs: dict[str, Any]
+                      ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    from captum.attr import GuidedBackprop, InputXGradient, IntegratedGradients, Saliency
+
+    if method != "IntegratedGradients":
+        kwargs = {k: v for k, v in kwargs.items() if k not in _IG_ONLY}
+    cls = {"Gradient": Saliency, "InputXGradient": InputXGradient,
+           "GuidedBackprop": GuidedBackprop, "IntegratedGradients": IntegratedGradients}[method]
+    accepted = set(inspect.signature(cls.attribute).parameters) - {"self", "inputs", "target"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise TypeError(f"explain(method={method!r}) got keyword argument(s) {unknown} that "
+                        f"captum's {cls.__name__}.attribute does not accept.")
+    if method == "Gradient":
+        sal = Saliency(model)
+        return lambda x, t: sal.attribute(x, target=t, abs=False, **kwargs)
+    if method == "InputXGradient":
+        ixg = InputXGradient(model)
+        return lambda x, t: ixg.attribute(x, target=t, **kwargs)
+    if method == "GuidedBackprop":
+        gbp = GuidedBackprop(model)
+        return lambda x, t: gbp.attribute(x, target=t, **kwargs)
+    ig = IntegratedGradients(model)
+    opts = {"n_steps": 25, **kwargs}
+    return lambda x, t: ig.attribute(x, target=t, **opts)
+
+
+# --------------------------------------------------------------------------- public
+
+
+def explain(
+    model: nn.Module,
+    inputs: np.ndarray | torch.Tensor,
+    targets: np.ndarray | torch.Tensor | int,
+    *,
+    method: str = "Gradient",
+    noise: str | None = None,
+    n_samples: int = 15,
+    stdev: float = 0.15,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    reduce_channels: bool = False,
+    **method_kwargs: Any,
+) -> np.ndarray:
+    """Attributions of ``inputs`` for the ``targets`` classes, Quantus explain_func style.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier returning (N, n_classes) scores. Used in ``eval()`` mode
+        for the call (its mode is restored afterwards); never modified.
+    inputs : numpy.ndarray or torch.Tensor
+        Batch of shape (N, ...).
+    targets : array-like of int or int
+        Class explained per input.
+    method : str, default "Gradient"
+        A base method -- ``"Gradient"`` (signed gradient), ``"IntegratedGradients"``
+        (zero, i.e. black, baseline; ``n_steps`` default 25), ``"GuidedBackprop"``,
+        ``"InputXGradient"`` -- a control -- ``"Random"`` (uniform values from a
+        counter-based hash of the seed and the input's content: the same
+        image and seed give the same map in any batch), ``"Sobel"`` (per channel
+        ``sqrt(gx² + gy²)`` of the Sobel derivatives, images only) -- or any
+        name in :data:`ESTIMATORS`, such as ``"IntegratedGradients_VarGrad"``.
+    noise : {None, "SmoothGrad", "SmoothGradSquared", "VarGrad"}
+        Average the base method over ``n_samples`` noisy copies (SmoothGrad),
+        average its square (SmoothGrad²), or take its variance (VarGrad,
+        ``E[a²] - E[a]²``). Not for the controls.
+    n_samples : int, default 15
+    stdev : float, default 0.15
+        Noise std as a fraction of each input's value range (max - min).
+    seed : int, default 0
+        Seeds the noise (with the batch content, see :func:`noisy_inputs`) and
+        the Random control.
+    device : str or torch.device, optional
+        Where to compute; default the model's device.
+    batch_size : int, default 256
+        Inputs (noisy copies included) per attribution call.
+    reduce_channels : bool, default False
+        Sum over the channel axis, returning (N, 1, ...).
+    **method_kwargs
+        Passed to the captum method. The Integrated Gradients options
+        ``n_steps``, ``baselines`` and ``internal_batch_size`` are ignored by
+        the other methods (one kwargs dict serves a whole benchmark); any
+        other keyword the captum method does not accept is an error.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, shaped like ``inputs`` (or with one channel).
+
+    Raises
+    ------
+    ValueError
+        Unknown method or noise type, noise on a control, bad ``n_samples``.
+    FunctionalReLUError
+        ``"GuidedBackprop"`` on a model that applies ReLU as a function.
+
+    References
+    ----------
+    .. [1] Hooker et al., "A Benchmark for Interpretability Methods in Deep
+       Neural Networks", NeurIPS 2019.
+    .. [2] Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017.
+    .. [3] Adebayo et al., "Local Explanation Methods for Deep Neural Networks
+       Lack Sensitivity to Parameter Values", ICLR workshop 2018 (VarGrad).
+    .. [4] Sundararajan et al., "Axiomatic Attribution for Deep Networks",
+       ICML 2017; Springenberg et al., "Striving for Simplicity", ICLR
+       workshop 2015.
+    """
+    owner = "explain"
+    if method in ESTIMATORS and method not in BASE_METHODS + CONTROLS:
+        preset = ESTIMATORS[method]
+        if noise is not None and noise != preset["noise"]:
+            raise ValueError(f"explain(method={method!r}) already implies "
+                             f"noise={preset['noise']!r}; got noise={noise!r} as well.")
+        method, noise = preset["method"], preset["noise"]
+    check_choice(method, "method", owner, BASE_METHODS + CONTROLS + tuple(ESTIMATORS))
+    check_choice(noise, "noise", owner, (None, *NOISE_TYPES))
+    if noise is not None and method in CONTROLS:
+        raise ValueError(f"explain(method={method!r}) is a control; it takes no noise "
+                         f"ensemble. Got noise={noise!r}.")
+    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise ValueError(f"The 'n_samples' parameter of {owner} must be a positive integer. "
+                         f"Got {n_samples!r} instead.")
+    if not stdev >= 0:
+        raise ValueError(f"The 'stdev' parameter of {owner} must be >= 0. Got {stdev!r} instead.")
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else "cpu"
+    device = torch.device(device)
+    x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs)
+    x = x.to(device=device, dtype=torch.float32)
+    t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor)
+                        else targets).to(device=device, dtype=torch.long)
+    if t.ndim == 0:
+        t = t.expand(len(x))
+    if t.shape != (len(x),):
+        raise ValueError(f"The 'targets' parameter of {owner} must hold one class per input: "
+                         f"shape ({len(x)},). Got shape {tuple(t.shape)} instead.")
+
+    if method == "Random":
+        out = _random(x, seed)
+    elif method == "Sobel":
+        out = _sobel(x)
+    else:
+        out = _explain_gradient_method(model, x, t, method, noise, int(n_samples), float(stdev),
+                                       seed, int(batch_size), method_kwargs)
+    if reduce_channels and out.ndim >= 3:
+        out = out.sum(dim=1, keepdim=True)
+    return out.detach().to(torch.float32).cpu().numpy()
+
+
+def _explain_gradient_method(
+    model: nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, noise: str | None,
+    n_samples: int, stdev: float, seed: int, batch_size: int, method_kwargs: dict[str, Any],
+) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        if method == "GuidedBackprop":
+            _check_relu_modules(model, x[:1])
+        if method == "IntegratedGradients":
+            method_kwargs = {"internal_batch_size": batch_size, **method_kwargs}
+        base = _base_attribution(model, method, method_kwargs)
+
+        def run(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            parts = []
+            with warnings.catch_warnings():
+                # captum's notices that it sets requires_grad / hooks ReLUs: expected here.
+                warnings.filterwarnings("ignore", message=".*(require gradients|backward hooks)")
+                for i in range(0, len(inputs), batch_size):
+                    chunk = inputs[i : i + batch_size].detach().requires_grad_(True)
+                    parts.append(base(chunk, targets[i : i + batch_size]).detach())
+            return torch.cat(parts)
+
+        if noise is None:
+            return run(x, t)
+        # Noisy copies of as many inputs at once as fit in a few batches.
+        per_chunk = max(1, (4 * batch_size) // n_samples)
+        outs = []
+        for start in range(0, len(x), per_chunk):
+            xc, tc = x[start : start + per_chunk], t[start : start + per_chunk]
+            noisy = noisy_inputs(xc, n_samples, stdev, seed)
+            maps = run(noisy.flatten(0, 1), tc.repeat(n_samples)).unflatten(0, noisy.shape[:2])
+            if noise == "SmoothGrad":
+                outs.append(maps.mean(0))
+            elif noise == "SmoothGradSquared":
+                outs.append((maps * maps).mean(0))
+            else:
+                outs.append(((maps * maps).mean(0) - maps.mean(0) ** 2).clamp_min(0.0))
+        return torch.cat(outs)
+    finally:
+        model.train(was_training)

@@ -3,7 +3,14 @@
 from quantus_roar.data import load_digits_data, make_synthetic
 from quantus_roar.exceptions import NotResettableError, QuantusRoarWarning
 from quantus_roar.explainers import ESTIMATORS, FunctionalReLUError, explain
-from quantus_roar.metrics import KAR, ROAR, KARNoRetrain, ROARNoRetrain
+from quantus_roar.metrics import (
+    KAR,
+    ROAR,
+    DataRandomisation,
+    KARNoRetrain,
+    ModelRandomisation,
+    ROARNoRetrain,
+)
 from quantus_roar.models import SmallCNN, SmallResNet
 from quantus_roar.removal import channel_means, feature_ranks, impute, removal_counts, removal_masks
 from quantus_roar.retrain import Retrainer, RetrainJob, TorchRetrainer
@@ -14,8 +21,10 @@ __all__ = [
     "ESTIMATORS",
     "KAR",
     "ROAR",
+    "DataRandomisation",
     "FunctionalReLUError",
     "KARNoRetrain",
+    "ModelRandomisation",
     "NotResettableError",
     "QuantusRoarWarning",
     "ROARNoRetrain",

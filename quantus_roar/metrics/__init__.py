@@ -1,6 +1,9 @@
 """Quantus metrics: thin adapters over :mod:`quantus_roar.curves`."""
 
 from quantus_roar.metrics.deletion import KARNoRetrain, ROARNoRetrain
+from quantus_roar.metrics.randomisation import DataRandomisation, ModelRandomisation
 from quantus_roar.metrics.roar import KAR, ROAR
 
-__all__ = ["KAR", "ROAR", "KARNoRetrain", "ROARNoRetrain"]
+__all__ = [
+    "KAR", "ROAR", "DataRandomisation", "KARNoRetrain", "ModelRandomisation", "ROARNoRetrain",
+]

@@ -19,7 +19,8 @@ from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.removal import GRANULARITIES, IMPUTER_KWARGS, IMPUTERS, REDUCES
 
 __all__ = [
-    "Inputs", "RemovalMetric", "check_call_kwargs", "check_inputs", "compute_attributions",
+    "Inputs", "QuantusRoarMetric", "RemovalMetric", "check_call_kwargs", "check_inputs",
+    "compute_attributions",
 ]
 
 
@@ -167,23 +168,15 @@ def compute_attributions(
     return np.concatenate(parts)
 
 
-class RemovalMetric(quantus.Metric):
-    """Arguments, checks and result handling shared by the removal metrics."""
+class QuantusRoarMetric(quantus.Metric):
+    """Quantus plumbing shared by every quantus_roar metric: base arguments, warnings,
+    attribution checks and whole-dataset evaluation."""
 
-    data_applicability: ClassVar[set[DataType]] = {
-        DataType.IMAGE, DataType.TABULAR, DataType.TIMESERIES}
     model_applicability: ClassVar[set[ModelType]] = {ModelType.TORCH}
-    evaluation_category: ClassVar[EvaluationCategory] = EvaluationCategory.FAITHFULNESS
-    order: ClassVar[str] = "remove_top"
 
     def __init__(
         self,
-        percentages: float | Iterable[float] = (10, 30, 50, 70, 90),
         *,
-        granularity: str = "pixel",
-        reduce: str = "sum_abs",
-        imputer: str = "channel_mean",
-        imputer_kwargs: dict | None = None,
         seed: int = 0,
         abs: bool = False,
         normalise: bool = False,
@@ -197,16 +190,6 @@ class RemovalMetric(quantus.Metric):
         **kwargs: Any,
     ):
         owner = type(self).__name__
-        self.percentages = check_percentages(percentages, owner)
-        self.granularity = check_choice(granularity, "granularity", owner, GRANULARITIES)
-        self.reduce = check_choice(reduce, "reduce", owner, REDUCES)
-        self.imputer = check_choice(imputer, "imputer", owner, IMPUTERS)
-        self.imputer_kwargs = dict(imputer_kwargs or {})
-        unknown = sorted(set(self.imputer_kwargs) - IMPUTER_KWARGS[imputer])
-        if unknown:
-            raise ValueError(f"The 'imputer_kwargs' parameter of {owner} has key(s) {unknown} "
-                             f"that imputer={imputer!r} does not accept; it accepts "
-                             f"{sorted(IMPUTER_KWARGS[imputer]) or 'none'}.")
         if not isinstance(seed, (int, np.integer)):
             raise TypeError(f"The 'seed' parameter of {owner} must be an int. Got "
                             f"{type(seed).__name__} instead.")
@@ -219,10 +202,8 @@ class RemovalMetric(quantus.Metric):
             disable_warnings=disable_warnings, display_progressbar=display_progressbar,
             **kwargs,
         )
-        # Quantus defaults aggregate_func to np.mean; ours is the normalised AUC.
+        # Quantus defaults aggregate_func to np.mean; each metric documents its own default.
         self.aggregate_func = aggregate_func
-
-    # ------------------------------------------------------------------ helpers
 
     @property
     def disable_warnings(self) -> bool:
@@ -238,10 +219,6 @@ class RemovalMetric(quantus.Metric):
     def _warn(self, message: str) -> None:
         if not self._disable_warnings:
             warnings.warn(message, QuantusRoarWarning, stacklevel=3)
-
-    def _removal_kwargs(self) -> dict[str, Any]:
-        return dict(order=self.order, granularity=self.granularity, reduce=self.reduce,
-                    imputer=self.imputer, imputer_kwargs=self.imputer_kwargs, seed=self.seed)
 
     def _prepare_attributions(self, a: Any, x: torch.Tensor, owner_name: str,
                               channel_last: bool) -> torch.Tensor:
@@ -280,6 +257,65 @@ class RemovalMetric(quantus.Metric):
             a_t = a_t.abs()
         return a_t
 
+    def evaluate_batch(self, *args: Any, **kwargs: Any) -> Any:
+        """Not used: quantus_roar metrics evaluate the whole dataset in ``__call__``."""
+        raise NotImplementedError(f"{type(self).__name__} evaluates whole datasets; call the "
+                                  "metric instance instead.")
+
+
+class RemovalMetric(QuantusRoarMetric):
+    """Arguments, checks and result handling shared by the removal metrics."""
+
+    data_applicability: ClassVar[set[DataType]] = {
+        DataType.IMAGE, DataType.TABULAR, DataType.TIMESERIES}
+    evaluation_category: ClassVar[EvaluationCategory] = EvaluationCategory.FAITHFULNESS
+    order: ClassVar[str] = "remove_top"
+
+    def __init__(
+        self,
+        percentages: float | Iterable[float] = (10, 30, 50, 70, 90),
+        *,
+        granularity: str = "pixel",
+        reduce: str = "sum_abs",
+        imputer: str = "channel_mean",
+        imputer_kwargs: dict | None = None,
+        seed: int = 0,
+        abs: bool = False,
+        normalise: bool = False,
+        normalise_func: Callable | None = None,
+        normalise_func_kwargs: dict | None = None,
+        return_aggregate: bool = False,
+        aggregate_func: Callable | None = None,
+        default_plot_func: Callable | None = None,
+        disable_warnings: bool = False,
+        display_progressbar: bool = False,
+        **kwargs: Any,
+    ):
+        owner = type(self).__name__
+        self.percentages = check_percentages(percentages, owner)
+        self.granularity = check_choice(granularity, "granularity", owner, GRANULARITIES)
+        self.reduce = check_choice(reduce, "reduce", owner, REDUCES)
+        self.imputer = check_choice(imputer, "imputer", owner, IMPUTERS)
+        self.imputer_kwargs = dict(imputer_kwargs or {})
+        unknown = sorted(set(self.imputer_kwargs) - IMPUTER_KWARGS[imputer])
+        if unknown:
+            raise ValueError(f"The 'imputer_kwargs' parameter of {owner} has key(s) {unknown} "
+                             f"that imputer={imputer!r} does not accept; it accepts "
+                             f"{sorted(IMPUTER_KWARGS[imputer]) or 'none'}.")
+        super().__init__(
+            seed=seed, abs=abs, normalise=normalise, normalise_func=normalise_func,
+            normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
+            aggregate_func=aggregate_func, default_plot_func=default_plot_func,
+            disable_warnings=disable_warnings, display_progressbar=display_progressbar,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _removal_kwargs(self) -> dict[str, Any]:
+        return dict(order=self.order, granularity=self.granularity, reduce=self.reduce,
+                    imputer=self.imputer, imputer_kwargs=self.imputer_kwargs, seed=self.seed)
+
     def _aggregate(self, curve: dict) -> float:
         keys = sorted(curve)
         values = [curve[k] for k in keys]
@@ -293,11 +329,6 @@ class RemovalMetric(quantus.Metric):
         self.evaluation_scores = score
         self.all_evaluation_scores.append(score)
         return score
-
-    def evaluate_batch(self, *args: Any, **kwargs: Any) -> Any:
-        """Not used: the removal metrics evaluate the whole dataset in ``__call__``."""
-        raise NotImplementedError(f"{type(self).__name__} evaluates whole datasets; call the "
-                                  "metric instance instead.")
 
     def plot(self, plot_func: Callable | None = None, show: bool = True,
              path_to_save: str | None = None, *args: Any, **kwargs: Any) -> Any:

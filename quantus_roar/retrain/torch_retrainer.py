@@ -373,6 +373,33 @@ class TorchRetrainer(RetrainerBase):
         job = RetrainJob(x, y, None, None, int(seed))
         return self._train(self._prepare([job]), [self.new_model(job.seed)], stacked=False)[0]
 
+    def fit_until(self, x: Any, y: Any, *, seed: int, min_accuracy: float,
+                  max_epochs: int) -> tuple[nn.Module, float]:
+        """Train until the *training* accuracy reaches ``min_accuracy``.
+
+        Trains with the recipe's ``epochs``, and while the model stays below
+        ``min_accuracy`` on ``(x, y)``, trains a fresh one (same seed) for
+        twice as many epochs, up to ``max_epochs``. Used by the data
+        randomisation test to fit permuted labels.
+
+        Returns
+        -------
+        model, train_accuracy
+            The last model trained and its accuracy on ``(x, y)``.
+        """
+        if not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
+            raise ValueError("The 'max_epochs' parameter of TorchRetrainer.fit_until must be a "
+                             f"positive integer. Got {max_epochs!r} instead.")
+        epochs = min(self.epochs, int(max_epochs))
+        while True:
+            attempt = copy.copy(self)
+            attempt.epochs = epochs
+            model = attempt.fit(x, y, seed=seed)
+            accuracy = attempt.score(model, x, y)
+            if accuracy >= min_accuracy or epochs >= max_epochs:
+                return model, accuracy
+            epochs = min(int(max_epochs), 2 * epochs)
+
     @torch.no_grad()
     def score(self, model: nn.Module, x: Any, y: Any) -> float:
         """Accuracy of ``model`` on ``(x, y)``, evaluated in batches in ``eval()`` mode."""

@@ -20,7 +20,7 @@ from quantus_roar.removal import GRANULARITIES, IMPUTER_KWARGS, IMPUTERS, REDUCE
 
 __all__ = [
     "Inputs", "QuantusRoarMetric", "RemovalMetric", "check_call_kwargs", "check_inputs",
-    "compute_attributions",
+    "check_test_pair", "compute_attributions", "retrainer_or_default",
 ]
 
 
@@ -128,6 +128,22 @@ def check_inputs(
                          f"[0, {n_classes}) for a model with {n_classes} outputs. Got labels from "
                          f"{low} to {high} instead.")
     return Inputs(x_t, y_t, n_classes, channel_last)
+
+
+def check_test_pair(x_test: Any, y_test: Any, owner: str) -> None:
+    """Raise unless ``x_test`` and ``y_test`` are given together or not at all."""
+    if (x_test is None) != (y_test is None):
+        raise ValueError(f"{owner}.__call__ needs both 'x_test' and 'y_test', or neither (to "
+                         "split x_batch). Got only one.")
+
+
+def retrainer_or_default(retrainer: Any, model: torch.nn.Module, device: Any) -> Any:
+    """``retrainer``, or ``TorchRetrainer(model)`` with its default recipe on the model's device."""
+    if retrainer is not None:
+        return retrainer
+    from quantus_roar.retrain import TorchRetrainer
+
+    return TorchRetrainer(model, device=_model_device(model, device))
 
 
 def check_call_kwargs(kwargs: dict) -> None:

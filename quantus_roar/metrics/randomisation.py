@@ -19,7 +19,9 @@ from quantus_roar.metrics._base import (
     _model_device,
     check_call_kwargs,
     check_inputs,
+    check_test_pair,
     compute_attributions,
+    retrainer_or_default,
 )
 from quantus_roar.randomisation import (
     LAYER_ORDERS,
@@ -438,9 +440,7 @@ class DataRandomisation(_RandomisationMetric):
         explain_func = self._require_explain_func(explain_func)
         inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
                               device=device)
-        if (x_test is None) != (y_test is None):
-            raise ValueError(f"{owner}.__call__ needs both 'x_test' and 'y_test', or neither (to "
-                             "split x_batch). Got only one.")
+        check_test_pair(x_test, y_test, owner)
         if x_test is None:
             tr, te = stratified_split(inputs.y, self.test_size, self.seed,
                                       owner=f"{owner}.__call__")
@@ -451,11 +451,7 @@ class DataRandomisation(_RandomisationMetric):
                                 device=device, x_name="x_test", y_name="y_test")
             x_tr, y_tr, x_te, y_te = inputs.x, inputs.y, test.x, test.y
             a_orig = a_test
-        retrainer = self.retrainer
-        if retrainer is None:
-            from quantus_roar.retrain import TorchRetrainer
-
-            retrainer = TorchRetrainer(model, device=_model_device(model, device))
+        retrainer = retrainer_or_default(self.retrainer, model, device)
         ctx = (explain_func, explain_func_kwargs, batch_size)
         cl = inputs.channel_last
         if a_orig is None:

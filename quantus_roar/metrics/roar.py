@@ -12,10 +12,11 @@ from quantus.helpers.enums import ScoreDirection
 from quantus_roar.curves import retrain_curve, stratified_split
 from quantus_roar.metrics._base import (
     RemovalMetric,
-    _model_device,
     check_call_kwargs,
     check_inputs,
+    check_test_pair,
     compute_attributions,
+    retrainer_or_default,
 )
 
 __all__ = ["KAR", "ROAR"]
@@ -149,9 +150,7 @@ class _RetrainMetric(RemovalMetric):
         progress = self.display_progressbar
         inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
                               device=device)
-        if (x_test is None) != (y_test is None):
-            raise ValueError(f"{owner}.__call__ needs both 'x_test' and 'y_test', or neither (to "
-                             "split x_batch). Got only one.")
+        check_test_pair(x_test, y_test, owner)
         if a_test is not None and x_test is None:
             raise ValueError(f"{owner}.__call__ got 'a_test' without 'x_test' and 'y_test'.")
         if x_test is None:
@@ -167,11 +166,7 @@ class _RetrainMetric(RemovalMetric):
                                  f"{tuple(test.x.shape[1:])} instead.")
         if a_batch is None and explain_func is None:
             compute_attributions(model, inputs.x, inputs.y, None, None, batch_size, owner)
-        retrainer = self.retrainer
-        if retrainer is None:
-            from quantus_roar.retrain import TorchRetrainer
-
-            retrainer = TorchRetrainer(model, device=_model_device(model, device))
+        retrainer = retrainer_or_default(self.retrainer, model, device)
 
         if a_batch is None:
             a_batch = compute_attributions(model, inputs.x, inputs.y, explain_func,

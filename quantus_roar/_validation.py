@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "check_choice", "check_finite", "check_percentages", "like_input"]
+__all__ = [
+    "as_tensor", "check_choice", "check_finite", "check_percentages", "like_input", "model_device",
+]
 
 
 def _msg(name: str, owner: str, expected: str, got: Any) -> str:
@@ -26,6 +28,14 @@ def as_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(value))
     raise TypeError(_msg(name, owner, "a torch.Tensor or numpy.ndarray", type(value).__name__))
+
+
+def model_device(model: torch.nn.Module, device: Any = None) -> torch.device:
+    """``device`` if given, else the device of the model's first parameter (CPU if it has none)."""
+    if device is not None:
+        return torch.device(device)
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def like_input(result: torch.Tensor, reference: Any) -> Any:

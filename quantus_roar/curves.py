@@ -26,7 +26,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from quantus_roar._validation import as_tensor, check_choice, check_finite, check_percentages
+from quantus_roar._validation import (
+    as_tensor,
+    check_choice,
+    check_finite,
+    check_percentages,
+    model_device,
+)
 from quantus_roar.removal import (
     GRANULARITIES,
     IMPUTERS,
@@ -395,10 +401,7 @@ def deletion_curve(
     owner = "deletion_curve"
     ps = check_percentages(percentages, owner)
     _check_removal_args(order, granularity, reduce, imputer, owner)
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else "cpu"
-    device = torch.device(device)
+    device = model_device(model, device)
     x_t = as_tensor(x, "x", owner)
     if not x_t.is_floating_point():
         x_t = x_t.float()

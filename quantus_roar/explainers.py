@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from quantus_roar._validation import check_choice
+from quantus_roar._validation import check_choice, model_device
 from quantus_roar.removal import _hash_keys, _mix32
 
 __all__ = [
@@ -55,6 +55,10 @@ _STREAM_RANDOM = 0x2A4D0F17
 # Integrated Gradients options the other methods ignore, so that one
 # explain_func_kwargs dict can serve every estimator of a benchmark.
 _IG_ONLY = frozenset({"n_steps", "baselines", "internal_batch_size"})
+# Per-method captum arguments: fixed ones define the method (Gradient is signed),
+# defaults can be overridden through explain's **method_kwargs.
+_FIXED_KWARGS: dict[str, dict[str, Any]] = {"Gradient": {"abs": False}}
+_DEFAULT_KWARGS: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": 25}}
 _RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
                torch.Tensor.relu_}
 
@@ -168,23 +172,17 @@ def _base_attribution(model: nn.Module, method: str, kwargs: dict[str, Any]
         kwargs = {k: v for k, v in kwargs.items() if k not in _IG_ONLY}
     cls = {"Gradient": Saliency, "InputXGradient": InputXGradient,
            "GuidedBackprop": GuidedBackprop, "IntegratedGradients": IntegratedGradients}[method]
-    accepted = set(inspect.signature(cls.attribute).parameters) - {"self", "inputs", "target"}
+    fixed = _FIXED_KWARGS.get(method, {})
+    accepted = set(inspect.signature(cls.attribute).parameters) - {"self", "inputs", "target",
+                                                                    *fixed}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise TypeError(f"explain(method={method!r}) got keyword argument(s) {unknown} that "
-                        f"captum's {cls.__name__}.attribute does not accept.")
-    if method == "Gradient":
-        sal = Saliency(model)
-        return lambda x, t: sal.attribute(x, target=t, abs=False, **kwargs)
-    if method == "InputXGradient":
-        ixg = InputXGradient(model)
-        return lambda x, t: ixg.attribute(x, target=t, **kwargs)
-    if method == "GuidedBackprop":
-        gbp = GuidedBackprop(model)
-        return lambda x, t: gbp.attribute(x, target=t, **kwargs)
-    ig = IntegratedGradients(model)
-    opts = {"n_steps": 25, **kwargs}
-    return lambda x, t: ig.attribute(x, target=t, **opts)
+        raise TypeError(f"explain(method={method!r}) got keyword argument(s) {unknown}; it "
+                        f"passes only {sorted(accepted)} on to captum's "
+                        f"{cls.__name__}.attribute.")
+    attribution = cls(model)
+    opts = {**_DEFAULT_KWARGS.get(method, {}), **kwargs, **fixed}
+    return lambda x, t: attribution.attribute(x, target=t, **opts)
 
 
 # --------------------------------------------------------------------------- public
@@ -286,10 +284,7 @@ def explain(
                          f"Got {n_samples!r} instead.")
     if not stdev >= 0:
         raise ValueError(f"The 'stdev' parameter of {owner} must be >= 0. Got {stdev!r} instead.")
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else "cpu"
-    device = torch.device(device)
+    device = model_device(model, device)
     x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs)
     x = x.to(device=device, dtype=torch.float32)
     t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor)

@@ -13,7 +13,7 @@ import torch
 from quantus.helpers.enums import DataType, EvaluationCategory, ModelType
 from tqdm.auto import tqdm
 
-from quantus_roar._validation import check_choice, check_percentages
+from quantus_roar._validation import check_choice, check_percentages, model_device
 from quantus_roar.curves import normalised_auc
 from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.removal import GRANULARITIES, IMPUTER_KWARGS, IMPUTERS, REDUCES
@@ -50,13 +50,6 @@ def _to_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
         raise TypeError(f"The '{name}' parameter of {owner} must be a numeric array. Got dtype "
                         f"{arr.dtype} instead.")
     return torch.from_numpy(np.ascontiguousarray(arr))
-
-
-def _model_device(model: torch.nn.Module, device: Any) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def _channel_last(x: torch.Tensor, channel_first: bool | None) -> bool:
@@ -121,7 +114,7 @@ def check_inputs(
                          "Got booleans; pass them as integers 0 and 1.")
     y_t = y_t.long()
     channel_last = _channel_last(x_t, channel_first)
-    n_classes = _n_classes(model, x_t, _model_device(model, device), call)
+    n_classes = _n_classes(model, x_t, model_device(model, device), call)
     low, high = int(y_t.min()), int(y_t.max())
     if low < 0 or high >= n_classes:
         raise ValueError(f"The '{y_name}' parameter of {call} must hold class labels in "
@@ -143,7 +136,7 @@ def retrainer_or_default(retrainer: Any, model: torch.nn.Module, device: Any) ->
         return retrainer
     from quantus_roar.retrain import TorchRetrainer
 
-    return TorchRetrainer(model, device=_model_device(model, device))
+    return TorchRetrainer(model, device=model_device(model, device))
 
 
 def check_call_kwargs(kwargs: dict) -> None:

@@ -8,10 +8,10 @@ from typing import Any, final
 import torch
 from quantus.helpers.enums import ScoreDirection
 
+from quantus_roar._validation import model_device
 from quantus_roar.curves import deletion_curve
 from quantus_roar.metrics._base import (
     RemovalMetric,
-    _model_device,
     check_call_kwargs,
     check_inputs,
     compute_attributions,
@@ -79,7 +79,7 @@ class _DeletionMetric(RemovalMetric):
         a = self._prepare_attributions(a_batch, inputs.x, "a_batch", inputs.channel_last)
         results = deletion_curve(
             model, inputs.x, inputs.y, a, self.percentages, batch_size=batch_size,
-            device=_model_device(model, device), softmax=softmax is not False,
+            device=model_device(model, device), softmax=softmax is not False,
             channel_last=inputs.channel_last, progress=self.display_progressbar,
             **self._removal_kwargs(),
         )

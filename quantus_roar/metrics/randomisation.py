@@ -12,11 +12,10 @@ import torch
 from quantus.helpers.enums import DataType, EvaluationCategory, ScoreDirection
 from tqdm.auto import tqdm
 
-from quantus_roar._validation import check_choice
+from quantus_roar._validation import check_choice, model_device
 from quantus_roar.curves import retrain_seeds, stratified_split
 from quantus_roar.metrics._base import (
     QuantusRoarMetric,
-    _model_device,
     check_call_kwargs,
     check_inputs,
     check_test_pair,
@@ -240,7 +239,7 @@ class ModelRandomisation(_RandomisationMetric):
         explain_func = self._require_explain_func(explain_func)
         inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
                               device=device)
-        dev = _model_device(model, device)
+        dev = model_device(model, device)
         if self.retrainer is not None:
             train = check_inputs(model, x_train if x_train is not None else x_batch,
                                  y_train if y_train is not None else y_batch, owner,
@@ -466,7 +465,7 @@ class DataRandomisation(_RandomisationMetric):
         self.test_accuracy = float(retrainer.score(random_model, x_te, y_te))
         a = self._explain(random_model, x_te, y_te, *ctx, "random-label model", cl, shape)
         self._compare("random_labels", original, a, rows)
-        layers = [n for n, _ in execution_order(model, x_te[:1].to(_model_device(model, device)))]
+        layers = [n for n, _ in execution_order(model, x_te[:1].to(model_device(model, device)))]
         a = self._explain(fresh_model(model, layers, floor_seed), x_te, y_te, *ctx,
                           "freshly initialised model", cl, shape)
         self._compare("floor", original, a, rows)

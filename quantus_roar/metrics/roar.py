@@ -164,8 +164,6 @@ class _RetrainMetric(RemovalMetric):
                 raise ValueError(f"The 'x_test' parameter of {owner}.__call__ must have the "
                                  f"per-sample shape of x_batch {tuple(inputs.x.shape[1:])}. Got "
                                  f"{tuple(test.x.shape[1:])} instead.")
-        if a_batch is None and explain_func is None:
-            compute_attributions(model, inputs.x, inputs.y, None, None, batch_size, owner)
         retrainer = retrainer_or_default(self.retrainer, model, device)
 
         if a_batch is None:

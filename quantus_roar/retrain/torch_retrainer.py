@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from quantus_roar._validation import check_choice
+from quantus_roar._validation import check_choice, model_device
 from quantus_roar.exceptions import NotResettableError
 from quantus_roar.retrain.base import RetrainerBase, RetrainJob
 
@@ -173,10 +173,8 @@ class TorchRetrainer(RetrainerBase):
         self.ensemble = ensemble
         self.max_ensemble = max_ensemble
         self.validation_split = float(validation_split)
-        if device is None and model is not None:
-            first = next(model.parameters(), None)
-            device = first.device if first is not None else "cpu"
-        self.device = torch.device(device if device is not None else "cpu")
+        self.device = (model_device(model, device) if model is not None
+                       else torch.device(device if device is not None else "cpu"))
         if model is not None:
             self._check_resettable(model)
         # Probe results per per-sample input shape (None: no input tried).

@@ -357,6 +357,7 @@ def deletion_curve(
     imputer_kwargs: dict | None = None,
     stats: Any = None,
     seed: int = 0,
+    first_id: int = 0,
     batch_size: int = 64,
     device: str | torch.device | None = None,
     softmax: bool = True,
@@ -368,7 +369,8 @@ def deletion_curve(
     Works through the data in chunks of ``batch_size`` samples; each chunk is
     modified at every percentage at once and the ``P x batch_size`` modified
     inputs go through the model together. Chunking does not change the
-    result: tie-breaking and noise depend on each sample's position in ``x``.
+    result: tie-breaking and noise depend on each sample's id (its position in
+    ``x`` plus ``first_id``).
 
     Parameters
     ----------
@@ -381,6 +383,10 @@ def deletion_curve(
         The removal rule (see :func:`removed_inputs`).
     stats : array-like, optional
         Channel means for ``"channel_mean"``; default the means of ``x``.
+    first_id : int, default 0
+        Sample id of ``x[0]`` for tie-breaking and noise (sample ``i`` has id
+        ``first_id + i``), so that the curve of a chunk of a larger set can
+        be computed on its own.
     batch_size : int, default 64
     device : str or torch.device, optional
         Default: the device of the model's parameters.
@@ -424,7 +430,7 @@ def deletion_curve(
             xb = x_t[start : start + batch_size].to(device)
             ab = a_t[start : start + batch_size].to(device)
             yb = y_t[start : start + batch_size].to(device)
-            ids = torch.arange(start, start + len(xb), device=device)
+            ids = torch.arange(first_id + start, first_id + start + len(xb), device=device)
             xr, frac = removed_inputs(_to_channels_first(xb, nd, channel_last),
                                       _to_channels_first(ab, nd, channel_last), ps,
                                       order=order, granularity=granularity, reduce=reduce,

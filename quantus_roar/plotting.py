@@ -10,7 +10,7 @@ __all__ = ["plot_curve"]
 
 
 def plot_curve(results: pd.DataFrame, ax: Any = None, *, label: str | None = None,
-               title: str | None = None) -> Any:
+               title: str | None = None, legend: bool = True, **line_kwargs: Any) -> Any:
     """Accuracy against percentage, mean over retrains with a band of one std.
 
     Parameters
@@ -21,6 +21,10 @@ def plot_curve(results: pd.DataFrame, ax: Any = None, *, label: str | None = Non
     ax : matplotlib.axes.Axes, optional
         Draw into this axes (to overlay several curves); default a new figure.
     label, title : str, optional
+    legend : bool, default True
+        Draw the legend when ``label`` is given.
+    **line_kwargs
+        Passed to ``ax.plot`` (``color``, ``linestyle``, ...).
 
     Returns
     -------
@@ -36,13 +40,13 @@ def plot_curve(results: pd.DataFrame, ax: Any = None, *, label: str | None = Non
     p = stats.index.to_numpy(dtype=float)
     mean = stats["mean"].to_numpy()
     std = stats["std"].fillna(0.0).to_numpy()
-    (line,) = ax.plot(p, mean, marker="o", label=label)
+    (line,) = ax.plot(p, mean, marker=line_kwargs.pop("marker", "o"), label=label, **line_kwargs)
     ax.fill_between(p, mean - std, mean + std, alpha=0.2, color=line.get_color())
     ax.set_xlabel("features removed / kept (%)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.0, 1.02)
     if title:
         ax.set_title(title)
-    if label:
+    if label and legend:
         ax.legend()
     return fig

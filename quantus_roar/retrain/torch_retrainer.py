@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from quantus_roar._validation import check_choice, model_device
@@ -33,10 +34,20 @@ class _Group:
     """Models trained together: stacked parameters and their training data."""
 
     jobs: list[RetrainJob]
-    x: torch.Tensor  # (M, N, ...)
-    y: torch.Tensor  # (M, N)
+    x: torch.Tensor | None  # (M, N, ...)
+    y: torch.Tensor | None  # (M, N)
     x_val: torch.Tensor | None  # (M, V, ...)
     y_val: torch.Tensor | None
+    dataset: Dataset | None = None  # the DataLoader path (M == 1)
+    val_dataset: Dataset | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.dataset) if self.dataset is not None else self.y.shape[1]  # type: ignore[arg-type, union-attr]
+
+
+def _is_dataset(v: Any) -> bool:
+    return isinstance(v, Dataset) and not isinstance(v, torch.Tensor)
 
 
 def _to_tensor(v: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -94,6 +105,8 @@ class TorchRetrainer(RetrainerBase):
         Fraction of each job's training data held out (seeded by the job's
         seed) to select the epoch with the best validation accuracy. The test
         data is never used for any choice.
+    num_workers : int, default 0
+        DataLoader workers for training data given as a torch ``Dataset``.
 
     Notes
     -----
@@ -107,6 +120,12 @@ class TorchRetrainer(RetrainerBase):
     model. Optimizer arithmetic is elementwise, so a model trained in the
     ensemble path follows the same updates as alone, up to float rounding and
     dropout draws.
+
+    Data larger than memory goes in as a map-style ``torch.utils.data.Dataset``
+    of ``(input, label)`` pairs in place of ``x`` (with ``y=None``), in
+    :meth:`fit`, :meth:`score` and in jobs: it is read through a
+    ``DataLoader`` one mini-batch at a time, in the same seeded order as
+    in-memory data, one model at a time.
 
     References
     ----------
@@ -132,6 +151,7 @@ class TorchRetrainer(RetrainerBase):
         ensemble: Literal["auto"] | bool = "auto",
         max_ensemble: int | None = None,
         validation_split: float = 0.0,
+        num_workers: int = 0,
     ):
         owner = "TorchRetrainer"
         if (model is None) == (model_fn is None):
@@ -173,6 +193,7 @@ class TorchRetrainer(RetrainerBase):
         self.ensemble = ensemble
         self.max_ensemble = max_ensemble
         self.validation_split = float(validation_split)
+        self.num_workers = int(num_workers)
         self.device = (model_device(model, device) if model is not None
                        else torch.device(device if device is not None else "cpu"))
         if model is not None:
@@ -274,7 +295,40 @@ class TorchRetrainer(RetrainerBase):
         perm = torch.randperm(len(x), generator=g).to(x.device)
         return x[perm[n_val:]], y[perm[n_val:]], x[perm[:n_val]], y[perm[:n_val]]
 
+    def _prepare_dataset(self, job: RetrainJob) -> _Group:
+        ds = job.x_train
+        if job.y_train is not None:
+            raise ValueError("TorchRetrainer: with a torch Dataset as training data, pass "
+                             "y=None; the Dataset yields (input, label) pairs.")
+        if len(ds) == 0:
+            raise ValueError("TorchRetrainer got an empty training Dataset.")
+        n_val = round(self.validation_split * len(ds))
+        val = None
+        if n_val:
+            g = torch.Generator().manual_seed(job.seed + 7919)
+            perm = torch.randperm(len(ds), generator=g).tolist()
+            ds, val = Subset(ds, perm[n_val:]), Subset(ds, perm[:n_val])
+        return _Group([job], None, None, None, None, dataset=ds, val_dataset=val)
+
+    def _loader(self, ds: Dataset, batch_size: int, order: list[int] | None = None) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, sampler=order, shuffle=False,
+                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+
+    def _batches(self, group: _Group, perms: torch.Tensor):
+        """One epoch of mini-batches (M, B, ...), (M, B) in the order of ``perms``."""
+        if group.dataset is not None:
+            for xb, yb in self._loader(group.dataset, self.batch_size, perms[0].tolist()):
+                yield (xb.to(self.device, torch.float32, non_blocking=True)[None],
+                       yb.to(self.device, torch.long, non_blocking=True)[None])
+            return
+        rows = torch.arange(len(group.jobs), device=self.device)[:, None]
+        for start in range(0, group.n, self.batch_size):
+            idx = perms[:, start : start + self.batch_size]
+            yield group.x[rows, idx], group.y[rows, idx]  # type: ignore[index]
+
     def _prepare(self, jobs: list[RetrainJob]) -> _Group:
+        if _is_dataset(jobs[0].x_train):
+            return self._prepare_dataset(jobs[0])
         xs, ys, xvs, yvs = [], [], [], []
         for job in jobs:
             x = _to_tensor(job.x_train, self.device, torch.float32)
@@ -291,7 +345,7 @@ class TorchRetrainer(RetrainerBase):
 
     def _train(self, group: _Group, models: list[nn.Module], stacked: bool) -> list[nn.Module]:
         """Train ``models`` (one per job of ``group``), together if ``stacked``."""
-        m, n = group.y.shape
+        m, n = len(group.jobs), group.n
         steps_per_epoch = math.ceil(n / self.batch_size)
         gens = [torch.Generator().manual_seed(job.seed) for job in group.jobs]
         if stacked:
@@ -307,17 +361,16 @@ class TorchRetrainer(RetrainerBase):
         else:  # one model (m == 1)
             opt, sched = self._optimizer(list(models[0].parameters()),
                                          self.epochs * steps_per_epoch)
-        rows = torch.arange(m, device=self.device)[:, None]
         best_acc = torch.full((m,), -1.0)
         best_state: list[dict[str, torch.Tensor] | None] = [None] * m
         aug_gen = torch.Generator().manual_seed(group.jobs[0].seed + 104729)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(group.jobs[0].seed)  # dropout draws
             for _ in range(self.epochs):
-                perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(self.device)
-                for start in range(0, n, self.batch_size):
-                    idx = perms[:, start : start + self.batch_size]
-                    xb, yb = group.x[rows, idx], group.y[rows, idx]  # (M, B, ...), (M, B)
+                perms = torch.stack([torch.randperm(n, generator=g) for g in gens])
+                if group.dataset is None:
+                    perms = perms.to(self.device)
+                for xb, yb in self._batches(group, perms):  # (M, B, ...), (M, B)
                     if self.augment is not None:
                         xb = self.augment(xb.flatten(0, 1), aug_gen).unflatten(0, xb.shape[:2])
                     if stacked:
@@ -330,11 +383,13 @@ class TorchRetrainer(RetrainerBase):
                     opt.step()
                     if sched is not None:
                         sched.step()
-                if group.x_val is not None:
+                if group.x_val is not None or group.val_dataset is not None:
                     if stacked:
                         self._unstack(params, buffers, models)
                     for i, model in enumerate(models):
-                        acc = self.score(model, group.x_val[i], group.y_val[i])  # type: ignore[index]
+                        acc = (self.score(model, group.val_dataset, None)
+                               if group.val_dataset is not None
+                               else self.score(model, group.x_val[i], group.y_val[i]))  # type: ignore[index]
                         model.train()
                         if acc > best_acc[i]:
                             best_acc[i] = acc
@@ -363,8 +418,10 @@ class TorchRetrainer(RetrainerBase):
 
         Parameters
         ----------
-        x : tensor or array of shape (N, ...)
+        x : tensor or array of shape (N, ...), or torch Dataset
+            Inputs, or a Dataset of (input, label) pairs read through a DataLoader.
         y : tensor or array of shape (N,), integer class labels
+            ``None`` when ``x`` is a Dataset.
         seed : int
             Seeds initialisation, batch order, dropout and the validation split.
         """
@@ -400,8 +457,15 @@ class TorchRetrainer(RetrainerBase):
 
     @torch.no_grad()
     def score(self, model: nn.Module, x: Any, y: Any) -> float:
-        """Accuracy of ``model`` on ``(x, y)``, evaluated in batches in ``eval()`` mode."""
+        """Accuracy of ``model`` on ``(x, y)`` (or a Dataset ``x`` with ``y=None``), in batches."""
         model.eval()
+        if _is_dataset(x):
+            correct, total = 0, 0
+            for xb, yb in self._loader(x, 1024):
+                pred = model(xb.to(self.device, torch.float32)).argmax(1)
+                correct += int((pred == yb.to(self.device)).sum())
+                total += len(yb)
+            return correct / max(1, total)
         x_t = _to_tensor(x, self.device, torch.float32)
         y_t = _to_tensor(y, self.device, torch.long)
         correct = 0
@@ -414,7 +478,8 @@ class TorchRetrainer(RetrainerBase):
                  progress: bool = False) -> list[nn.Module]:
         """Train one model per job (its test data is not used); ensemble path when possible."""
         jobs = [RetrainJob(*job) for job in jobs]
-        stacked = len(jobs) > 1 and self._use_ensemble(jobs[0].x_train)
+        streamed = any(_is_dataset(job.x_train) for job in jobs)
+        stacked = len(jobs) > 1 and not streamed and self._use_ensemble(jobs[0].x_train)
         out: list[nn.Module | None] = [None] * len(jobs)
         groups = self._groups(jobs) if stacked else [[i] for i in range(len(jobs))]
         bar = tqdm(total=len(jobs), desc="retraining", disable=not progress, leave=False)

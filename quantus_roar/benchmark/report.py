@@ -1,0 +1,420 @@
+"""The report of a benchmark run, rebuilt from the result store alone.
+
+:func:`build_report` reads ``results.sqlite`` (and the cached attributions
+for the example figure) and writes ``results.csv``, ``report.md`` and PNG
+figures into ``figures/``. Nothing is retrained or re-explained, so the
+report of an interrupted run shows what is finished, and rebuilding it gives
+identical tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from quantus_roar.benchmark.store import ResultStore
+from quantus_roar.curves import normalised_auc
+
+__all__ = ["build_report", "curve_table", "noretrain_comparison", "randomisation_table"]
+
+_ORDER = {"roar": "remove_top", "kar": "keep_top"}
+_NORETRAIN = {"roar": "roar-noretrain", "kar": "kar-noretrain"}
+
+
+def _pct(param: str) -> float:
+    return float(param)
+
+
+def _fmt(mean: float, std: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _estimators(df: pd.DataFrame, run: dict[str, Any]) -> list[str]:
+    present = set(df["estimator"]) - {"-"}
+    return [e for e in run.get("estimators", sorted(present)) if e in present]
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def accuracies(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per (estimator, percentage, seed) accuracy of ``roar`` or ``kar``, with the shared
+    unmodified baseline as percentage 0 of every estimator."""
+    cur = df[(df["metric"] == metric) & (df["quantity"] == "accuracy")]
+    cur = cur.assign(percentage=cur["param"].map(_pct))[["estimator", "percentage", "seed",
+                                                          "value"]]
+    base = df[(df["metric"] == "baseline") & (df["quantity"] == "accuracy")]
+    if len(base) and len(cur):
+        rows = [base.assign(estimator=e, percentage=0.0)[["estimator", "percentage", "seed",
+                                                          "value"]]
+                for e in cur["estimator"].unique()]
+        cur = pd.concat([*rows, cur], ignore_index=True)
+    return cur.rename(columns={"value": "accuracy"})
+
+
+def _auc_per_seed(acc: pd.DataFrame) -> pd.DataFrame:
+    """Normalised AUC per (estimator, seed) over the percentages that seed has."""
+    rows = []
+    for (e, s), g in acc.groupby(["estimator", "seed"]):
+        g = g.sort_values("percentage")
+        rows.append({"estimator": e, "seed": s,
+                     "auc": normalised_auc(g["percentage"].to_numpy(), g["accuracy"].to_numpy())})
+    return pd.DataFrame(rows, columns=["estimator", "seed", "auc"])
+
+
+def curve_table(df: pd.DataFrame, metric: str, estimators: list[str]) -> pd.DataFrame:
+    """ROAR or KAR table: mean ± std accuracy per estimator and percentage, AUC and rank,
+    and a one-sided paired t-test over retrains against Random.
+
+    For ROAR a better estimator has the *lower* AUC (accuracy falls faster);
+    for KAR the higher. The test pairs the AUC of each retrain seed with
+    Random's AUC of the same seed (every estimator shares the training seeds).
+    """
+    from scipy import stats
+
+    acc = accuracies(df, metric)
+    if acc.empty:
+        return pd.DataFrame()
+    wide = acc.groupby(["estimator", "percentage"])["accuracy"].agg(["mean", "std"])
+    auc = _auc_per_seed(acc)
+    auc_stats = auc.groupby("estimator")["auc"].agg(["mean", "std"])
+    lower_better = metric == "roar"
+    random = auc[auc["estimator"] == "Random"].set_index("seed")["auc"]
+    rows = []
+    for e in [e for e in estimators if e in auc_stats.index]:
+        row: dict[str, Any] = {"estimator": e}
+        for p in sorted(wide.loc[e].index):
+            m, s = wide.loc[(e, p)]
+            row["unmodified" if p == 0 else f"{p:g}%"] = _fmt(m, s)
+        row["AUC"] = _fmt(*auc_stats.loc[e])
+        row["_auc"] = auc_stats.loc[e, "mean"]
+        if len(random) and e != "Random":
+            mine = auc[auc["estimator"] == e].set_index("seed")["auc"]
+            common = mine.index.intersection(random.index)
+            diff = mine[common] - random[common]
+            better = diff.mean() < 0 if lower_better else diff.mean() > 0
+            p_value = float("nan")
+            if len(common) >= 2 and float(diff.std()) > 0:
+                p_value = float(stats.ttest_rel(mine[common], random[common],
+                                                alternative="less" if lower_better
+                                                else "greater").pvalue)
+            row["beats Random"] = ("yes" if better and p_value < 0.05 else
+                                   "no" if not better else "not significant")
+            row["p (paired t)"] = "n/a" if math.isnan(p_value) else f"{p_value:.3g}"
+        elif len(random):
+            row["beats Random"], row["p (paired t)"] = "(control)", ""
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.insert(1, "rank", table["_auc"].rank(ascending=lower_better, method="min")
+                 .astype(int))
+    return table.sort_values(["rank", "estimator"]).drop(columns="_auc").reset_index(drop=True)
+
+
+def noretrain_comparison(df: pd.DataFrame, metric: str, estimators: list[str]
+                         ) -> tuple[pd.DataFrame, float]:
+    """Ranks of the estimators by AUC with retraining and without, and their Spearman rho."""
+    from scipy import stats
+
+    with_rt = _auc_per_seed(accuracies(df, metric))
+    nort = df[(df["metric"] == _NORETRAIN[metric]) & (df["quantity"] == "accuracy")]
+    if with_rt.empty or nort.empty:
+        return pd.DataFrame(), float("nan")
+    nort = nort.assign(percentage=nort["param"].map(_pct), accuracy=nort["value"])
+    without = _auc_per_seed(nort)
+    a = with_rt.groupby("estimator")["auc"].mean()
+    b = without.groupby("estimator")["auc"].mean()
+    common = [e for e in estimators if e in a.index and e in b.index]
+    asc = metric == "roar"
+    table = pd.DataFrame({"estimator": common,
+                          "AUC retrained": a[common].to_numpy(),
+                          "rank retrained": a[common].rank(ascending=asc, method="min")
+                          .astype(int).to_numpy(),
+                          "AUC no retrain": b[common].to_numpy(),
+                          "rank no retrain": b[common].rank(ascending=asc, method="min")
+                          .astype(int).to_numpy()})
+    rho = float(stats.spearmanr(a[common], b[common]).statistic) if len(common) > 2 else math.nan
+    return table.sort_values(["rank retrained", "estimator"]).reset_index(drop=True), rho
+
+
+def randomisation_table(df: pd.DataFrame, metric: str, similarity: str, estimators: list[str],
+                        steps: list[str]) -> pd.DataFrame:
+    """Mean (± std over sanity seeds) similarity per estimator and step."""
+    cur = df[(df["metric"] == metric) & (df["quantity"] == similarity) & (df["estimator"] != "-")]
+    if cur.empty:
+        return pd.DataFrame()
+    g = cur.groupby(["estimator", "param"])["value"].agg(["mean", "std"])
+    rows = []
+    for e in [e for e in estimators if e in g.index.get_level_values(0)]:
+        row = {"estimator": e}
+        for step in steps:
+            row[step] = _fmt(*g.loc[(e, step)]) if (e, step) in g.index else "n/a"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+_COLOURS = {"Gradient": "tab:blue", "IntegratedGradients": "tab:orange",
+            "GuidedBackprop": "tab:green", "InputXGradient": "tab:purple", "Random": "black",
+            "Sobel": "tab:gray"}
+_STYLES = {"": "-", "SmoothGrad": "--", "SmoothGradSquared": ":", "VarGrad": "-."}
+
+
+def _style(estimator: str) -> dict[str, Any]:
+    base, _, noise = estimator.partition("_")
+    return {"color": _COLOURS.get(base), "linestyle": _STYLES.get(noise, "-")}
+
+
+def _curves_figure(df: pd.DataFrame, estimators: list[str], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from quantus_roar.plotting import plot_curve
+
+    panels = []
+    for metric in ("roar", "kar"):
+        acc = accuracies(df, metric)
+        if not acc.empty:
+            panels.append((f"{metric.upper()} (retrained)", acc))
+    for metric in ("roar-noretrain", "kar-noretrain"):
+        cur = df[(df["metric"] == metric) & (df["quantity"] == "accuracy")]
+        if not cur.empty:
+            panels.append((f"{metric.split('-')[0].upper()} without retraining",
+                           cur.assign(percentage=cur["param"].map(_pct), accuracy=cur["value"])))
+    if not panels:
+        return False
+    ncols = 2 if len(panels) == 4 else len(panels)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.6 * nrows + 0.6),
+                             squeeze=False)
+    for ax, (title, acc) in zip(axes.flat, panels, strict=False):
+        for e in estimators:
+            part = acc[acc["estimator"] == e]
+            if len(part):
+                plot_curve(part, ax, label=e, title=title, legend=False, markersize=3,
+                           **_style(e))
+        ax.set_xlabel("features removed (%)" if title.startswith("ROAR")
+                      else "features kept (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, (0.3 + 0.18 * math.ceil(len(labels) / 5)) / fig.get_figheight(),
+                           1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _randomisation_figure(df: pd.DataFrame, estimators: list[str], steps: list[str],
+                          similarities: list[str], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    cur = df[(df["metric"] == "model-randomisation") & (df["estimator"] != "-")]
+    if cur.empty:
+        return False
+    fig, axes = plt.subplots(1, len(similarities), figsize=(4.2 * len(similarities), 3.8),
+                             squeeze=False)
+    layer_steps = [s for s in steps if s not in ("floor", "ceiling")]
+    x = np.arange(len(layer_steps))
+    for ax, sim in zip(axes[0], similarities, strict=True):
+        part = cur[cur["quantity"] == sim].groupby(["estimator", "param"])["value"].mean()
+        for e in estimators:
+            if e not in part.index.get_level_values(0):
+                continue
+            y = [part.get((e, s), np.nan) for s in layer_steps]
+            (line,) = ax.plot(x, y, marker="o", markersize=3, label=e, **_style(e))
+            for step, marker in (("floor", "v"), ("ceiling", "^")):
+                if (e, step) in part.index:
+                    ax.plot([len(layer_steps) + (step == "ceiling")], [part[(e, step)]],
+                            marker=marker, color=line.get_color(), linestyle="none")
+        ax.set_xticks([*x.tolist(), len(layer_steps), len(layer_steps) + 1],
+                      [*layer_steps, "floor", "ceiling"], rotation=45, fontsize=7)
+        ax.set_title(sim)
+        ax.set_xlabel("randomised up to layer")
+        ax.axhline(0.0, color="0.8", linewidth=0.8)
+    axes[0][0].set_ylabel("similarity to original explanation")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(labels) / 5), 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _examples_figure(out: Path, estimators: list[str], run: dict[str, Any], path: Path) -> bool:
+    """Test images after ROAR removal, one row per estimator, one column per percentage."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from quantus_roar.curves import removed_inputs
+
+    ex = out / "cache" / "examples.npz"
+    if not ex.is_file():
+        return False
+    with np.load(ex, allow_pickle=False) as f:
+        x, index, ids, stats = f["x"], f["index"], f["ids"], f["stats"]
+    rows = []
+    for e in estimators:
+        a_path = out / "attributions" / f"{e}.test.npy"
+        if a_path.is_file():
+            a = np.asarray(np.load(a_path, mmap_mode="r")[index])
+            rows.append((e, a))
+    if not rows:
+        return False
+    ps = [0, *run.get("percentages", [])]
+    fig, axes = plt.subplots(len(rows), len(ps), figsize=(1.25 * len(ps) + 1.6,
+                                                          1.25 * len(rows)), squeeze=False)
+    img = x[:1]
+    for r, (e, a) in enumerate(rows):
+        xr, _ = removed_inputs(img, a[:1], ps[1:], order="remove_top",
+                               granularity=run.get("granularity", "pixel"),
+                               reduce=run.get("reduce", "sum_abs"),
+                               imputer=run.get("imputer", "channel_mean"),
+                               stats=torch.from_numpy(stats), seed=run.get("seed", 0),
+                               sample_ids=ids[:1])
+        frames = [torch.from_numpy(img[0]), *xr[:, 0]]
+        for c, frame in enumerate(frames):
+            ax = axes[r][c]
+            arr = frame.numpy()
+            ax.imshow(arr[0] if arr.shape[0] == 1 else np.clip(arr.transpose(1, 2, 0), 0, 1),
+                      cmap="gray", vmin=float(img.min()), vmax=float(img.max()))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{ps[c]:g}%", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(e.replace("_", "\n"), fontsize=6, rotation=0, ha="right",
+                              va="center")
+    fig.suptitle("ROAR: a test image with the top-ranked features removed", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _md(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "_no results yet_\n"
+    cols = [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in table.itertuples(index=False):
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_report(out: str | Path) -> Path:
+    """Write ``results.csv``, ``report.md`` and ``figures/*.png`` for the run in ``out``.
+
+    Returns
+    -------
+    pathlib.Path
+        The path of ``report.md``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``out`` holds no result store.
+    """
+    out = Path(out)
+    with ResultStore.open_existing(out) as store:
+        df = store.frame()
+        run = store.get_meta("run") or {}
+        layers = store.get_meta("layers") or []
+        layer_types = store.get_meta("layer_types") or {}
+        expected = store.get_meta("expected_cells")
+    df.drop(columns=["fingerprint", "finished_at"]).to_csv(out / "results.csv", index=False)
+    estimators = _estimators(df, run)
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    similarities = [s for s in run.get("similarities", []) if s in set(df["quantity"])]
+    order = layers[::-1] if run.get("layer_order", "top_down") == "top_down" else layers
+    steps = [*order, "floor", "ceiling"]
+
+    n_keys = len(df.groupby(["metric", "estimator", "param", "seed"])) if len(df) else 0
+    lines = ["# quantus-roar benchmark report", ""]
+    lines += [f"Dataset `{run.get('dataset')}`, model `{run.get('model')}`, device "
+              f"`{run.get('device')}`, seed {run.get('seed')}; {len(estimators)} estimators, "
+              f"{len(run.get('percentages', []))} percentages x {run.get('retrains')} retrains, "
+              f"removal `{run.get('granularity')}`/`{run.get('reduce')}` with "
+              f"`{run.get('imputer')}` imputation.", ""]
+    status = f"{n_keys} cells stored" + (f" of {expected}" if expected else "")
+    total_s = float(df["wall_s"].groupby([df["metric"], df["estimator"], df["param"],
+                                          df["seed"]]).first().sum()) if len(df) else 0.0
+    lines += [f"{status}; compute time in cells {total_s / 60:.1f} min. Versions: "
+              f"{json.dumps(run.get('versions', {}))}. All values: `results.csv`.", ""]
+
+    for metric, title, better in (("roar", "ROAR (remove and retrain)", "lower"),
+                                  ("kar", "KAR (keep and retrain)", "higher")):
+        table = curve_table(df, metric, estimators)
+        if table.empty:
+            continue
+        lines += [f"## {title}", "",
+                  f"Test accuracy of models retrained on data with features "
+                  f"{'removed' if metric == 'roar' else 'kept'} by each estimator (mean ± std "
+                  f"over retrains; 0% is the unmodified data). Ranked by the normalised area "
+                  f"under the curve ({better} is better). *beats Random*: one-sided paired "
+                  "t-test of the per-retrain AUC against Random's with the same training seed "
+                  "(p < 0.05).", "", _md(table)]
+    for metric in ("roar", "kar"):
+        table, rho = noretrain_comparison(df, metric, estimators)
+        if table.empty:
+            continue
+        lines += [f"## {metric.upper()} with and without retraining", "",
+                  f"Spearman rank correlation of the estimators' AUC with and without "
+                  f"retraining: **{rho:.2f}**. Without retraining the model sees inputs unlike "
+                  "its training data, so a ranking by deletion alone can mislead.", "",
+                  _md(table)]
+    if _curves_figure(df, estimators, figures / "curves.png"):
+        lines += ["![accuracy curves](figures/curves.png)", ""]
+    if _examples_figure(out, estimators, run, figures / "examples.png"):
+        lines += ["![what ROAR removes](figures/examples.png)", ""]
+
+    mr = [(s, randomisation_table(df, "model-randomisation", s, estimators, steps))
+          for s in similarities]
+    if any(not t.empty for _, t in mr):
+        lines += ["## Model randomisation", "",
+                  f"Similarity between the explanation of the trained model and that of the "
+                  f"model with its layers re-initialised `{run.get('layer_order')}` (mean over "
+                  "the explained test samples; ± std over sanity seeds). *floor*: a freshly "
+                  "initialised model; *ceiling*: a model trained on the same data with another "
+                  "seed. Lower similarity after randomisation passes the check.", ""]
+        if layer_types:
+            lines += ["Layers (execution order): " + ", ".join(
+                f"`{name}` {layer_types.get(name, '')}".rstrip() for name in layers) + ".", ""]
+        for sim, table in mr:
+            lines += [f"### {sim}", "", _md(table)]
+        if _randomisation_figure(df, estimators, steps, similarities,
+                                 figures / "model_randomisation.png"):
+            lines += ["![model randomisation](figures/model_randomisation.png)", ""]
+    dr = [(s, randomisation_table(df, "data-randomisation", s, estimators,
+                                  ["random_labels", "floor", "ceiling"])) for s in similarities]
+    if any(not t.empty for _, t in dr):
+        acc = df[(df["metric"] == "data-randomisation") & (df["estimator"] == "-")]
+        tr = acc[acc["quantity"] == "train_accuracy"]["value"]
+        te = acc[acc["quantity"] == "test_accuracy"]["value"]
+        lines += ["## Data randomisation", "",
+                  "Similarity between the explanations of the trained model and of a model "
+                  "trained on permuted labels (*random_labels*), with floor and ceiling as "
+                  f"above. The random-label model fitted its training labels to "
+                  f"{_fmt(tr.mean(), tr.std())} accuracy; on the true test labels it scores "
+                  f"{_fmt(te.mean(), te.std())}.", ""]
+        for sim, table in dr:
+            lines += [f"### {sim}", "", _md(table)]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

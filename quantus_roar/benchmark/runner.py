@@ -1,0 +1,589 @@
+"""The benchmark grid: estimators x metrics x percentages (or layers) x seeds.
+
+:func:`run` loads the data, trains the model to explain, computes every
+estimator's attributions once (cached as ``.npy`` in the output folder) and
+then works through *units*: groups of cells computed together (all retrains of
+one estimator's ROAR curve, one deletion curve, one estimator's sanity
+check). Each unit's cells go into the :class:`~.store.ResultStore` in one
+transaction as soon as the unit finishes, and a unit whose cells are all
+stored is skipped, so an interrupted run resumes where it stopped.
+
+Seeds: the ROAR and KAR retrains use :func:`quantus_roar.curves.retrain_seeds`
+of the run's seed (the seeds :class:`quantus_roar.ROAR` uses), shared by every
+estimator and percentage; the unmodified baseline (percentage 0) is trained
+once with them and shared by ROAR and KAR. All other seeds (the explained
+model, the sanity checks) derive from the run's seed through
+``numpy.random.SeedSequence`` with fixed spawn keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from quantus_roar.benchmark.config import RunConfig, fingerprint
+from quantus_roar.benchmark.datasets import BenchmarkData, load_dataset
+from quantus_roar.benchmark.store import Cell, Key, ResultStore
+from quantus_roar.curves import deletion_curve, removed_inputs, retrain_seeds
+from quantus_roar.explainers import ESTIMATORS, explain
+from quantus_roar.models import SmallCNN, SmallResNet
+from quantus_roar.randomisation import execution_order, fresh_model, randomised_models
+from quantus_roar.removal import channel_means
+from quantus_roar.retrain import RetrainJob, TorchRetrainer
+from quantus_roar.retrain.base import fit_score_many
+from quantus_roar.similarity import SIMILARITIES
+from quantus_roar.streaming import RemovedDataset, chunked_channel_means
+
+__all__ = ["RunSummary", "derived_seed", "run"]
+
+logger = logging.getLogger("quantus_roar.benchmark")
+
+_CHUNK = 4096
+# Spawn keys of the run's derived seeds.
+_BASE, _LAYERS, _FLOOR, _CEILING, _PERMUTATION, _RANDOM_FIT, _SANITY_SAMPLES = range(1, 8)
+
+
+def derived_seed(seed: int, *key: int) -> int:
+    """A 32-bit seed drawn from ``SeedSequence(seed, spawn_key=(0x5EED, *key))``."""
+    return int(np.random.SeedSequence(int(seed), spawn_key=(0x5EED, *key)).generate_state(1)[0])
+
+
+@dataclass
+class RunSummary:
+    """What a call of :func:`run` did.
+
+    Attributes
+    ----------
+    out : Path
+    computed : list of tuple
+        Keys (metric, estimator, param, seed) computed by this call.
+    skipped : int
+        Cells found already stored and not recomputed.
+    wall_s : float
+    """
+
+    out: Path
+    computed: list[Key] = field(default_factory=list)
+    skipped: int = 0
+    wall_s: float = 0.0
+
+
+@dataclass
+class _Unit:
+    metric: str
+    estimator: str
+    keys: list[Key]
+    compute: Callable[[list[Key]], list[Cell]]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def model_factory(spec: str, data: BenchmarkData) -> Callable[[], nn.Module]:
+    """Zero-argument factory of fresh models for ``spec`` sized for ``data``."""
+    c, h = data.shape[0], data.shape[-1]
+    k = data.n_classes
+    name = spec.lower()
+    if name == "smallcnn":
+        if h % 2:
+            raise ValueError(f"SmallCNN needs an even image size; the data has {h}x{h}. Use "
+                             "--model smallresnet or your own factory (package.module:factory).")
+        return lambda: SmallCNN(in_channels=c, n_classes=k, image_size=h)
+    if name == "smallresnet":
+        return lambda: SmallResNet(in_channels=c, n_classes=k)
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"Unknown model {spec!r}. Use 'smallcnn', 'smallresnet' or "
+                         "'package.module:factory' (a callable taking in_channels, n_classes and "
+                         "image_size keywords).")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"Cannot import the model factory {spec!r}: {err}.") from err
+    return lambda: factory(in_channels=c, n_classes=k, image_size=h)
+
+
+def _save_model(model: nn.Module, path: Path) -> None:
+    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".partial.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_model(model: nn.Module, path: Path) -> nn.Module:
+    with np.load(path, allow_pickle=False) as f:
+        state = {k: torch.from_numpy(f[k]) for k in f.files}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- context
+
+
+class _Context:
+    """Shared, lazily built state of a run: data, models, attributions."""
+
+    def __init__(self, config: RunConfig, out: Path, data: BenchmarkData, device: torch.device,
+                 progress: bool):
+        self.config = config
+        self.out = out
+        self.data = data
+        self.device = device
+        self.progress = progress
+        self.cache = out / "cache"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        (out / "attributions").mkdir(exist_ok=True)
+        self.factory = model_factory(config.model, data)
+        recipe = {k: v for k, v in (("epochs", config.epochs), ("batch_size", config.batch_size),
+                                    ("lr", config.lr), ("optimizer", config.optimizer))
+                  if v is not None}
+        self.retrainer = TorchRetrainer(model_fn=self.factory, device=device, **recipe)
+        self.n_train, self.n_test = len(data.y_train), len(data.y_test)
+        self.train_ids = torch.arange(self.n_train)
+        self.test_ids = torch.arange(self.n_train, self.n_train + self.n_test)
+        self.seeds = retrain_seeds(config.seed, config.retrains)
+        self._memo: dict[Any, Any] = {}
+
+    def memo(self, key: Any, build: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
+
+    # ------------------------------------------------------------------ data views
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        d = self.data
+        return (d.x_train, d.y_train) if name == "train" else (d.x_test, d.y_test)
+
+    def tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    @property
+    def stats(self) -> torch.Tensor:
+        def build() -> torch.Tensor:
+            if self.data.streamed:
+                return torch.from_numpy(chunked_channel_means(self.data.x_train))
+            return torch.as_tensor(channel_means(self.data.x_train))
+        return self.memo("stats", build)
+
+    @property
+    def sanity_index(self) -> np.ndarray:
+        def build() -> np.ndarray:
+            k = self.config.sanity_samples
+            if k == 0 or k >= self.n_test:
+                return np.arange(self.n_test)
+            rng = np.random.default_rng(derived_seed(self.config.seed, _SANITY_SAMPLES))
+            return np.sort(rng.choice(self.n_test, size=k, replace=False))
+        return self.memo("sanity_index", build)
+
+    def save_examples(self, k: int = 4) -> None:
+        """The first ``k`` test images, their ids and the channel means, for the report."""
+        path = self.cache / "examples.npz"
+        if not path.is_file():
+            index = np.arange(min(k, self.n_test))
+            np.savez(path, x=np.asarray(self.data.x_test[index]), index=index,
+                     ids=self.test_ids[index].numpy(), stats=self.stats.numpy())
+
+    # ------------------------------------------------------------------ models
+
+    def fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> nn.Module:
+        if self.data.streamed:
+            return self.retrainer.fit(RemovedDataset(x, y), None, seed=seed)
+        return self.retrainer.fit(x, y, seed=seed)
+
+    def score(self, model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+        if self.data.streamed:
+            return self.retrainer.score(model, RemovedDataset(x, y), None)
+        return self.retrainer.score(model, x, y)
+
+    @property
+    def model(self) -> nn.Module:
+        """The model whose attributions are evaluated (trained once, weights cached)."""
+        def build() -> nn.Module:
+            path = self.cache / "model.npz"
+            if path.is_file():
+                return _load_model(self.factory(), path).to(self.device)
+            model = self.fit(self.data.x_train, self.data.y_train,
+                             derived_seed(self.config.seed, _BASE))
+            _save_model(model, path)
+            return model
+        return self.memo("model", build)
+
+    @property
+    def layers(self) -> list[str]:
+        def build() -> list[str]:
+            x = self.tensor(self.data.x_test[:1]).to(self.device)
+            return [name for name, _ in execution_order(self.model, x)]
+        return self.memo("layers", build)
+
+    def ceiling_model(self, s: int) -> nn.Module:
+        """A model trained on the true labels with another seed (the sanity checks' ceiling)."""
+        return self.memo(("ceiling", s), lambda: self.fit(
+            self.data.x_train, self.data.y_train, derived_seed(self.config.seed, _CEILING, s)))
+
+    def floor_model(self, s: int) -> nn.Module:
+        return self.memo(("floor", s), lambda: fresh_model(
+            self.model, self.layers, derived_seed(self.config.seed, _FLOOR, s)))
+
+    def randomised(self, s: int) -> list[tuple[str, nn.Module]]:
+        def build() -> list[tuple[str, nn.Module]]:
+            steps = randomised_models(self.model, self.layers, self.config.layer_order,
+                                      derived_seed(self.config.seed, _LAYERS, s))
+            return [(name, copy.deepcopy(m)) for name, m in steps]
+        return self.memo(("randomised", s), build)
+
+    def random_label_model(self, s: int) -> tuple[nn.Module, float, float]:
+        """A model fitted to permuted training labels, its train and test accuracy."""
+        def build() -> tuple[nn.Module, float, float]:
+            cfg = self.config
+            y = self.data.y_train
+            rng = np.random.default_rng(derived_seed(cfg.seed, _PERMUTATION, s))
+            y_perm = rng.permutation(y)
+            seed = derived_seed(cfg.seed, _RANDOM_FIT, s)
+            x = self.data.x_train
+            if self.data.streamed:
+                model = self.fit(x, y_perm, seed)
+                acc = self.score(model, x, y_perm)
+            else:
+                model, acc = self.retrainer.fit_until(x, y_perm, seed=seed,
+                                                      min_accuracy=cfg.min_train_accuracy,
+                                                      max_epochs=cfg.max_epochs)
+            if acc < cfg.min_train_accuracy:
+                logger.warning("The random-label model %d reached %.3f training accuracy, below "
+                               "min_train_accuracy=%s; raise max_epochs or the recipe's "
+                               "capacity.", s, acc, cfg.min_train_accuracy)
+            return model, float(acc), self.score(model, self.data.x_test, self.data.y_test)
+        return self.memo(("random_labels", s), build)
+
+    # ------------------------------------------------------------------ attributions
+
+    def _explain_to(self, path: Path, model: nn.Module, x: np.ndarray, y: np.ndarray,
+                    estimator: str, index: np.ndarray | None = None) -> np.ndarray:
+        """Explain ``x[index]`` chunk by chunk into a ``.npy`` file, atomically."""
+        n = len(x) if index is None else len(index)
+        tmp = path.with_suffix(".partial.npy")
+        out = None
+        for start in range(0, n, _CHUNK):
+            rows = slice(start, start + _CHUNK) if index is None else index[start : start + _CHUNK]
+            a = explain(model, self.tensor(x[rows]), self.tensor(y[rows]),
+                        **ESTIMATORS[estimator], seed=self.config.seed, device=self.device,
+                        batch_size=self.config.explain_batch_size)
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                shape=(n, *a.shape[1:]))
+            out[start : start + len(a)] = a
+        assert out is not None
+        out.flush()
+        del out
+        os.replace(tmp, path)
+        return np.load(path, mmap_mode="r")
+
+    def attributions(self, estimator: str, split: str) -> np.ndarray:
+        """Attributions of ``split`` by the model, computed once and cached as ``.npy``."""
+        def build() -> np.ndarray:
+            path = self.out / "attributions" / f"{estimator}.{split}.npy"
+            if path.is_file():
+                a = np.load(path, mmap_mode="r")
+            else:
+                x, y = self.split(split)
+                a = self._explain_to(path, self.model, x, y, estimator)
+            return a if self.data.streamed else np.asarray(a)
+        return self.memo(("a", estimator, split), build)
+
+    def sanity_attributions(self, model: nn.Module, estimator: str) -> torch.Tensor:
+        idx = self.sanity_index
+        x = self.tensor(self.data.x_test[idx])
+        y = self.tensor(self.data.y_test[idx])
+        return torch.from_numpy(explain(model, x, y, **ESTIMATORS[estimator],
+                                        seed=self.config.seed, device=self.device,
+                                        batch_size=self.config.explain_batch_size))
+
+    # ------------------------------------------------------------------ removal
+
+    def removed(self, estimator: str, split: str, p: float, order: str) -> Any:
+        """The split with features removed at ``p``: an array, or a lazy Dataset when streamed."""
+        cfg = self.config
+        x, y = self.split(split)
+        a = self.attributions(estimator, split)
+        ids = self.train_ids if split == "train" else self.test_ids
+        kw = dict(order=order, granularity=cfg.granularity, reduce=cfg.reduce,
+                  imputer=cfg.imputer, stats=self.stats, seed=cfg.seed)
+        if self.data.streamed:
+            return RemovedDataset(x, y, a, p, first_id=int(ids[0]), **kw)
+        xr, _ = removed_inputs(x, a, [p], sample_ids=ids, **kw)
+        return xr[0]
+
+
+# --------------------------------------------------------------------------- units
+
+
+def _retrain_unit(ctx: _Context, metric: str, estimator: str, keys: list[Key]) -> list[Cell]:
+    """All missing (percentage, seed) retrains of one estimator's ROAR or KAR curve."""
+    order = "remove_top" if metric == "roar" else "keep_top"
+    streamed = ctx.data.streamed
+    jobs, done_keys = [], []
+    by_p: dict[str, list[Key]] = {}
+    for key in keys:
+        by_p.setdefault(key[2], []).append(key)
+    for param, pkeys in by_p.items():
+        if metric == "baseline":
+            x_tr, x_te = ctx.data.x_train, ctx.data.x_test
+            if streamed:
+                x_tr, x_te = RemovedDataset(x_tr, ctx.data.y_train), RemovedDataset(
+                    x_te, ctx.data.y_test)
+        else:
+            p = float(param)
+            x_tr = ctx.removed(estimator, "train", p, order)
+            x_te = ctx.removed(estimator, "test", p, order)
+        y_tr = None if streamed else ctx.data.y_train
+        y_te = None if streamed else ctx.data.y_test
+        for key in pkeys:
+            jobs.append(RetrainJob(x_tr, y_tr, x_te, y_te, ctx.seeds[key[3]]))
+            done_keys.append(key)
+    start = time.perf_counter()
+    scores = fit_score_many(ctx.retrainer, jobs, progress=ctx.progress)
+    per_job = (time.perf_counter() - start) / max(1, len(jobs))
+    return [Cell(*key, "accuracy", float(acc), per_job)
+            for key, acc in zip(done_keys, scores, strict=True)]
+
+
+def _deletion_unit(ctx: _Context, metric: str, estimator: str, keys: list[Key]) -> list[Cell]:
+    cfg = ctx.config
+    order = "remove_top" if metric == "roar-noretrain" else "keep_top"
+    start = time.perf_counter()
+    x, y = ctx.data.x_test, ctx.data.y_test
+    a = ctx.attributions(estimator, "test")
+    kw = dict(order=order, granularity=cfg.granularity, reduce=cfg.reduce, imputer=cfg.imputer,
+              stats=ctx.stats, seed=cfg.seed, device=ctx.device, batch_size=256)
+    frames = []
+    for lo in range(0, len(x), _CHUNK if ctx.data.streamed else len(x)):
+        hi = lo + (_CHUNK if ctx.data.streamed else len(x))
+        df = deletion_curve(ctx.model, ctx.tensor(x[lo:hi]), ctx.tensor(y[lo:hi]),
+                            ctx.tensor(a[lo:hi]), cfg.percentages,
+                            first_id=int(ctx.test_ids[0]) + lo, **kw)
+        frames.append(df.assign(n=min(hi, len(x)) - lo))
+    wall = (time.perf_counter() - start) / (len(cfg.percentages) + 1)
+    total = sum(f["n"].iloc[0] for f in frames)
+    cells = []
+    for i, p in enumerate(frames[0]["percentage"]):
+        for q in ("accuracy", "true_class_score"):
+            value = sum(float(f[q].iloc[i]) * f["n"].iloc[0] for f in frames) / total
+            cells.append(Cell(metric, estimator, str(p), 0, q, value, wall))
+    wanted = set(keys)
+    return [c for c in cells if c.key in wanted]
+
+
+def _compare(ctx: _Context, original: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    return {name: float(np.nanmean(SIMILARITIES[name](original, other).cpu().numpy()))
+            for name in ctx.config.similarities}
+
+
+def _model_randomisation_unit(ctx: _Context, metric: str, estimator: str,
+                              keys: list[Key]) -> list[Cell]:
+    original = ctx.sanity_attributions(ctx.model, estimator)
+    cells = []
+    for key in keys:
+        _, _, step, s = key
+        start = time.perf_counter()
+        if step == "floor":
+            model = ctx.floor_model(s)
+        elif step == "ceiling":
+            model = ctx.ceiling_model(s)
+        else:
+            model = dict(ctx.randomised(s))[step]
+        values = _compare(ctx, original, ctx.sanity_attributions(model, estimator))
+        wall = time.perf_counter() - start
+        cells += [Cell(*key, q, v, wall) for q, v in values.items()]
+    return cells
+
+
+def _data_randomisation_unit(ctx: _Context, metric: str, estimator: str,
+                             keys: list[Key]) -> list[Cell]:
+    if estimator == "-":  # the random-label models themselves
+        cells = []
+        for key in keys:
+            start = time.perf_counter()
+            _, train_acc, test_acc = ctx.random_label_model(key[3])
+            wall = time.perf_counter() - start
+            cells += [Cell(*key, "train_accuracy", train_acc, wall),
+                      Cell(*key, "test_accuracy", test_acc, wall)]
+        return cells
+    original = ctx.sanity_attributions(ctx.model, estimator)
+    cells = []
+    for key in keys:
+        _, _, step, s = key
+        start = time.perf_counter()
+        model = {"random_labels": lambda s=s: ctx.random_label_model(s)[0],
+                 "floor": lambda s=s: ctx.floor_model(s),
+                 "ceiling": lambda s=s: ctx.ceiling_model(s)}[step]()
+        values = _compare(ctx, original, ctx.sanity_attributions(model, estimator))
+        wall = time.perf_counter() - start
+        cells += [Cell(*key, q, v, wall) for q, v in values.items()]
+    return cells
+
+
+def _plan(ctx: _Context) -> Iterator[_Unit]:
+    """Every unit of the run, in the order they are computed."""
+    cfg = ctx.config
+    ps = [str(p) for p in cfg.percentages]
+    seeds = range(cfg.retrains)
+    sanity = range(cfg.sanity_seeds)
+    if {"roar", "kar"} & set(cfg.metrics):
+        yield _Unit("baseline", "-", [("baseline", "-", "0", s) for s in seeds],
+                    lambda keys: _retrain_unit(ctx, "baseline", "-", keys))
+    if "data-randomisation" in cfg.metrics:
+        yield _Unit("data-randomisation", "-",
+                    [("data-randomisation", "-", "random_label_model", s) for s in sanity],
+                    lambda keys: _data_randomisation_unit(ctx, "data-randomisation", "-", keys))
+    for e in cfg.estimators:
+        for metric in cfg.metrics:
+            if metric in ("roar-noretrain", "kar-noretrain"):
+                keys = [(metric, e, p, 0) for p in ["0", *ps]]
+                fn = _deletion_unit
+            elif metric in ("roar", "kar"):
+                keys = [(metric, e, p, s) for p in ps for s in seeds]
+                fn = _retrain_unit
+            elif metric == "model-randomisation":
+                steps = [*(ctx.layers[::-1] if cfg.layer_order == "top_down" else ctx.layers),
+                         "floor", "ceiling"]
+                keys = [(metric, e, step, s) for s in sanity for step in steps]
+                fn = _model_randomisation_unit
+            else:
+                keys = [(metric, e, step, s) for s in sanity
+                        for step in ("random_labels", "floor", "ceiling")]
+                fn = _data_randomisation_unit
+            yield _Unit(metric, e, keys,
+                        lambda keys, fn=fn, metric=metric, e=e: fn(ctx, metric, e, keys))
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for, but torch sees no CUDA device. Use "
+                         "--device cpu.")
+    return dev
+
+
+def _summary_line(unit: _Unit, cells: list[Cell], wall: float) -> str:
+    main = [c.value for c in cells if c.quantity in ("accuracy", "spearman_abs")]
+    what = f"mean {np.mean(main):.3f}" if main else ""
+    return f"{unit.metric:<20} {unit.estimator:<36} {len(cells):4d} values {wall:7.1f} s {what}"
+
+
+def run(
+    config: RunConfig,
+    out: str | Path = "roar-results",
+    *,
+    fresh: bool = False,
+    progress: bool = True,
+    verbose: bool = False,
+    report: bool = True,
+    after_commit: Callable[[list[Cell]], None] | None = None,
+) -> RunSummary:
+    """Run (or resume) the benchmark of ``config`` into the folder ``out``.
+
+    Parameters
+    ----------
+    config : RunConfig
+    out : path, default "roar-results"
+        Output folder: ``results.sqlite``, cached attributions and model
+        weights, and the report.
+    fresh : bool, default False
+        Delete the folder's stored results, caches and report first.
+    progress : bool, default True
+        Progress bars (stderr).
+    verbose : bool, default False
+        Log one summary line per finished unit (logger ``quantus_roar.benchmark``,
+        INFO).
+    report : bool, default True
+        Write the report when every cell is done.
+    after_commit : callable, optional
+        Called with the cells of each unit right after they are committed.
+
+    Returns
+    -------
+    RunSummary
+
+    Raises
+    ------
+    quantus_roar.benchmark.ConfigMismatchError
+        If ``out`` holds results of another configuration (and not ``fresh``).
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    if fresh and out.exists():
+        for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm",
+                     "report.md", "results.csv"):
+            (out / name).unlink(missing_ok=True)
+        for name in ("cache", "attributions", "figures"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(config.device)
+    data = load_dataset(config.dataset, seed=config.seed,
+                        cache=out / "cache" / "data" if config.stream else None,
+                        image_size=config.image_size)
+    fp, description = fingerprint(config, data.digest, device.type)
+    summary = RunSummary(out)
+    with ResultStore(out) as store:
+        store.claim(fp, description)
+        (out / "config.toml").write_text(config.to_toml())
+        ctx = _Context(config, out, data, device, progress)
+        done = store.done()
+        units = list(_plan(ctx))
+        if "model-randomisation" in config.metrics:
+            modules = dict(ctx.model.named_modules())
+            store.set_meta("layers", ctx.layers)
+            store.set_meta("layer_types", {n: type(modules[n]).__name__ for n in ctx.layers})
+        store.set_meta("classes", data.classes)
+        store.set_meta("expected_cells", sum(len(u.keys) for u in units))
+        ctx.save_examples()
+        bar = tqdm(units, desc="benchmark", unit="unit", disable=not progress)
+        try:
+            with logging_redirect_tqdm(loggers=[logger]):
+                _work(units, bar, store, fp, done, summary, verbose, after_commit)
+        finally:
+            bar.close()
+    summary.wall_s = time.perf_counter() - t0
+    if report:
+        from quantus_roar.benchmark.report import build_report
+
+        build_report(out)
+    return summary
+
+
+def _work(units: list[_Unit], bar: Any, store: ResultStore, fp: str, done: set[Key],
+          summary: RunSummary, verbose: bool,
+          after_commit: Callable[[list[Cell]], None] | None) -> None:
+    for unit in bar:
+        todo = [k for k in unit.keys if k not in done]
+        summary.skipped += len(unit.keys) - len(todo)
+        if not todo:
+            continue
+        bar.set_postfix_str(f"{unit.metric} {unit.estimator}", refresh=True)
+        start = time.perf_counter()
+        cells = unit.compute(todo)
+        store.add(cells, fp)
+        summary.computed.extend(dict.fromkeys(c.key for c in cells))
+        if verbose:
+            logger.info(_summary_line(unit, cells, time.perf_counter() - start))
+        if after_commit is not None:
+            after_commit(cells)

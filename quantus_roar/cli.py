@@ -1,0 +1,124 @@
+"""``quantus-roar``: run the ROAR / KAR / sanity-check benchmark and report on it.
+
+Also available as ``python -m quantus_roar``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _percentages(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in _csv(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"--percentages takes numbers separated by commas, such as 10,30,50. Got {value!r}."
+        ) from err
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantus-roar",
+        description="ROAR, KAR, no-retrain deletion and sanity checks of attribution methods.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="run (or resume) a benchmark into an output folder",
+        description="Run the benchmark grid (estimators x metrics x percentages x seeds). With "
+                    "no arguments: digits, SmallCNN, every estimator, all six metrics, 5 "
+                    "percentages, 5 retrains, into ./roar-results. Finished cells are stored "
+                    "as they complete; running the same command again resumes.")
+    run.add_argument("--config", type=Path, help="TOML file with a [run] table of settings; "
+                     "flags given on the command line override it")
+    run.add_argument("--dataset", help="digits | synthetic | mnist:ROOT | cifar10:ROOT | "
+                     "imagefolder:ROOT (local files, never downloaded)")
+    run.add_argument("--model", help="smallcnn | smallresnet | package.module:factory")
+    run.add_argument("--estimators", type=_csv, help="comma-separated names of "
+                     "quantus_roar.ESTIMATORS (default: all)")
+    run.add_argument("--metrics", type=_csv, help="comma-separated: roar,kar,roar-noretrain,"
+                     "kar-noretrain,model-randomisation,data-randomisation (default: all)")
+    run.add_argument("--percentages", type=_percentages, help="e.g. 10,30,50,70,90")
+    run.add_argument("--retrains", type=int, help="retrains per percentage (default 5)")
+    run.add_argument("--epochs", type=int, help="training epochs of every retrain")
+    run.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    run.add_argument("--seed", type=int, help="the run's seed (default 0)")
+    run.add_argument("--stream", action="store_true", default=None,
+                     help="keep inputs and attributions in memory-mapped files and retrain "
+                          "through a DataLoader (for data larger than memory)")
+    run.add_argument("--image-size", type=int, dest="image_size",
+                     help="imagefolder: resize images to this size")
+    run.add_argument("--out", type=Path, default=Path("roar-results"),
+                     help="output folder (default ./roar-results)")
+    run.add_argument("--quick", action="store_true",
+                     help="a small run (4 estimators, 3 percentages, 2 retrains): a minute on "
+                          "two CPU cores")
+    run.add_argument("--fresh", action="store_true",
+                     help="delete the folder's stored results and start anew")
+    run.add_argument("--verbose", "-v", action="store_true",
+                     help="one summary line per finished group of cells")
+    run.add_argument("--no-progress", action="store_true", dest="no_progress",
+                     help="hide progress bars")
+    report = sub.add_parser("report", help="rebuild report.md, results.csv and figures from "
+                                           "the stored results, without computing anything")
+    report.add_argument("out", type=Path, help="output folder of a run")
+    return parser
+
+
+_FLAGS = ("dataset", "model", "estimators", "metrics", "percentages", "retrains", "epochs",
+          "device", "seed", "stream", "image_size")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from quantus_roar.benchmark.config import RunConfig
+
+    overrides = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
+    if args.config is not None:
+        return RunConfig.from_toml(args.config, quick=args.quick, **overrides)
+    return RunConfig.quick(**overrides) if args.quick else RunConfig(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+    from quantus_roar.benchmark.datasets import DatasetError
+    from quantus_roar.benchmark.store import ConfigMismatchError
+
+    try:
+        if args.command == "report":
+            from quantus_roar.benchmark.report import build_report
+
+            path = build_report(args.out)
+            print(f"report: {path}")
+            return 0
+        from quantus_roar.benchmark.runner import run
+
+        config = _config(args)
+        summary = run(config, args.out, fresh=args.fresh, progress=not args.no_progress,
+                      verbose=args.verbose)
+        print(f"{len(summary.computed)} cells computed, {summary.skipped} already stored, "
+              f"{summary.wall_s:.1f} s. Report: {args.out / 'report.md'}")
+        return 0
+    except (ConfigMismatchError, DatasetError, FileNotFoundError, ValueError) as err:
+        print(f"quantus-roar: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quantus-roar: interrupted; finished cells are stored, run the same command "
+              "again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -169,8 +169,10 @@ class _Context:
         d = self.data
         return (d.x_train, d.y_train) if name == "train" else (d.x_test, d.y_test)
 
-    def tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x))
+    @staticmethod
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        """A tensor of ``x``, copied from read-only (memory-mapped) arrays."""
+        return torch.from_numpy(np.ascontiguousarray(x) if x.flags.writeable else np.array(x))
 
     @property
     def stats(self) -> torch.Tensor:
@@ -272,13 +274,13 @@ class _Context:
     # ------------------------------------------------------------------ attributions
 
     def _explain_to(self, path: Path, model: nn.Module, x: np.ndarray, y: np.ndarray,
-                    estimator: str, index: np.ndarray | None = None) -> np.ndarray:
-        """Explain ``x[index]`` chunk by chunk into a ``.npy`` file, atomically."""
-        n = len(x) if index is None else len(index)
+                    estimator: str) -> None:
+        """Explain ``x`` chunk by chunk into a ``.npy`` file, atomically."""
+        n = len(x)
         tmp = path.with_suffix(".partial.npy")
         out = None
         for start in range(0, n, _CHUNK):
-            rows = slice(start, start + _CHUNK) if index is None else index[start : start + _CHUNK]
+            rows = slice(start, start + _CHUNK)
             a = explain(model, self.tensor(x[rows]), self.tensor(y[rows]),
                         **ESTIMATORS[estimator], seed=self.config.seed, device=self.device,
                         batch_size=self.config.explain_batch_size)
@@ -290,18 +292,15 @@ class _Context:
         out.flush()
         del out
         os.replace(tmp, path)
-        return np.load(path, mmap_mode="r")
 
     def attributions(self, estimator: str, split: str) -> np.ndarray:
         """Attributions of ``split`` by the model, computed once and cached as ``.npy``."""
         def build() -> np.ndarray:
             path = self.out / "attributions" / f"{estimator}.{split}.npy"
-            if path.is_file():
-                a = np.load(path, mmap_mode="r")
-            else:
+            if not path.is_file():
                 x, y = self.split(split)
-                a = self._explain_to(path, self.model, x, y, estimator)
-            return a if self.data.streamed else np.asarray(a)
+                self._explain_to(path, self.model, x, y, estimator)
+            return np.load(path, mmap_mode="r" if self.data.streamed else None)
         return self.memo(("a", estimator, split), build)
 
     def sanity_attributions(self, model: nn.Module, estimator: str) -> torch.Tensor:
@@ -558,7 +557,7 @@ def run(
         ctx.save_examples()
         bar = tqdm(units, desc="benchmark", unit="unit", disable=not progress)
         try:
-            with logging_redirect_tqdm(loggers=[logger]):
+            with logging_redirect_tqdm():
                 _work(units, bar, store, fp, done, summary, verbose, after_commit)
         finally:
             bar.close()

@@ -1,0 +1,467 @@
+"""The benchmark runner: CLI, result store, resume, refusal, report, datasets, streaming."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from quantus_roar import explain
+from quantus_roar.benchmark import (
+    ConfigMismatchError,
+    DatasetError,
+    ResultStore,
+    RunConfig,
+    build_report,
+    load_dataset,
+    run,
+)
+from quantus_roar.benchmark.runner import derived_seed
+from quantus_roar.cli import main
+from quantus_roar.curves import deletion_curve, retrain_curve
+from quantus_roar.data import load_digits_data
+from quantus_roar.models import SmallCNN
+from quantus_roar.removal import channel_means
+from quantus_roar.retrain import TorchRetrainer
+
+pytestmark = pytest.mark.slow
+
+# A small grid that still has every kind of unit: retrains, deletion, both sanity checks.
+SMALL = dict(estimators=("Gradient", "Random"), percentages=(50,), retrains=2,
+             metrics=("roar", "kar", "roar-noretrain", "model-randomisation",
+                      "data-randomisation"),
+             sanity_samples=40, max_epochs=24, min_train_accuracy=0.5, device="cpu")
+
+
+def _values(out: Path) -> pd.DataFrame:
+    with ResultStore.open_existing(out) as store:
+        df = store.frame()
+    return df.set_index(["metric", "estimator", "param", "seed", "quantity"])["value"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run(RunConfig(**SMALL), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quick")
+    assert main(["run", "--quick", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    return out
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_quick_run_writes_the_report_and_report_rebuilds_identical_tables(quick, capsys):
+    for name in ("report.md", "results.csv", "config.toml", "results.sqlite",
+                 "figures/curves.png", "figures/examples.png", "figures/model_randomisation.png"):
+        assert (quick / name).is_file(), name
+    with ResultStore.open_existing(quick) as store:
+        expected = store.get_meta("expected_cells")
+        df = store.frame()
+    # 4 estimators: baseline 2 + random-label models 1 + per estimator
+    # (deletion 2 x 4 + retrains 2 x 3 x 2 + model rand. 5 + data rand. 3)
+    assert expected == 2 + 1 + 4 * (2 * 4 + 2 * 3 * 2 + 5 + 3)
+    assert len(df.groupby(["metric", "estimator", "param", "seed"])) == expected
+    report = (quick / "report.md").read_text()
+    csv = (quick / "results.csv").read_text()
+    for heading in ("## ROAR", "## KAR", "## ROAR with and without retraining",
+                    "## Model randomisation", "## Data randomisation"):
+        assert heading in report
+    os.remove(quick / "report.md")
+    assert main(["report", str(quick)]) == 0
+    assert (quick / "report.md").read_text() == report
+    assert (quick / "results.csv").read_text() == csv
+    assert "report:" in capsys.readouterr().out
+
+
+def test_results_csv_has_one_row_per_cell_and_quantity(quick):
+    df = pd.read_csv(quick / "results.csv", dtype={"param": str})
+    assert not df.duplicated(["metric", "estimator", "param", "seed", "quantity"]).any()
+    roar = df[(df.metric == "roar") & (df.estimator == "Random")]
+    assert sorted(roar.param.unique(), key=float) == ["10", "50", "90"]
+    assert sorted(roar.seed.unique()) == [0, 1]
+    assert roar["value"].between(0, 1).all()
+
+
+def test_report_tables_agree_with_the_stored_values(quick):
+    from quantus_roar.benchmark.report import curve_table
+
+    with ResultStore.open_existing(quick) as store:
+        df = store.frame()
+    table = curve_table(df, "roar", ["Gradient", "GuidedBackprop_SmoothGrad", "Random", "Sobel"])
+    cell = df[(df.metric == "roar") & (df.estimator == "Sobel") & (df.param == "90")]["value"]
+    row = table.set_index("estimator").loc["Sobel"]
+    assert row["90%"] == f"{cell.mean():.3f} ± {cell.std():.3f}"
+    # ranks follow the AUC, lower first for ROAR
+    aucs = table["AUC"].str.split(" ").str[0].astype(float)
+    assert list(aucs) == sorted(aucs)
+    assert table.set_index("estimator").loc["Random", "beats Random"] == "(control)"
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_after_an_exception_recomputes_nothing_and_matches_an_uninterrupted_run(
+        tmp_path, uninterrupted):
+    out = tmp_path / "resumed"
+    commits: list[list] = []
+
+    def stop_after_three(cells):
+        commits.append([c.key for c in cells])
+        if len(commits) == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(RunConfig(**SMALL), out, progress=False, after_commit=stop_after_three)
+    with ResultStore.open_existing(out) as store:
+        stored = store.done()
+    assert stored == {k for keys in commits for k in keys}
+    assert not (out / "report.md").exists()
+
+    summary = run(RunConfig(**SMALL), out, progress=False)
+    assert summary.skipped == len(stored)
+    assert not stored & set(summary.computed)
+    resumed, reference = _values(out), _values(uninterrupted)
+    assert not resumed.index.duplicated().any()
+    pd.testing.assert_series_equal(resumed, reference)
+
+    again = run(RunConfig(**SMALL), out, progress=False)
+    assert again.computed == [] and again.skipped == len(resumed.index.droplevel(-1).unique())
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_results(tmp_path, uninterrupted):
+    out = tmp_path / "killed"
+    args = ["run", "--out", str(out), "--no-progress", "--device", "cpu",
+            "--estimators", ",".join(SMALL["estimators"]), "--percentages", "50",
+            "--retrains", "2", "--metrics", ",".join(SMALL["metrics"])]
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("[run]\nsanity_samples = 40\nmax_epochs = 24\nmin_train_accuracy = 0.5\n")
+    args += ["--config", str(cfg)]
+    proc = subprocess.Popen([sys.executable, "-m", "quantus_roar", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = out / "results.sqlite"
+    n_before = 0
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    with sqlite3.connect(db) as conn:
+                        n_before = conn.execute(
+                            "SELECT COUNT(DISTINCT metric || estimator || param || seed) "
+                            "FROM cells").fetchone()[0]
+                except sqlite3.OperationalError:  # table not created yet
+                    n_before = 0
+                if n_before > 0:
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    with ResultStore.open_existing(out) as store:
+        stored = store.done()
+        expected = store.get_meta("expected_cells")
+    assert 0 < len(stored) < expected
+
+    assert main(args) == 0
+    with ResultStore.open_existing(out) as store:
+        df = store.frame()
+    assert len(df.groupby(["metric", "estimator", "param", "seed"])) == expected
+    pd.testing.assert_series_equal(_values(out), _values(uninterrupted))
+
+
+def test_a_different_config_in_the_same_folder_is_refused_and_fresh_starts_anew(
+        tmp_path, capsys):
+    out = tmp_path / "run"
+    small = dict(estimators=("Random",), metrics=("roar-noretrain",), device="cpu")
+    run(RunConfig(**small, percentages=(50,)), out, progress=False)
+    with pytest.raises(ConfigMismatchError, match=r"percentages: \[50\] -> \[30\]"):
+        run(RunConfig(**small, percentages=(30,)), out, progress=False)
+    assert _values(out).index.get_level_values("param").unique().tolist() == ["0", "50"]
+    code = main(["run", "--out", str(out), "--estimators", "Random", "--metrics",
+                 "roar-noretrain", "--percentages", "30", "--no-progress", "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "holds results of another run" in err and "--fresh" in err
+
+    run(RunConfig(**small, percentages=(30,)), out, progress=False, fresh=True)
+    assert sorted(_values(out).index.get_level_values("param").unique()) == ["0", "30"]
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def test_runner_cells_equal_the_core_procedures_with_the_same_seeds(tmp_path):
+    """ROAR / KAR cells against retrain_curve, deletion cells against deletion_curve."""
+    cfg = RunConfig(estimators=("Gradient",), percentages=(30, 70), retrains=2,
+                    metrics=("roar", "kar", "kar-noretrain"), device="cpu")
+    run(cfg, tmp_path, progress=False, report=False)
+    values = _values(tmp_path)
+
+    x_tr, y_tr, x_te, y_te = load_digits_data(seed=0)
+    model = TorchRetrainer(SmallCNN()).fit(x_tr, y_tr, seed=derived_seed(0, 1))
+    a_tr = explain(model, x_tr, y_tr, method="Gradient")
+    a_te = explain(model, x_te, y_te, method="Gradient")
+    np.testing.assert_array_equal(np.load(tmp_path / "attributions" / "Gradient.train.npy"),
+                                  a_tr)
+    # One model at a time: the ensemble groups of the two procedures differ in size.
+    for metric, order in (("roar", "remove_top"), ("kar", "keep_top")):
+        sequential = TorchRetrainer(SmallCNN(), ensemble=False)
+        curve = retrain_curve(sequential, x_tr, y_tr, a_tr, x_te, y_te, a_te, (30, 70),
+                              order=order, n_retrains=2)
+        for row in curve[curve.percentage > 0].itertuples():
+            stored = values[(metric, "Gradient", str(row.percentage), row.retrain, "accuracy")]
+            assert abs(stored - row.accuracy) <= 0.02, (metric, row.percentage, row.retrain)
+        base = curve[curve.percentage == 0]
+        for row in base.itertuples():
+            assert values[("baseline", "-", "0", row.retrain, "accuracy")] == pytest.approx(
+                row.accuracy, abs=0.02)
+    ref = deletion_curve(model, x_te, y_te, a_te, (30, 70), order="keep_top",
+                         stats=channel_means(x_tr), first_id=len(x_tr), batch_size=256)
+    for row in ref.itertuples():
+        assert values[("kar-noretrain", "Gradient", str(row.percentage), 0, "accuracy")] == (
+            pytest.approx(row.accuracy, abs=1e-12))
+
+
+def test_streamed_run_gives_the_in_memory_numbers(tmp_path):
+    cfg = dict(estimators=("Gradient",), percentages=(50,), retrains=1, device="cpu",
+               metrics=("roar", "roar-noretrain", "model-randomisation"), sanity_samples=30)
+    run(RunConfig(**cfg), tmp_path / "memory", progress=False, report=False)
+    run(RunConfig(**cfg, stream=True), tmp_path / "stream", progress=False, report=False)
+    assert (tmp_path / "stream" / "cache" / "data" / "x_train.npy").is_file()
+    mem, streamed = _values(tmp_path / "memory"), _values(tmp_path / "stream")
+    assert mem.index.equals(streamed.index)
+    retrained = mem.index.get_level_values("metric").isin(["roar", "baseline"])
+    # deletion and sanity checks: the same computation chunk by chunk
+    np.testing.assert_allclose(streamed[~retrained], mem[~retrained], atol=1e-9)
+    # retraining: one model at a time through a DataLoader against the ensemble path
+    np.testing.assert_allclose(streamed[retrained], mem[retrained], atol=0.02)
+
+
+# --------------------------------------------------------------------------- config and CLI
+
+
+def test_config_file_flags_and_quick_preset_combine(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[run]\nretrains = 3\npercentages = [20, 40]\nestimators = ["Sobel"]\n')
+    cfg = RunConfig.from_toml(path, retrains=4)
+    assert (cfg.retrains, cfg.percentages, cfg.estimators) == (4, (20, 40), ("Sobel",))
+    quick = RunConfig.from_toml(path, quick=True)
+    assert quick.sanity_samples == RunConfig.quick().sanity_samples and quick.retrains == 3
+    assert RunConfig.from_toml(tmp_path / "c.toml").to_toml() == cfg.__class__(
+        retrains=3, percentages=(20, 40), estimators=("Sobel",)).to_toml()
+    back = tmp_path / "back.toml"
+    back.write_text(cfg.to_toml())
+    assert RunConfig.from_toml(back) == cfg
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"estimators": ("Saliency",)}, "Unknown estimator"),
+    ({"metrics": ("roar", "pixelflipping")}, "Unknown metric"),
+    ({"percentages": (0, 50)}, "percentages"),
+    ({"percentages": (50, 120)}, "percentages"),
+    ({"retrains": 0}, "'retrains' setting must be a positive integer"),
+    ({"similarities": ("pearson",)}, "Unknown similarity"),
+    ({"imputer": "mean"}, "'imputer' setting must be one of"),
+])
+def test_bad_settings_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig(**kwargs)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        RunConfig.from_toml(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run]\nretrain = 3\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['retrain'\]"):
+        RunConfig.from_toml(bad)
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert main(["run", "--estimators", "Saliency", "--out", str(tmp_path)]) == 2
+    assert "Unknown estimator" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "No results in" in capsys.readouterr().err
+    assert main(["run", "--dataset", "mnist:" + str(tmp_path / "absent"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "train-images-idx3-ubyte" in err
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "quantus_roar", "run", "--help"],
+                          capture_output=True, text=True, check=True)
+    assert "--quick" in done.stdout and "--fresh" in done.stdout
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool = False) -> None:
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def test_mnist_from_local_idx_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = {"train": rng.integers(0, 256, (12, 28, 28)), "t10k": rng.integers(0, 256, (6, 28, 28))}
+    labels = {"train": np.arange(12) % 10, "t10k": np.arange(6) % 10}
+    for split in ("train", "t10k"):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", images[split])
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels[split])
+    data = load_dataset(f"mnist:{tmp_path}")
+    assert data.x_train.shape == (12, 1, 28, 28) and data.x_test.shape == (6, 1, 28, 28)
+    np.testing.assert_allclose(data.x_train[:, 0], images["train"] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(data.y_test, labels["t10k"])
+    assert data.n_classes == 10 and not data.streamed
+    streamed = load_dataset(f"mnist:{tmp_path}", cache=tmp_path / "cache")
+    assert streamed.streamed and streamed.digest == data.digest
+    np.testing.assert_array_equal(streamed.x_train, data.x_train)
+
+
+def test_mnist_with_missing_files_names_the_layout(tmp_path):
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="No readable mnist files.*t10k-labels-idx1-ubyte"):
+        load_dataset(f"mnist:{tmp_path}")
+
+
+def _write_cifar(root: Path, n_per_batch: int = 4) -> dict[str, np.ndarray]:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    out = {"train": [], "test": []}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        data = rng.integers(0, 256, (n_per_batch, 3 * 32 * 32), dtype=np.uint8)
+        labels = list(rng.integers(0, 10, n_per_batch))
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+        out["test" if name == "test_batch" else "train"].append((data, labels))
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return {k: (np.concatenate([d for d, _ in v]), np.concatenate([lab for _, lab in v]))
+            for k, v in out.items()}
+
+
+def test_cifar10_from_local_python_batches(tmp_path):
+    written = _write_cifar(tmp_path)
+    data = load_dataset(f"cifar10:{tmp_path}")
+    assert data.x_train.shape == (20, 3, 32, 32) and data.x_test.shape == (4, 3, 32, 32)
+    np.testing.assert_allclose(data.x_train.reshape(20, -1), written["train"][0] / 255.0,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(data.y_train, written["train"][1])
+    assert data.classes[0] == "class0"
+
+
+def test_cifar10_malformed_batch_is_a_clear_error(tmp_path):
+    _write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match="malformed.*cifar-10-batches-py"):
+        load_dataset(f"cifar10:{tmp_path}")
+
+
+def _write_folder(root: Path, classes: int = 3, per_class: int = 5, size: int = 6) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for c in range(classes):
+        d = root / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                d / f"{i}.png")
+
+
+def test_imagefolder_with_train_and_test_folders(tmp_path):
+    from PIL import Image
+
+    _write_folder(tmp_path / "train")
+    _write_folder(tmp_path / "test", per_class=2)
+    data = load_dataset(f"imagefolder:{tmp_path}")
+    assert data.x_train.shape == (15, 3, 6, 6) and data.x_test.shape == (6, 3, 6, 6)
+    assert data.classes == ["c0", "c1", "c2"]
+    np.testing.assert_array_equal(data.y_test, [0, 0, 1, 1, 2, 2])
+    first = np.asarray(Image.open(tmp_path / "train" / "c0" / "0.png"), dtype=np.float32) / 255
+    np.testing.assert_allclose(data.x_train[0], first.transpose(2, 0, 1))
+    resized = load_dataset(f"imagefolder:{tmp_path}", image_size=4)
+    assert resized.x_train.shape == (15, 3, 4, 4)
+
+
+def test_imagefolder_without_split_is_split_stratified(tmp_path):
+    _write_folder(tmp_path, per_class=10)
+    data = load_dataset(f"imagefolder:{tmp_path}", seed=3)
+    assert len(data.y_train) == 24 and np.bincount(data.y_test).tolist() == [2, 2, 2]
+
+
+def test_imagefolder_errors(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist.*ROOT/train/<class>"):
+        load_dataset(f"imagefolder:{tmp_path / 'missing'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="not an image folder"):
+        load_dataset(f"imagefolder:{tmp_path / 'empty'}")
+    from PIL import Image
+
+    _write_folder(tmp_path / "mixed", per_class=2)
+    Image.new("RGB", (9, 9)).save(tmp_path / "mixed" / "c1" / "big.png")
+    with pytest.raises(DatasetError, match="Pass image_size"):
+        load_dataset(f"imagefolder:{tmp_path / 'mixed'}")
+    with pytest.raises(ValueError, match="Unknown dataset spec"):
+        load_dataset("imagenet")
+
+
+def test_store_never_duplicates_and_rolls_back_a_failed_transaction(tmp_path):
+    from quantus_roar.benchmark.store import Cell
+
+    cells = [Cell("roar", "Gradient", "10", s, "accuracy", 0.5 + s, 1.0) for s in range(3)]
+    with ResultStore(tmp_path) as store:
+        assert store.add(cells, "fp") == 3
+        assert store.add(cells[:2] + [Cell("roar", "Gradient", "30", 0, "accuracy", 0.1, 1.0)],
+                         "fp") == 1
+        assert store.count() == 4
+        with pytest.raises(sqlite3.IntegrityError), store._transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('a', '1')")
+            conn.execute("INSERT INTO meta (key, value) VALUES ('a', '2')")
+        assert store.get_meta("a") is None
+        assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_build_report_of_an_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No results in"):
+        build_report(tmp_path)
+
+
+def test_derived_seeds_are_distinct_and_stable():
+    seeds = {derived_seed(0, k, s) for k in range(1, 8) for s in range(3)}
+    assert len(seeds) == 21
+    assert derived_seed(0, 1) == derived_seed(0, 1) != derived_seed(1, 1)

@@ -7,8 +7,11 @@ memory-mapped. The streamed path (:class:`quantus_roar.streaming.RemovedDataset`
 through :class:`~quantus_roar.TorchRetrainer`'s DataLoader path) must train
 and score with a peak of anonymous memory (RssAnon: the process's own memory,
 not the page cache of the mapped files) below a 64 MB budget above the
-starting level, while the in-memory path, measured in the same run, holds the
-data, its attributions and the modified copy at once.
+starting level, on a quarter of the data and on all of it, while the
+in-memory path, measured in the same run, holds the data, its attributions
+and the modified copy at once. One streamed retrain on 2,000 samples first
+takes the one-time costs (thread pools, kernels' workspaces) out of the
+measurement.
 """
 
 from __future__ import annotations
@@ -91,13 +94,14 @@ def test_streamed_retrain_stays_within_the_memory_budget(on_disk, benchmark):
     assert data_mb > 4 * BUDGET_MB
     retrainer = TorchRetrainer(SmallCNN(image_size=SIZE, width=8), epochs=1, batch_size=256)
 
-    def streamed() -> float:
-        x = np.load(x_path, mmap_mode="r")
-        a = np.load(a_path, mmap_mode="r")
+    def streamed(n: int = N) -> float:
+        x = np.load(x_path, mmap_mode="r")[:n]
+        a = np.load(a_path, mmap_mode="r")[:n]
         stats = chunked_channel_means(x)
-        train = RemovedDataset(x[: N - 4000], y[: N - 4000], a[: N - 4000], 50, stats=stats)
-        test = RemovedDataset(x[N - 4000 :], y[N - 4000 :], a[N - 4000 :], 50, stats=stats,
-                              first_id=N - 4000)
+        t = n // 10
+        train = RemovedDataset(x[: n - t], y[: n - t], a[: n - t], 50, stats=stats)
+        test = RemovedDataset(x[n - t :], y[n - t : n], a[n - t :], 50, stats=stats,
+                              first_id=n - t)
         model = retrainer.fit(train, None, seed=0)
         return retrainer.score(model, test, None)
 
@@ -106,21 +110,26 @@ def test_streamed_retrain_stays_within_the_memory_budget(on_disk, benchmark):
         a = np.load(a_path)
         stats = torch.from_numpy(chunked_channel_means(x))
         xr, _ = removed_inputs(x, a, [50], stats=stats)
-        model = retrainer.fit(xr[0][: N - 4000], y[: N - 4000], seed=0)
-        return retrainer.score(model, xr[0][N - 4000 :], y[N - 4000 :])
+        t = N // 10
+        model = retrainer.fit(xr[0][: N - t], y[: N - t], seed=0)
+        return retrainer.score(model, xr[0][N - t :], y[N - t :])
 
+    streamed(2000)  # one-time allocations
+    growth_quarter, _, _ = _peak_growth_mb(lambda: streamed(N // 4))
     growth_stream, acc_stream, t_stream = benchmark.pedantic(
         lambda: _peak_growth_mb(streamed), rounds=1, iterations=1)
     growth_memory, acc_memory, t_memory = _peak_growth_mb(in_memory)
     benchmark.extra_info.update(data_mb=data_mb, budget_mb=BUDGET_MB,
                                 peak_growth_stream_mb=growth_stream,
+                                peak_growth_stream_quarter_mb=growth_quarter,
                                 peak_growth_memory_mb=growth_memory, acc_stream=acc_stream,
                                 acc_memory=acc_memory, t_stream_s=t_stream, t_memory_s=t_memory)
     print(f"\nROAR retrain at 50% of {N} 1x{SIZE}x{SIZE} images ({data_mb:.0f} MB of inputs and "
           f"attributions on disk), one epoch:\n"
+          f"  streamed, {N // 4} images  peak RssAnon +{growth_quarter:6.1f} MB\n"
           f"  streamed   peak RssAnon +{growth_stream:6.1f} MB  {t_stream:5.1f} s  "
           f"acc {acc_stream:.3f}\n"
           f"  in memory  peak RssAnon +{growth_memory:6.1f} MB  {t_memory:5.1f} s  "
           f"acc {acc_memory:.3f}\n  budget {BUDGET_MB} MB")
-    assert growth_stream < BUDGET_MB < data_mb < growth_memory
+    assert max(growth_stream, growth_quarter) < BUDGET_MB < data_mb < growth_memory
     assert acc_stream == pytest.approx(acc_memory, abs=0.02)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from quantus_roar import explain
 from quantus_roar.benchmark import (
@@ -335,7 +334,8 @@ def test_mnist_from_local_idx_files(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    images = {"train": rng.integers(0, 256, (12, 28, 28)), "t10k": rng.integers(0, 256, (6, 28, 28))}
+    images = {"train": rng.integers(0, 256, (12, 28, 28)),
+              "t10k": rng.integers(0, 256, (6, 28, 28))}
     labels = {"train": np.arange(12) % 10, "t10k": np.arange(6) % 10}
     for split in ("train", "t10k"):
         _write_idx(raw / f"{split}-images-idx3-ubyte", images[split])
@@ -352,7 +352,7 @@ def test_mnist_from_local_idx_files(tmp_path):
 
 def test_mnist_with_missing_files_names_the_layout(tmp_path):
     (tmp_path / "MNIST" / "raw").mkdir(parents=True)
-    with pytest.raises(DatasetError, match="No readable mnist files.*t10k-labels-idx1-ubyte"):
+    with pytest.raises(DatasetError, match=r"No readable mnist files.*t10k-labels-idx1-ubyte"):
         load_dataset(f"mnist:{tmp_path}")
 
 
@@ -387,7 +387,7 @@ def test_cifar10_from_local_python_batches(tmp_path):
 def test_cifar10_malformed_batch_is_a_clear_error(tmp_path):
     _write_cifar(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
-    with pytest.raises(DatasetError, match="malformed.*cifar-10-batches-py"):
+    with pytest.raises(DatasetError, match=r"malformed.*cifar-10-batches-py"):
         load_dataset(f"cifar10:{tmp_path}")
 
 
@@ -425,7 +425,7 @@ def test_imagefolder_without_split_is_split_stratified(tmp_path):
 
 
 def test_imagefolder_errors(tmp_path):
-    with pytest.raises(DatasetError, match="does not exist.*ROOT/train/<class>"):
+    with pytest.raises(DatasetError, match=r"does not exist.*ROOT/train/<class>"):
         load_dataset(f"imagefolder:{tmp_path / 'missing'}")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="not an image folder"):
@@ -446,7 +446,7 @@ def test_store_never_duplicates_and_rolls_back_a_failed_transaction(tmp_path):
     cells = [Cell("roar", "Gradient", "10", s, "accuracy", 0.5 + s, 1.0) for s in range(3)]
     with ResultStore(tmp_path) as store:
         assert store.add(cells, "fp") == 3
-        assert store.add(cells[:2] + [Cell("roar", "Gradient", "30", 0, "accuracy", 0.1, 1.0)],
+        assert store.add([*cells[:2], Cell("roar", "Gradient", "30", 0, "accuracy", 0.1, 1.0)],
                          "fp") == 1
         assert store.count() == 4
         with pytest.raises(sqlite3.IntegrityError), store._transaction() as conn:

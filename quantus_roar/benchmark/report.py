@@ -366,10 +366,10 @@ def build_report(out: str | Path) -> Path:
         lines += [f"## {title}", "",
                   f"Test accuracy of models retrained on data with features "
                   f"{'removed' if metric == 'roar' else 'kept'} by each estimator (mean ± std "
-                  f"over retrains; *unmodified*: trained on the data without removal). Ranked by the normalised area "
-                  f"under the curve ({better} is better). *beats Random*: one-sided paired "
-                  "t-test of the per-retrain AUC against Random's with the same training seed "
-                  "(p < 0.05).", "", _md(table)]
+                  "over retrains; *unmodified*: trained on the data without removal). Ranked "
+                  f"by the normalised area under the curve ({better} is better). *beats "
+                  "Random*: one-sided paired t-test of the per-retrain AUC against Random's "
+                  "with the same training seed (p < 0.05).", "", _md(table)]
     for metric in ("roar", "kar"):
         table, rho = noretrain_comparison(df, metric, estimators)
         if table.empty:

@@ -461,7 +461,7 @@ class TorchRetrainer(RetrainerBase):
         model.eval()
         if _is_dataset(x):
             correct, total = 0, 0
-            for xb, yb in self._loader(x, 1024):
+            for xb, yb in self._loader(x, max(self.batch_size, 256)):
                 pred = model(xb.to(self.device, torch.float32)).argmax(1)
                 correct += int((pred == yb.to(self.device)).sum())
                 total += len(yb)

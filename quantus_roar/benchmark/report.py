@@ -206,11 +206,11 @@ def _curves_figure(df: pd.DataFrame, estimators: list[str], path: Path) -> bool:
         ax.set_xlabel("features removed (%)" if title.startswith("ROAR")
                       else "features kept (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8,
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
                frameon=False)
-    fig.tight_layout(rect=(0, (0.3 + 0.18 * math.ceil(len(labels) / 5)) / fig.get_figheight(),
+    fig.tight_layout(rect=(0, (0.3 + 0.18 * math.ceil(len(labels) / 4)) / fig.get_figheight(),
                            1, 1))
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
 
@@ -244,10 +244,10 @@ def _randomisation_figure(df: pd.DataFrame, estimators: list[str], steps: list[s
         ax.axhline(0.0, color="0.8", linewidth=0.8)
     axes[0][0].set_ylabel("similarity to original explanation")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8,
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
                frameon=False)
-    fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(labels) / 5), 1, 1))
-    fig.savefig(path, dpi=120)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(labels) / 4), 1, 1))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
 
@@ -292,13 +292,13 @@ def _examples_figure(out: Path, estimators: list[str], run: dict[str, Any], path
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(f"{ps[c]:g}%", fontsize=8)
+                ax.set_title("original" if c == 0 else f"{ps[c]:g}% removed", fontsize=8)
             if c == 0:
                 ax.set_ylabel(e.replace("_", "\n"), fontsize=6, rotation=0, ha="right",
                               va="center")
     fig.suptitle("ROAR: a test image with the top-ranked features removed", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
 

@@ -279,8 +279,11 @@ class _Context:
         n = len(x)
         tmp = path.with_suffix(".partial.npy")
         out = None
-        for start in range(0, n, _CHUNK):
-            rows = slice(start, start + _CHUNK)
+        step = 8 * self.config.explain_batch_size
+        bar = tqdm(total=n, desc=f"explaining {path.stem}", unit="sample", leave=False,
+                   disable=not self.progress)
+        for start in range(0, n, step):
+            rows = slice(start, start + step)
             a = explain(model, self.tensor(x[rows]), self.tensor(y[rows]),
                         **ESTIMATORS[estimator], seed=self.config.seed, device=self.device,
                         batch_size=self.config.explain_batch_size)
@@ -288,6 +291,8 @@ class _Context:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                                 shape=(n, *a.shape[1:]))
             out[start : start + len(a)] = a
+            bar.update(len(a))
+        bar.close()
         assert out is not None
         out.flush()
         del out
@@ -395,7 +400,7 @@ def _model_randomisation_unit(ctx: _Context, metric: str, estimator: str,
                               keys: list[Key]) -> list[Cell]:
     original = ctx.sanity_attributions(ctx.model, estimator)
     cells = []
-    for key in keys:
+    for key in tqdm(keys, desc="randomising layers", leave=False, disable=not ctx.progress):
         _, _, step, s = key
         start = time.perf_counter()
         if step == "floor":

@@ -49,8 +49,12 @@ __all__ = [
     "normalised_auc",
     "removed_inputs",
     "retrain_curve",
+    "retrain_group",
+    "retrain_group_task",
     "retrain_seeds",
     "stratified_split",
+    "task_groups",
+    "task_resources",
 ]
 
 
@@ -217,6 +221,130 @@ def _key(p: float) -> int | float:
     return int(p) if float(p).is_integer() else float(p)
 
 
+def _owned_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
+    """As :func:`as_tensor`, copying read-only arrays (memory maps, Ray's shared objects)."""
+    if isinstance(value, np.ndarray) and not value.flags.writeable:
+        value = np.array(value)
+    return as_tensor(value, name, owner)
+
+
+def retrain_group(
+    retrainer: Any,
+    x_train: Any,
+    y_train: Any,
+    a_train: Any,
+    x_test: Any,
+    y_test: Any,
+    a_test: Any,
+    jobs: Sequence[tuple[float, int]],
+    *,
+    order: str = "remove_top",
+    granularity: str = "pixel",
+    reduce: str = "sum_abs",
+    imputer: str = "channel_mean",
+    imputer_kwargs: dict | None = None,
+    stats: Any = None,
+    seed: int = 0,
+    train_ids: Any = None,
+    test_ids: Any = None,
+    channel_last: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Remove features at each job's percentage, retrain and score: one task of ROAR / KAR.
+
+    The unit of work that :func:`retrain_curve` and the benchmark runner hand
+    to an executor: it receives the *unmodified* data and the attributions,
+    computes its own masks for the percentages of its jobs, and trains all
+    its jobs in one ``fit_score_many`` call (so a batching retrainer trains
+    them together). Inputs are checked by the caller.
+
+    Parameters
+    ----------
+    retrainer : Retrainer
+    x_train, y_train, a_train, x_test, y_test, a_test : tensor or array
+    jobs : sequence of (percentage, training seed)
+        Percentage 0 trains on the unmodified data.
+    order, granularity, reduce, imputer, imputer_kwargs, seed, train_ids, test_ids
+        As :func:`retrain_curve`.
+    stats : array-like, optional
+        Channel means for ``"channel_mean"``; default those of ``x_train``.
+    channel_last, progress
+        As :func:`retrain_curve`.
+
+    Returns
+    -------
+    dict
+        ``"accuracy"``: one test accuracy per job, in order;
+        ``"removed_fraction"`` and ``"removal_time_s"``: per percentage;
+        ``"retrain_time_s"``: wall time of the ``fit_score_many`` call.
+    """
+    owner = "retrain_group"
+    x_tr = _owned_tensor(x_train, "x_train", owner)
+    x_te = _owned_tensor(x_test, "x_test", owner)
+    if not x_tr.is_floating_point():
+        x_tr, x_te = x_tr.float(), x_te.float()
+    n_tr, n_te = len(x_tr), len(x_te)
+    if train_ids is None:
+        train_ids = torch.arange(n_tr)
+    if test_ids is None:
+        test_ids = torch.arange(n_tr, n_tr + n_te)
+    nd = x_tr.ndim
+    x_tr_cf = _to_channels_first(x_tr, nd, channel_last)
+    x_te_cf = _to_channels_first(x_te, nd, channel_last)
+    if imputer == "channel_mean" and stats is None:
+        stats = channel_means(x_tr_cf.unsqueeze(2) if nd == 3 else x_tr_cf)
+    kw = dict(order=order, granularity=granularity, reduce=reduce, imputer=imputer,
+              imputer_kwargs=imputer_kwargs, stats=stats, seed=seed)
+    data: dict[float, tuple[Any, Any]] = {}
+    fractions: dict[float, float] = {}
+    times: dict[float, float] = {}
+    for p in tqdm(list(dict.fromkeys(float(p) for p, _ in jobs)), desc="removing",
+                  disable=not progress, leave=False):
+        start = time.perf_counter()
+        if p == 0.0:
+            data[p], fractions[p] = (x_tr, x_te), 0.0
+        else:
+            a_tr = _to_channels_first(_owned_tensor(a_train, "a_train", owner), nd, channel_last)
+            a_te = _to_channels_first(_owned_tensor(a_test, "a_test", owner), nd, channel_last)
+            xr_tr, f_tr = removed_inputs(x_tr_cf, a_tr, [p], sample_ids=train_ids, **kw)
+            xr_te, f_te = removed_inputs(x_te_cf, a_te, [p], sample_ids=test_ids, **kw)
+            if channel_last and nd >= 3:
+                xr_tr, xr_te = xr_tr.movedim(2, -1).contiguous(), xr_te.movedim(2, -1).contiguous()
+            data[p] = (xr_tr[0], xr_te[0])
+            fractions[p] = float((f_tr[0] * n_tr + f_te[0] * n_te) / (n_tr + n_te))
+        times[p] = time.perf_counter() - start
+    retrain_jobs = [RetrainJob(data[float(p)][0], y_train, data[float(p)][1], y_test, int(s))
+                    for p, s in jobs]
+    start = time.perf_counter()
+    scores = fit_score_many(retrainer, retrain_jobs, progress=progress)
+    if len(scores) != len(retrain_jobs):
+        raise RuntimeError(f"The retrainer's fit_score_many returned {len(scores)} scores for "
+                           f"{len(retrain_jobs)} jobs; it must return one accuracy per job, in "
+                           "order.")
+    return {"accuracy": [float(v) for v in scores], "removed_fraction": fractions,
+            "removal_time_s": times, "retrain_time_s": time.perf_counter() - start}
+
+
+def task_resources(retrainer: Any) -> dict[str, float]:
+    """Resources a retraining task asks of an executor: one GPU when the retrainer trains
+    on CUDA, else one CPU."""
+    device = getattr(retrainer, "device", None)
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    return {"num_cpus": 1, "num_gpus": 1 if on_gpu else 0}
+
+
+def task_groups(retrainer: Any, jobs: Sequence[Any], x_example: Any) -> list[list[int]]:
+    """Indices of the jobs each task trains: all together when the retrainer can train
+    them at once (``retrainer.batchable(x)``, honouring ``max_ensemble``), else one per task."""
+    batchable = getattr(retrainer, "batchable", None)
+    can = callable(batchable) and getattr(retrainer, "ensemble", "auto") is not False and bool(
+        batchable(x_example)[0])
+    if not can:
+        return [[i] for i in range(len(jobs))]
+    size = getattr(retrainer, "max_ensemble", None) or len(jobs)
+    return [list(range(i, min(i + size, len(jobs)))) for i in range(0, len(jobs), size)]
+
+
 def retrain_curve(
     retrainer: Any,
     x_train: Any,
@@ -238,16 +366,19 @@ def retrain_curve(
     test_ids: Any = None,
     channel_last: bool = False,
     progress: bool = False,
+    executor: Any = None,
 ) -> pd.DataFrame:
     """Test accuracy of models retrained on data with features removed (ROAR / KAR).
 
     Train and test inputs are modified with the same rule at every percentage
     (0 is the unmodified baseline), ``n_retrains`` fresh models are trained per
-    percentage with the seeds :func:`retrain_seeds` gives, and all
-    ``(percentage x seed)`` jobs go to ``retrainer`` in one
-    ``fit_score_many`` call so that a batching retrainer trains them together.
-    ``"channel_mean"`` imputation uses the means of the unmodified training
-    inputs for both splits.
+    percentage with the seeds :func:`retrain_seeds` gives. Locally all
+    ``(percentage x seed)`` jobs go to ``retrainer`` in one ``fit_score_many``
+    call so that a batching retrainer trains them together; on Ray they are
+    split into tasks by :func:`task_groups` (one task for a batchable model,
+    one per retrain otherwise), each computing its own masks
+    (:func:`retrain_group`). ``"channel_mean"`` imputation uses the means of
+    the unmodified training inputs for both splits.
 
     Parameters
     ----------
@@ -273,6 +404,9 @@ def retrain_curve(
         (N, T, C); the retrainer receives them in that layout.
     progress : bool, default False
         Show progress bars.
+    executor : {None, "local", "ray"} or quantus_roar.executors.Executor
+        Where the retrains run (see :mod:`quantus_roar.executors`); the same
+        seeds give the same numbers on every executor.
 
     Returns
     -------
@@ -281,8 +415,16 @@ def retrain_curve(
         ``seed`` (training seed), ``accuracy``, ``removed_fraction`` (share of
         input values replaced in train and test together), ``removal_time_s``
         (masking and imputation of that percentage) and ``retrain_time_s``
-        (the batched retraining wall time divided evenly among its jobs).
+        (the retraining wall time of its task divided evenly among its jobs).
+
+    Raises
+    ------
+    RuntimeError
+        If a task failed on every retry; the message names its percentages and
+        seeds and the error.
     """
+    from quantus_roar.executors import LocalExecutor, get_executor
+
     owner = "retrain_curve"
     ps = check_percentages(percentages, owner)
     _check_removal_args(order, granularity, reduce, imputer, owner)
@@ -295,51 +437,55 @@ def retrain_curve(
     a_te = check_finite(as_tensor(a_test, "a_test", owner), "a_test", owner)
     if not x_tr.is_floating_point():
         x_tr, x_te = x_tr.float(), x_te.float()
-    n_tr, n_te = len(x_tr), len(x_te)
-    if train_ids is None:
-        train_ids = torch.arange(n_tr)
-    if test_ids is None:
-        test_ids = torch.arange(n_tr, n_tr + n_te)
     nd = x_tr.ndim
-    x_tr_cf = _to_channels_first(x_tr, nd, channel_last)
-    x_te_cf = _to_channels_first(x_te, nd, channel_last)
-    a_tr = _to_channels_first(a_tr, nd, channel_last)
-    a_te = _to_channels_first(a_te, nd, channel_last)
     stats = None
     if imputer == "channel_mean":
+        x_tr_cf = _to_channels_first(x_tr, nd, channel_last)
         stats = channel_means(x_tr_cf.unsqueeze(2) if nd == 3 else x_tr_cf)
     seeds = retrain_seeds(seed, n_retrains)
-
-    datasets: list[tuple[float, torch.Tensor, torch.Tensor, float, float]] = [
-        (0.0, x_tr, x_te, 0.0, 0.0)
-    ]
+    jobs = [(float(p), s) for p in (0.0, *ps) for s in seeds]
     kw = dict(order=order, granularity=granularity, reduce=reduce, imputer=imputer,
-              imputer_kwargs=imputer_kwargs, stats=stats, seed=seed)
-    for p in tqdm(ps, desc="removing", disable=not progress, leave=False):
-        start = time.perf_counter()
-        xr_tr, f_tr = removed_inputs(x_tr_cf, a_tr, [p], sample_ids=train_ids, **kw)
-        xr_te, f_te = removed_inputs(x_te_cf, a_te, [p], sample_ids=test_ids, **kw)
-        if channel_last and nd >= 3:
-            xr_tr, xr_te = xr_tr.movedim(2, -1).contiguous(), xr_te.movedim(2, -1).contiguous()
-        fraction = float((f_tr[0] * n_tr + f_te[0] * n_te) / (n_tr + n_te))
-        datasets.append((p, xr_tr[0], xr_te[0], fraction, time.perf_counter() - start))
-
-    jobs = [RetrainJob(xd_tr, y_train, xd_te, y_test, s)
-            for _, xd_tr, xd_te, _, _ in datasets for s in seeds]
-    start = time.perf_counter()
-    scores = fit_score_many(retrainer, jobs, progress=progress)
-    per_job = (time.perf_counter() - start) / len(jobs)
-    if len(scores) != len(jobs):
-        raise RuntimeError(f"The retrainer's fit_score_many returned {len(scores)} scores for "
-                           f"{len(jobs)} jobs; it must return one accuracy per job, in order.")
+              imputer_kwargs=imputer_kwargs, stats=stats, seed=seed, train_ids=train_ids,
+              test_ids=test_ids, channel_last=channel_last)
+    ex = get_executor(executor)
+    local = isinstance(ex, LocalExecutor)
+    groups = [list(range(len(jobs)))] if local else task_groups(retrainer, jobs, x_tr[:2])
+    try:
+        shared = [ex.put(v) for v in (x_tr, y_train, a_tr, x_te, y_test, a_te)]
+        for g, members in enumerate(groups):
+            ex.submit(g, retrain_group_task, retrainer, *shared, [jobs[i] for i in members],
+                      kw, progress and local, **task_resources(retrainer))
+        results = {r.tag: r for r in ex.drain()}
+    finally:
+        if ex is not executor:
+            ex.close()
+    failed = [results[g] for g in range(len(groups)) if not results[g].ok]
+    if failed and local:
+        raise failed[0].error  # type: ignore[misc]
+    if failed:
+        what = "; ".join(f"jobs {[jobs[i] for i in groups[r.tag]]}: {r.error!r}"
+                         for r in failed)
+        raise RuntimeError(f"{owner}: {len(failed)} of {len(groups)} retraining task(s) failed "
+                           f"on every retry ((percentage, seed) {what}).") from failed[0].error
     rows = []
-    it = iter(scores)
-    for p, _, _, fraction, t_removal in datasets:
-        for i, s in enumerate(seeds):
-            rows.append({"percentage": _key(p), "retrain": i, "seed": s,
-                         "accuracy": float(next(it)), "removed_fraction": fraction,
-                         "removal_time_s": t_removal, "retrain_time_s": per_job})
-    return pd.DataFrame(rows)
+    for g, members in enumerate(groups):
+        out = results[g].value
+        per_job = out["retrain_time_s"] / len(members)
+        for i, acc in zip(members, out["accuracy"], strict=True):
+            p, s = jobs[i]
+            rows.append({"percentage": _key(p), "retrain": seeds.index(s), "seed": s,
+                         "accuracy": acc, "removed_fraction": out["removed_fraction"][p],
+                         "removal_time_s": out["removal_time_s"][p], "retrain_time_s": per_job})
+    return pd.DataFrame(rows).sort_values(["percentage", "retrain"], kind="stable") \
+        .reset_index(drop=True)
+
+
+def retrain_group_task(retrainer: Any, x_train: Any, y_train: Any, a_train: Any, x_test: Any,
+                        y_test: Any, a_test: Any, jobs: list, kw: dict,
+                       progress: bool) -> dict[str, Any]:
+    """:func:`retrain_group` with its keyword arguments as one dict (an executor task)."""
+    return retrain_group(retrainer, x_train, y_train, a_train, x_test, y_test, a_test, jobs,
+                         progress=progress, **kw)
 
 
 @torch.no_grad()

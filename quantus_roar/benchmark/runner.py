@@ -38,7 +38,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from quantus_roar.benchmark.config import RunConfig, fingerprint
 from quantus_roar.benchmark.datasets import BenchmarkData, load_dataset
 from quantus_roar.benchmark.store import Cell, Key, ResultStore
-from quantus_roar.curves import deletion_curve, removed_inputs, retrain_seeds
+from quantus_roar.curves import (
+    deletion_curve,
+    removed_inputs,
+    retrain_group_task,
+    retrain_seeds,
+    task_resources,
+)
+from quantus_roar.executors import Executor, LocalExecutor, get_executor
 from quantus_roar.explainers import ESTIMATORS, explain
 from quantus_roar.models import SmallCNN, SmallResNet
 from quantus_roar.randomisation import execution_order, fresh_model, randomised_models
@@ -74,12 +81,16 @@ class RunSummary:
     skipped : int
         Cells found already stored and not recomputed.
     wall_s : float
+    failed : list of (metric, estimator, error)
+        Retraining tasks that failed on every retry; their cells are missing
+        and a rerun computes them.
     """
 
     out: Path
     computed: list[Key] = field(default_factory=list)
     skipped: int = 0
     wall_s: float = 0.0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -88,6 +99,7 @@ class _Unit:
     estimator: str
     keys: list[Key]
     compute: Callable[[list[Key]], list[Cell]]
+    remote: bool = False  # retraining: an executor task unless the data is streamed
 
 
 # --------------------------------------------------------------------------- models
@@ -138,8 +150,9 @@ class _Context:
     """Shared, lazily built state of a run: data, models, attributions."""
 
     def __init__(self, config: RunConfig, out: Path, data: BenchmarkData, device: torch.device,
-                 progress: bool):
+                 progress: bool, executor: Executor):
         self.config = config
+        self.executor = executor
         self.out = out
         self.data = data
         self.device = device
@@ -157,6 +170,10 @@ class _Context:
         self.test_ids = torch.arange(self.n_train, self.n_train + self.n_test)
         self.seeds = retrain_seeds(config.seed, config.retrains)
         self._memo: dict[Any, Any] = {}
+
+    def handle(self, key: Any, build: Callable[[], Any]) -> Any:
+        """``executor.put(build())`` once per key: data shared by the executor's tasks."""
+        return self.memo(("handle", key), lambda: self.executor.put(build()))
 
     def memo(self, key: Any, build: Callable[[], Any]) -> Any:
         if key not in self._memo:
@@ -335,29 +352,52 @@ class _Context:
 # --------------------------------------------------------------------------- units
 
 
-def _retrain_unit(ctx: _Context, metric: str, estimator: str, keys: list[Key]) -> list[Cell]:
-    """All missing (percentage, seed) retrains of one estimator's ROAR or KAR curve."""
-    order = "remove_top" if metric == "roar" else "keep_top"
-    streamed = ctx.data.streamed
-    jobs, done_keys = [], []
-    by_p: dict[str, list[Key]] = {}
+def _order(metric: str) -> str:
+    return "keep_top" if metric == "kar" else "remove_top"
+
+
+def _retrain_task(ctx: _Context, ex: Executor, metric: str, estimator: str, keys: list[Key]
+                  ) -> tuple[Callable[..., Any], tuple, Callable[[dict], list[Cell]]]:
+    """The missing (percentage, seed) retrains of one estimator's ROAR or KAR curve (or of
+    the shared baseline) as one executor task: the unmodified data and the attributions go
+    by handle, the task computes its masks (:func:`quantus_roar.curves.retrain_group`)."""
+    cfg = ctx.config
+    jobs = [(float(key[2]), ctx.seeds[key[3]]) for key in keys]
+    if metric == "baseline":
+        a_tr = a_te = None
+    else:
+        a_tr = ctx.handle(("a", estimator, "train"), lambda: ctx.attributions(estimator, "train"))
+        a_te = ctx.handle(("a", estimator, "test"), lambda: ctx.attributions(estimator, "test"))
+    kw = dict(order=_order(metric), granularity=cfg.granularity, reduce=cfg.reduce,
+              imputer=cfg.imputer, imputer_kwargs=None, stats=ctx.stats, seed=cfg.seed,
+              train_ids=ctx.train_ids, test_ids=ctx.test_ids, channel_last=False)
+    args = (ctx.retrainer, ctx.handle("x_train", lambda: ctx.data.x_train),
+            ctx.handle("y_train", lambda: ctx.data.y_train), a_tr,
+            ctx.handle("x_test", lambda: ctx.data.x_test),
+            ctx.handle("y_test", lambda: ctx.data.y_test), a_te, jobs, kw,
+            ctx.progress and isinstance(ex, LocalExecutor))
+
+    def finish(out: dict) -> list[Cell]:
+        per_job = out["retrain_time_s"] / max(1, len(keys))
+        return [Cell(*key, "accuracy", acc, per_job)
+                for key, acc in zip(keys, out["accuracy"], strict=True)]
+
+    return retrain_group_task, args, finish
+
+
+def _streamed_retrain_unit(ctx: _Context, metric: str, estimator: str,
+                           keys: list[Key]) -> list[Cell]:
+    """As :func:`_retrain_task`, in this process, reading batches from the memory-mapped data."""
+    jobs = []
     for key in keys:
-        by_p.setdefault(key[2], []).append(key)
-    for param, pkeys in by_p.items():
         if metric == "baseline":
-            x_tr, x_te = ctx.data.x_train, ctx.data.x_test
-            if streamed:
-                x_tr, x_te = RemovedDataset(x_tr, ctx.data.y_train), RemovedDataset(
-                    x_te, ctx.data.y_test)
+            x_tr = RemovedDataset(ctx.data.x_train, ctx.data.y_train)
+            x_te = RemovedDataset(ctx.data.x_test, ctx.data.y_test)
         else:
-            p = float(param)
-            x_tr = ctx.removed(estimator, "train", p, order)
-            x_te = ctx.removed(estimator, "test", p, order)
-        y_tr = None if streamed else ctx.data.y_train
-        y_te = None if streamed else ctx.data.y_test
-        for key in pkeys:
-            jobs.append(RetrainJob(x_tr, y_tr, x_te, y_te, ctx.seeds[key[3]]))
-            done_keys.append(key)
+            x_tr = ctx.removed(estimator, "train", float(key[2]), _order(metric))
+            x_te = ctx.removed(estimator, "test", float(key[2]), _order(metric))
+        jobs.append(RetrainJob(x_tr, None, x_te, None, ctx.seeds[key[3]]))
+    done_keys = keys
     start = time.perf_counter()
     scores = fit_score_many(ctx.retrainer, jobs, progress=ctx.progress)
     per_job = (time.perf_counter() - start) / max(1, len(jobs))
@@ -448,7 +488,8 @@ def _plan(ctx: _Context) -> Iterator[_Unit]:
     sanity = range(cfg.sanity_seeds)
     if {"roar", "kar"} & set(cfg.metrics):
         yield _Unit("baseline", "-", [("baseline", "-", "0", s) for s in seeds],
-                    lambda keys: _retrain_unit(ctx, "baseline", "-", keys))
+                    lambda keys: _streamed_retrain_unit(ctx, "baseline", "-", keys),
+                    remote=True)
     if "data-randomisation" in cfg.metrics:
         yield _Unit("data-randomisation", "-",
                     [("data-randomisation", "-", "random_label_model", s) for s in sanity],
@@ -460,7 +501,7 @@ def _plan(ctx: _Context) -> Iterator[_Unit]:
                 fn = _deletion_unit
             elif metric in ("roar", "kar"):
                 keys = [(metric, e, p, s) for p in ps for s in seeds]
-                fn = _retrain_unit
+                fn = _streamed_retrain_unit
             elif metric == "model-randomisation":
                 steps = [*(ctx.layers[::-1] if cfg.layer_order == "top_down" else ctx.layers),
                          "floor", "ceiling"]
@@ -471,7 +512,8 @@ def _plan(ctx: _Context) -> Iterator[_Unit]:
                         for step in ("random_labels", "floor", "ceiling")]
                 fn = _data_randomisation_unit
             yield _Unit(metric, e, keys,
-                        lambda keys, fn=fn, metric=metric, e=e: fn(ctx, metric, e, keys))
+                        lambda keys, fn=fn, metric=metric, e=e: fn(ctx, metric, e, keys),
+                        remote=metric in ("roar", "kar"))
 
 
 # --------------------------------------------------------------------------- run
@@ -501,6 +543,8 @@ def run(
     progress: bool = True,
     verbose: bool = False,
     report: bool = True,
+    executor: str | Executor | None = None,
+    ray_address: str | None = None,
     after_commit: Callable[[list[Cell]], None] | None = None,
 ) -> RunSummary:
     """Run (or resume) the benchmark of ``config`` into the folder ``out``.
@@ -519,7 +563,16 @@ def run(
         Log one summary line per finished unit (logger ``quantus_roar.benchmark``,
         INFO).
     report : bool, default True
-        Write the report when every cell is done.
+        Write the report at the end.
+    executor : {None, "local", "ray"} or quantus_roar.executors.Executor
+        Where the ROAR / KAR retraining runs. With ``"ray"`` every unit of
+        retrains is a Ray task, the driver computes attributions, deletion
+        curves and sanity checks meanwhile and stores each unit as its task
+        finishes. Not part of the fingerprint: a run may switch executors and
+        resume, with the same numbers.
+    ray_address : str, optional
+        Address of the Ray cluster (``executor="ray"``); default: the cluster
+        ``ray.init`` already connected to, else a local one.
     after_commit : callable, optional
         Called with the cells of each unit right after they are committed.
 
@@ -531,9 +584,17 @@ def run(
     ------
     quantus_roar.benchmark.ConfigMismatchError
         If ``out`` holds results of another configuration (and not ``fresh``).
+    ValueError
+        For streamed data on Ray (the memory-mapped files are local to this
+        machine).
     """
     t0 = time.perf_counter()
     out = Path(out)
+    if config.stream and executor not in (None, "local") and not isinstance(executor,
+                                                                            LocalExecutor):
+        raise ValueError("Streamed data (--stream) is read from memory-mapped files on this "
+                         "machine and cannot be retrained on Ray; run it with the local "
+                         "executor, or without --stream.")
     if fresh and out.exists():
         for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm",
                      "report.md", "results.csv"):
@@ -549,23 +610,28 @@ def run(
     summary = RunSummary(out)
     with ResultStore(out) as store:
         store.claim(fp, description)
-        (out / "config.toml").write_text(config.to_toml())
-        ctx = _Context(config, out, data, device, progress)
-        done = store.done()
-        units = list(_plan(ctx))
-        if "model-randomisation" in config.metrics:
-            modules = dict(ctx.model.named_modules())
-            store.set_meta("layers", ctx.layers)
-            store.set_meta("layer_types", {n: type(modules[n]).__name__ for n in ctx.layers})
-        store.set_meta("classes", data.classes)
-        store.set_meta("expected_cells", sum(len(u.keys) for u in units))
-        ctx.save_examples()
-        bar = tqdm(units, desc="benchmark", unit="unit", disable=not progress)
+        ex = get_executor(executor, address=ray_address)
         try:
-            with logging_redirect_tqdm():
-                _work(units, bar, store, fp, done, summary, verbose, after_commit)
+            (out / "config.toml").write_text(config.to_toml())
+            ctx = _Context(config, out, data, device, progress, ex)
+            done = store.done()
+            units = list(_plan(ctx))
+            if "model-randomisation" in config.metrics:
+                modules = dict(ctx.model.named_modules())
+                store.set_meta("layers", ctx.layers)
+                store.set_meta("layer_types", {n: type(modules[n]).__name__ for n in ctx.layers})
+            store.set_meta("classes", data.classes)
+            store.set_meta("expected_cells", sum(len(u.keys) for u in units))
+            ctx.save_examples()
+            bar = tqdm(units, desc="benchmark", unit="unit", disable=not progress)
+            try:
+                with logging_redirect_tqdm():
+                    _work(ctx, units, bar, store, fp, done, summary, verbose, after_commit)
+            finally:
+                bar.close()
         finally:
-            bar.close()
+            if ex is not executor:
+                ex.close()
     summary.wall_s = time.perf_counter() - t0
     if report:
         from quantus_roar.benchmark.report import build_report
@@ -574,9 +640,31 @@ def run(
     return summary
 
 
-def _work(units: list[_Unit], bar: Any, store: ResultStore, fp: str, done: set[Key],
-          summary: RunSummary, verbose: bool,
+def _work(ctx: _Context, units: list[_Unit], bar: Any, store: ResultStore, fp: str,
+          done: set[Key], summary: RunSummary, verbose: bool,
           after_commit: Callable[[list[Cell]], None] | None) -> None:
+    ex = ctx.executor
+    pending: dict[tuple[str, str], tuple[_Unit, Callable[[dict], list[Cell]], float]] = {}
+
+    def commit(unit: _Unit, cells: list[Cell], start: float) -> None:
+        store.add(cells, fp)
+        summary.computed.extend(dict.fromkeys(c.key for c in cells))
+        if verbose:
+            logger.info(_summary_line(unit, cells, time.perf_counter() - start))
+        if after_commit is not None:
+            after_commit(cells)
+
+    def collect(block: bool) -> None:
+        for result in ex.poll(block=block):
+            unit, finish, start = pending.pop(result.tag)  # type: ignore[arg-type]
+            if result.ok:
+                commit(unit, finish(result.value), start)
+            else:
+                logger.error("%s %s: retraining failed on every retry, its cells are not "
+                             "stored (a rerun computes them): %r", unit.metric, unit.estimator,
+                             result.error)
+                summary.failed.append((unit.metric, unit.estimator, repr(result.error)))
+
     for unit in bar:
         todo = [k for k in unit.keys if k not in done]
         summary.skipped += len(unit.keys) - len(todo)
@@ -584,10 +672,15 @@ def _work(units: list[_Unit], bar: Any, store: ResultStore, fp: str, done: set[K
             continue
         bar.set_postfix_str(f"{unit.metric} {unit.estimator}", refresh=True)
         start = time.perf_counter()
-        cells = unit.compute(todo)
-        store.add(cells, fp)
-        summary.computed.extend(dict.fromkeys(c.key for c in cells))
-        if verbose:
-            logger.info(_summary_line(unit, cells, time.perf_counter() - start))
-        if after_commit is not None:
-            after_commit(cells)
+        if unit.remote and not ctx.data.streamed:
+            fn, args, finish = _retrain_task(ctx, ex, unit.metric, unit.estimator, todo)
+            pending[(unit.metric, unit.estimator)] = (unit, finish, start)
+            ex.submit((unit.metric, unit.estimator), fn, *args,
+                      **task_resources(ctx.retrainer))
+        else:
+            commit(unit, unit.compute(todo), start)
+        collect(block=False)
+    if pending:
+        bar.set_postfix_str(f"waiting for {len(pending)} retraining task(s)", refresh=True)
+    while pending:
+        collect(block=True)

@@ -19,8 +19,15 @@ from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.removal import GRANULARITIES, IMPUTER_KWARGS, IMPUTERS, REDUCES
 
 __all__ = [
-    "Inputs", "QuantusRoarMetric", "RemovalMetric", "check_call_kwargs", "check_inputs",
-    "check_test_pair", "compute_attributions", "retrainer_or_default",
+    "Inputs",
+    "QuantusRoarMetric",
+    "RemovalMetric",
+    "check_call_kwargs",
+    "check_executor",
+    "check_inputs",
+    "check_test_pair",
+    "compute_attributions",
+    "retrainer_or_default",
 ]
 
 
@@ -128,6 +135,23 @@ def check_test_pair(x_test: Any, y_test: Any, owner: str) -> None:
     if (x_test is None) != (y_test is None):
         raise ValueError(f"{owner}.__call__ needs both 'x_test' and 'y_test', or neither (to "
                          "split x_batch). Got only one.")
+
+
+def check_executor(executor: Any, owner: str) -> Any:
+    """``executor`` if it names one (or is one); a clear error otherwise, before any work.
+
+    ``"ray"`` is checked for an installed Ray here, so a missing extra fails at
+    construction with the install command.
+    """
+    from quantus_roar.executors import Executor, _import_ray
+
+    if executor is None or executor == "local" or isinstance(executor, Executor):
+        return executor
+    if executor == "ray":
+        _import_ray()
+        return executor
+    raise ValueError(f"The 'executor' parameter of {owner} must be None, 'local', 'ray' or a "
+                     f"quantus_roar.executors.Executor. Got {executor!r} instead.")
 
 
 def retrainer_or_default(retrainer: Any, model: torch.nn.Module, device: Any) -> Any:

@@ -13,10 +13,12 @@ from quantus.helpers.enums import DataType, EvaluationCategory, ScoreDirection
 from tqdm.auto import tqdm
 
 from quantus_roar._validation import check_choice, model_device
-from quantus_roar.curves import retrain_seeds, stratified_split
+from quantus_roar.curves import retrain_seeds, stratified_split, task_resources
+from quantus_roar.executors import LocalExecutor, get_executor
 from quantus_roar.metrics._base import (
     QuantusRoarMetric,
     check_call_kwargs,
+    check_executor,
     check_inputs,
     check_test_pair,
     compute_attributions,
@@ -28,6 +30,7 @@ from quantus_roar.randomisation import (
     fresh_model,
     randomised_models,
 )
+from quantus_roar.retrain.base import fit_task
 from quantus_roar.similarity import SIMILARITIES
 
 __all__ = ["DataRandomisation", "ModelRandomisation"]
@@ -312,6 +315,9 @@ class DataRandomisation(_RandomisationMetric):
         Stratified test share of ``x_batch`` when no ``x_test`` is given.
     seed : int, default 0
         Seeds the permutation, the split and the training seeds.
+    executor : {None, "local", "ray"} or quantus_roar.executors.Executor
+        Where the random-label and the ceiling model are trained (two tasks,
+        in parallel on Ray); as :class:`~quantus_roar.ROAR`.
     abs, normalise, normalise_func, normalise_func_kwargs, return_aggregate,
     aggregate_func, default_plot_func, disable_warnings, display_progressbar
         As :class:`ModelRandomisation`.
@@ -337,6 +343,7 @@ class DataRandomisation(_RandomisationMetric):
         similarity: str | Sequence[str] = ("spearman_abs", "spearman", "ssim", "hog"),
         test_size: float = 0.2,
         seed: int = 0,
+        executor: Any = None,
         abs: bool = False,
         normalise: bool = False,
         normalise_func: Callable | None = None,
@@ -368,6 +375,7 @@ class DataRandomisation(_RandomisationMetric):
         self.min_train_accuracy = float(min_train_accuracy)
         self.max_epochs = int(max_epochs)
         self.test_size = float(test_size)
+        self.executor = check_executor(executor, owner)
         self.train_accuracy = float("nan")
         self.test_accuracy = float("nan")
         if retrainer is None:
@@ -376,22 +384,36 @@ class DataRandomisation(_RandomisationMetric):
                        "retrainer=quantus_roar.TorchRetrainer(...) with a recipe that can fit "
                        "random labels on your data.")
 
-    def _fit_random_labels(self, retrainer: Any, x: torch.Tensor, y: torch.Tensor,
-                           seed: int) -> torch.nn.Module:
-        fit_until = getattr(retrainer, "fit_until", None)
-        if callable(fit_until):
-            model, acc = fit_until(x, y, seed=seed, min_accuracy=self.min_train_accuracy,
-                                   max_epochs=self.max_epochs)
-        else:
-            model = retrainer.fit(x, y, seed=seed)
-            acc = retrainer.score(model, x, y)
+    def _fit_models(self, retrainer: Any, x: torch.Tensor, y_perm: torch.Tensor,
+                    y: torch.Tensor, fit_seed: int, ceiling_seed: int
+                    ) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The random-label model (fitted until min_train_accuracy) and the ceiling model,
+        trained as two tasks of the executor (in parallel on Ray)."""
+        ex = get_executor(self.executor)
+        try:
+            ex.submit("random_labels", fit_task, retrainer, x, y_perm, fit_seed,
+                      self.min_train_accuracy, self.max_epochs, **task_resources(retrainer))
+            ex.submit("ceiling", fit_task, retrainer, x, y, ceiling_seed,
+                      **task_resources(retrainer))
+            done = {r.tag: r for r in ex.drain()}
+        finally:
+            if ex is not self.executor:
+                ex.close()
+        for tag in ("random_labels", "ceiling"):
+            if not done[tag].ok and isinstance(ex, LocalExecutor):
+                raise done[tag].error  # type: ignore[misc]
+            if not done[tag].ok:
+                raise RuntimeError(f"{type(self).__name__}: training the {tag.replace('_', '-')} "
+                                   f"model failed on every retry: {done[tag].error!r}"
+                                   ) from done[tag].error
+        model, acc = done["random_labels"].value
         self.train_accuracy = float(acc)
         if acc < self.min_train_accuracy:
             self._warn(f"The random-label model reached {acc:.3f} training accuracy, below "
                        f"min_train_accuracy={self.min_train_accuracy}: it has not fitted the "
                        "permuted labels, so its explanations are not the test's. Train longer "
                        "(max_epochs, the retrainer's recipe) or use fewer training samples.")
-        return model
+        return model, done["ceiling"].value[0]
 
     def __call__(
         self,
@@ -461,7 +483,8 @@ class DataRandomisation(_RandomisationMetric):
         perm_seed, fit_seed, floor_seed, ceiling_seed = retrain_seeds(self.seed, 4)
         y_perm = torch.from_numpy(np.random.default_rng(perm_seed).permutation(y_tr.numpy()))
         self.scores, rows = {}, []
-        random_model = self._fit_random_labels(retrainer, x_tr, y_perm, fit_seed)
+        random_model, ceiling_model = self._fit_models(retrainer, x_tr, y_perm, y_tr, fit_seed,
+                                                       ceiling_seed)
         self.test_accuracy = float(retrainer.score(random_model, x_te, y_te))
         a = self._explain(random_model, x_te, y_te, *ctx, "random-label model", cl, shape)
         self._compare("random_labels", original, a, rows)
@@ -469,8 +492,8 @@ class DataRandomisation(_RandomisationMetric):
         a = self._explain(fresh_model(model, layers, floor_seed), x_te, y_te, *ctx,
                           "freshly initialised model", cl, shape)
         self._compare("floor", original, a, rows)
-        a = self._explain(retrainer.fit(x_tr, y_tr, seed=ceiling_seed), x_te, y_te, *ctx,
-                          "model trained with another seed", cl, shape)
+        a = self._explain(ceiling_model, x_te, y_te, *ctx, "model trained with another seed",
+                          cl, shape)
         self._compare("ceiling", original, a, rows)
         self.results = pd.DataFrame(rows).assign(
             random_label_train_accuracy=self.train_accuracy,

@@ -13,6 +13,7 @@ from quantus_roar.curves import retrain_curve, stratified_split
 from quantus_roar.metrics._base import (
     RemovalMetric,
     check_call_kwargs,
+    check_executor,
     check_inputs,
     check_test_pair,
     compute_attributions,
@@ -39,6 +40,7 @@ class _RetrainMetric(RemovalMetric):
         imputer_kwargs: dict | None = None,
         test_size: float = 0.2,
         seed: int = 0,
+        executor: Any = None,
         abs: bool = False,
         normalise: bool = False,
         normalise_func: Callable | None = None,
@@ -76,6 +78,7 @@ class _RetrainMetric(RemovalMetric):
         self.n_retrains = int(n_retrains)
         self.retrainer = retrainer
         self.test_size = float(test_size)
+        self.executor = check_executor(executor, owner)
         if retrainer is None:
             self._warn(
                 f"{owner} got no retrainer, so it will train fresh copies of the model with the "
@@ -187,7 +190,8 @@ class _RetrainMetric(RemovalMetric):
         results = retrain_curve(
             retrainer, x_tr, y_tr, a_tr, x_te, y_te, a_te, self.percentages,
             n_retrains=self.n_retrains, train_ids=train_ids, test_ids=test_ids,
-            channel_last=inputs.channel_last, progress=progress, **self._removal_kwargs(),
+            channel_last=inputs.channel_last, progress=progress, executor=self.executor,
+            **self._removal_kwargs(),
         )
         curve = results.groupby("percentage", sort=True)["accuracy"].mean().to_dict()
         return self._finish({k: float(v) for k, v in curve.items()}, results)
@@ -233,6 +237,12 @@ class ROAR(_RetrainMetric):
         Test share of the stratified split when no ``x_test`` is given.
     seed : int, default 0
         Seeds the split, tie-breaking, imputation noise and training seeds.
+    executor : {None, "local", "ray"} or quantus_roar.executors.Executor
+        Where the retrains run. ``"ray"`` sends them as Ray tasks (one task
+        for a model the retrainer can batch, one per retrain otherwise) to the
+        cluster ``ray.init`` connected to, or to a local one; pass
+        ``quantus_roar.executors.RayExecutor(address)`` for a given cluster.
+        The same seeds give the same numbers on every executor.
     abs, normalise, normalise_func, normalise_func_kwargs
         Quantus' attribution preprocessing (applied before ranking).
     return_aggregate : bool, default False

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["RetrainJob", "Retrainer", "RetrainerBase", "fit_score_many"]
+__all__ = ["RetrainJob", "Retrainer", "RetrainerBase", "fit_score_many", "fit_task"]
 
 
 class RetrainJob(NamedTuple):
@@ -97,3 +97,24 @@ def fit_score_many(
             f"score(model, x, y) -> float methods. Got {type(retrainer).__name__} instead."
         )
     return _loop(retrainer, jobs, progress)
+
+
+def fit_task(retrainer: Any, x: Any, y: Any, seed: int, min_accuracy: float | None = None,
+             max_epochs: int | None = None) -> tuple[torch.nn.Module, float]:
+    """Train one model and measure its training accuracy: a task for an executor.
+
+    With ``min_accuracy``, a retrainer that has ``fit_until`` (as
+    :class:`~quantus_roar.TorchRetrainer`) trains until it reaches it (at most
+    ``max_epochs``); any other is called once with ``fit``.
+
+    Returns
+    -------
+    model, train_accuracy
+    """
+    fit_until = getattr(retrainer, "fit_until", None)
+    if min_accuracy is not None and callable(fit_until):
+        model, acc = fit_until(x, y, seed=seed, min_accuracy=min_accuracy,
+                               max_epochs=max_epochs)
+        return model, float(acc)
+    model = retrainer.fit(x, y, seed=seed)
+    return model, float(retrainer.score(model, x, y))

@@ -1,0 +1,222 @@
+"""Where retraining runs: in this process, or as tasks on a Ray cluster.
+
+An executor takes *tasks* — a module-level function and its arguments — and
+hands back their results as they finish, each with the tag it was submitted
+with. Large arguments (the unmodified data, the attributions) are stored once
+with :meth:`Executor.put` and passed by handle, so on Ray they cross the
+network once per node, not once per task.
+
+:class:`LocalExecutor` runs each task when it is submitted. :class:`RayExecutor`
+submits it to Ray with the resources it asks for (one task per GPU when the
+retrainer trains on CUDA), retries tasks whose worker died or that raised
+(``max_retries``), and reports a task that keeps failing as an error for its
+tag while the other tasks go on.
+
+Plain PyTorch; Ray is imported only by :class:`RayExecutor` (the ``ray`` extra).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "TaskResult", "get_executor"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskResult:
+    """What a task returned, or the error that ended it (after every retry)."""
+
+    tag: Hashable
+    value: Any = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Executor:
+    """The interface the metrics and the runner use."""
+
+    def put(self, value: Any) -> Any:
+        """A handle of ``value`` to pass to tasks in place of the value."""
+        return value
+
+    def submit(self, tag: Hashable, fn: Callable[..., Any], *args: Any,
+               num_cpus: float = 1, num_gpus: float = 0) -> None:
+        """Start ``fn(*args)``; handles from :meth:`put` among ``args`` are resolved."""
+        raise NotImplementedError
+
+    def poll(self, block: bool = True) -> list[TaskResult]:
+        """Results of finished tasks not reported yet; with ``block``, wait for at least one
+        (returns ``[]`` only when nothing is pending)."""
+        raise NotImplementedError
+
+    @property
+    def pending(self) -> int:
+        raise NotImplementedError
+
+    def drain(self) -> list[TaskResult]:
+        """Wait for every pending task."""
+        out: list[TaskResult] = []
+        while self.pending:
+            out.extend(self.poll(block=True))
+        return out
+
+    def close(self) -> None:
+        """Release what the executor started."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """Runs every task in this process, at submission, one after another.
+
+    An exception is reported as the task's error, as on Ray, unless it is a
+    ``KeyboardInterrupt``.
+    """
+
+    def __init__(self) -> None:
+        self._done: list[TaskResult] = []
+
+    def submit(self, tag: Hashable, fn: Callable[..., Any], *args: Any,
+               num_cpus: float = 1, num_gpus: float = 0) -> None:
+        try:
+            self._done.append(TaskResult(tag, fn(*args)))
+        except Exception as err:  # reported per task, like a failed Ray task
+            self._done.append(TaskResult(tag, error=err))
+
+    def poll(self, block: bool = True) -> list[TaskResult]:
+        out, self._done = self._done, []
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._done)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError(
+            "executor='ray' needs Ray, which is not installed. Install the extra with "
+            "pip install 'quantus-roar[ray]' (or pip install 'ray>=2.9')."
+        ) from err
+    return ray
+
+
+def _run_task(fn: Callable[..., Any], num_threads: int, *args: Any) -> Any:
+    """Worker side: fix torch's thread count to the task's CPUs, then call ``fn``."""
+    import torch
+
+    torch.set_num_threads(max(1, num_threads))
+    return fn(*args)
+
+
+class RayExecutor(Executor):
+    """Tasks on a Ray cluster: the one at ``address``, or one started in this process.
+
+    Parameters
+    ----------
+    address : str, optional
+        Address of a running cluster (``"127.0.0.1:6379"``, ``"ray://..."``,
+        ``"auto"``). Default: connect to the cluster Ray already initialised in
+        this process, else start a local one.
+    max_retries : int, default 3
+        Retries of a task whose worker process died or that raised.
+    num_cpus : int, optional
+        CPUs of the local cluster started when there is no address.
+    init_kwargs
+        Further keyword arguments of ``ray.init``.
+
+    Raises
+    ------
+    ImportError
+        If Ray is not installed; the message says how to install it.
+    """
+
+    def __init__(self, address: str | None = None, *, max_retries: int = 3,
+                 num_cpus: int | None = None, **init_kwargs: Any):
+        self.ray = _import_ray()
+        self.max_retries = int(max_retries)
+        self._started = False
+        if not self.ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                      **init_kwargs}
+            if address is not None:
+                kwargs["address"] = address
+            elif num_cpus is not None:
+                kwargs["num_cpus"] = num_cpus
+            self.ray.init(**kwargs)
+            self._started = True
+        self._remote = self.ray.remote(_run_task)
+        self._refs: dict[Any, Hashable] = {}
+
+    def put(self, value: Any) -> Any:
+        return self.ray.put(value)
+
+    def submit(self, tag: Hashable, fn: Callable[..., Any], *args: Any,
+               num_cpus: float = 1, num_gpus: float = 0) -> None:
+        ref = self._remote.options(
+            num_cpus=num_cpus, num_gpus=num_gpus, max_retries=self.max_retries,
+            retry_exceptions=True,
+        ).remote(fn, int(max(1, num_cpus)), *args)
+        self._refs[ref] = tag
+
+    def poll(self, block: bool = True) -> list[TaskResult]:
+        if not self._refs:
+            return []
+        refs = list(self._refs)
+        ready: list[Any] = []
+        if block:
+            ready, refs = self.ray.wait(refs, num_returns=1)
+        if refs:
+            more, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
+            ready += more
+        out = []
+        for ref in ready:
+            tag = self._refs.pop(ref)
+            try:
+                out.append(TaskResult(tag, self.ray.get(ref)))
+            except Exception as err:  # RayTaskError, WorkerCrashedError, ...
+                logger.error("task %s failed after %d retries: %s", tag, self.max_retries, err)
+                out.append(TaskResult(tag, error=err))
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._refs)
+
+    def close(self) -> None:
+        for ref in list(self._refs):
+            self.ray.cancel(ref, force=True)
+        self._refs.clear()
+        if self._started:
+            self.ray.shutdown()
+            self._started = False
+
+
+def get_executor(executor: str | Executor | None, *, address: str | None = None,
+                 max_retries: int = 3) -> Executor:
+    """An executor from a name (``"local"``, ``"ray"``) or an :class:`Executor` as it is."""
+    if executor is None or executor == "local":
+        if address is not None:
+            raise ValueError("A Ray address was given but the executor is 'local'. Pass "
+                             "executor='ray' to run on the cluster at that address.")
+        return LocalExecutor()
+    if executor == "ray":
+        return RayExecutor(address, max_retries=max_retries)
+    if isinstance(executor, Executor):
+        return executor
+    raise ValueError(f"Unknown executor {executor!r}: use 'local', 'ray' or an "
+                     "quantus_roar.executors.Executor.")

@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
                           "through a DataLoader (for data larger than memory)")
     run.add_argument("--image-size", type=int, dest="image_size",
                      help="imagefolder: resize images to this size")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="where retraining runs: this process (default) or a Ray cluster "
+                          "(pip install 'quantus-roar[ray]')")
+    run.add_argument("--ray-address", dest="ray_address",
+                     help="address of a running Ray cluster, e.g. 127.0.0.1:6379 (default with "
+                          "--executor ray: start a local one)")
     run.add_argument("--out", type=Path, default=Path("roar-results"),
                      help="output folder (default ./roar-results)")
     run.add_argument("--quick", action="store_true",
@@ -106,12 +112,23 @@ def main(argv: list[str] | None = None) -> int:
         from quantus_roar.benchmark.runner import run
 
         config = _config(args)
+        if args.ray_address is not None and args.executor != "ray":
+            raise ValueError("--ray-address needs --executor ray.")
         summary = run(config, args.out, fresh=args.fresh, progress=not args.no_progress,
-                      verbose=args.verbose)
+                      verbose=args.verbose, executor=args.executor,
+                      ray_address=args.ray_address)
         print(f"{len(summary.computed)} cells computed, {summary.skipped} already stored, "
               f"{summary.wall_s:.1f} s. Report: {args.out / 'report.md'}")
+        if summary.failed:
+            for metric, estimator, error in summary.failed:
+                print(f"quantus-roar: {metric} {estimator} failed on every retry: {error}",
+                      file=sys.stderr)
+            print("quantus-roar: run the same command again to compute the missing cells.",
+                  file=sys.stderr)
+            return 1
         return 0
-    except (ConfigMismatchError, DatasetError, FileNotFoundError, ValueError) as err:
+    except (ConfigMismatchError, DatasetError, FileNotFoundError, ImportError,
+            ValueError) as err:
         print(f"quantus-roar: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,5 +1,9 @@
 """The runner on a multi-process Ray cluster: a head node and a worker node started with
-``ray start`` on 127.0.0.1, connected to by address, stopped at the end."""
+``ray start`` on 127.0.0.1, connected to by address, stopped at the end.
+
+The drivers run in fresh processes, as a user's would (this test process may
+have run an in-process Ray session already).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,15 @@ ray = pytest.importorskip(
     "ray", reason="the ray extra is not installed (pip install -e '.[ray]' or '.[dev]')")
 
 from quantus_roar.benchmark import ResultStore, RunConfig, run  # noqa: E402
-from quantus_roar.cli import main  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 CONFIG = dict(estimators=("Gradient", "Random"), percentages=(30, 70), retrains=2,
               metrics=("roar", "kar", "roar-noretrain"), device="cpu")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _free_port() -> int:
@@ -35,7 +42,7 @@ def address(tmp_path_factory):
     if ray.is_initialized():
         ray.shutdown()
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = _env()
     port = _free_port()
     addr = f"127.0.0.1:{port}"
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
@@ -45,16 +52,12 @@ def address(tmp_path_factory):
                        env=env, check=True, capture_output=True, timeout=120)
         subprocess.run([ray_cli, "start", f"--address={addr}", *common],
                        env=env, check=True, capture_output=True, timeout=120)
-        os.environ["RAY_AUTH_MODE"] = "disabled"
         yield addr
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        os.environ.pop("RAY_AUTH_MODE", None)
 
 
-def test_two_node_cluster_by_address_stores_every_cell_once(address, tmp_path, capsys):
+def test_two_node_cluster_by_address_stores_every_cell_once(address, tmp_path):
     local = tmp_path / "local"
     run(RunConfig(**CONFIG), local, progress=False, report=False)
 
@@ -63,7 +66,10 @@ def test_two_node_cluster_by_address_stores_every_cell_once(address, tmp_path, c
             "--ray-address", address, "--estimators", "Gradient,Random",
             "--percentages", "30,70", "--retrains", "2",
             "--metrics", "roar,kar,roar-noretrain"]
-    assert main(args) == 0
+    done = subprocess.run([sys.executable, "-m", "quantus_roar", *args], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cells computed" in done.stdout
     with ResultStore.open_existing(out) as store:
         df = store.frame()
         expected = store.get_meta("expected_cells")
@@ -75,17 +81,25 @@ def test_two_node_cluster_by_address_stores_every_cell_once(address, tmp_path, c
         reference = store.frame().set_index(
             ["metric", "estimator", "param", "seed", "quantity"])["value"]
     pd.testing.assert_series_equal(cluster, reference)
-    assert "cells computed" in capsys.readouterr().out
+
+
+_EXECUTOR_SCRIPT = """
+import sys, ray
+from quantus_roar.executors import RayExecutor
+with RayExecutor(sys.argv[1]) as ex:
+    nodes = len([n for n in ray.nodes() if n["Alive"]])
+    data = ex.put(list(range(10)))
+    ex.submit("sum", sum, data)
+    ex.submit("max", max, data)
+    results = {r.tag: r.value for r in ex.drain()}
+    print(nodes, int(ray.cluster_resources()["CPU"]), results["sum"], results["max"])
+print(ray.is_initialized())
+"""
 
 
 def test_ray_executor_connects_by_address_and_runs_tasks_on_it(address):
-    from quantus_roar.executors import RayExecutor
-
-    with RayExecutor(address) as ex:
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        assert ray.cluster_resources()["CPU"] == 2
-        data = ex.put(list(range(10)))
-        ex.submit("sum", sum, data)
-        ex.submit("max", max, data)
-        assert {r.tag: r.value for r in ex.drain()} == {"sum": 45, "max": 9}
-    assert not ray.is_initialized()  # the executor disconnected what it connected
+    done = subprocess.run([sys.executable, "-c", _EXECUTOR_SCRIPT, address], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # two alive nodes, two CPUs, both tasks' results; disconnected afterwards
+    assert done.stdout.split() == ["2", "2", "45", "9", "False"]

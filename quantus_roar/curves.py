@@ -326,11 +326,17 @@ def retrain_group(
 
 
 def task_resources(retrainer: Any) -> dict[str, float]:
-    """Resources a retraining task asks of an executor: one GPU when the retrainer trains
-    on CUDA, else one CPU."""
+    """Resources a retraining task asks of an executor.
+
+    One GPU when the retrainer trains on CUDA. As many CPUs as this process
+    uses torch threads (``torch.get_num_threads()``), and the task runs with
+    that many threads: CPU sums are split by thread, so a task computes the
+    same bits as the local executor would. Change it with
+    ``torch.set_num_threads`` before the run.
+    """
     device = getattr(retrainer, "device", None)
     on_gpu = device is not None and torch.device(device).type == "cuda"
-    return {"num_cpus": 1, "num_gpus": 1 if on_gpu else 0}
+    return {"num_cpus": torch.get_num_threads(), "num_gpus": 1 if on_gpu else 0}
 
 
 def task_groups(retrainer: Any, jobs: Sequence[Any], x_example: Any) -> list[list[int]]:

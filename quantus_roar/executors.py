@@ -18,6 +18,7 @@ Plain PyTorch; Ray is imported only by :class:`RayExecutor` (the ``ray`` extra).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -161,12 +162,21 @@ class RayExecutor(Executor):
             self._started = True
         self._remote = self.ray.remote(_run_task)
         self._refs: dict[Any, Hashable] = {}
+        self._node_cpus = max((n["Resources"].get("CPU", 0.0) for n in self.ray.nodes()
+                               if n.get("Alive")), default=0.0)
 
     def put(self, value: Any) -> Any:
         return self.ray.put(value)
 
     def submit(self, tag: Hashable, fn: Callable[..., Any], *args: Any,
                num_cpus: float = 1, num_gpus: float = 0) -> None:
+        if 0 < self._node_cpus < num_cpus:
+            warnings.warn(f"Tasks ask for {num_cpus:g} CPUs (this process's torch threads) but "
+                          f"the largest node of the Ray cluster has {self._node_cpus:g}; they "
+                          f"run with {self._node_cpus:g}, so CPU sums may differ in the last "
+                          "bits from the local executor. Call torch.set_num_threads(n) with n "
+                          "at most the CPUs of a node for identical numbers.", stacklevel=2)
+            num_cpus = self._node_cpus
         ref = self._remote.options(
             num_cpus=num_cpus, num_gpus=num_gpus, max_retries=self.max_retries,
             retry_exceptions=True,

@@ -143,7 +143,7 @@ def test_resume_after_an_exception_recomputes_nothing_and_matches_an_uninterrupt
     assert not stored & set(summary.computed)
     resumed, reference = _values(out), _values(uninterrupted)
     assert not resumed.index.duplicated().any()
-    pd.testing.assert_series_equal(resumed, reference)
+    pd.testing.assert_series_equal(resumed, reference, check_exact=True)
 
     again = run(RunConfig(**SMALL), out, progress=False)
     assert again.computed == [] and again.skipped == len(resumed.index.droplevel(-1).unique())
@@ -189,7 +189,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_results(tmp_path
     with ResultStore.open_existing(out) as store:
         df = store.frame()
     assert len(df.groupby(["metric", "estimator", "param", "seed"])) == expected
-    pd.testing.assert_series_equal(_values(out), _values(uninterrupted))
+    pd.testing.assert_series_equal(_values(out), _values(uninterrupted), check_exact=True)
 
 
 def test_a_different_config_in_the_same_folder_is_refused_and_fresh_starts_anew(

@@ -45,7 +45,8 @@ def address(tmp_path_factory):
     env = _env()
     port = _free_port()
     addr = f"127.0.0.1:{port}"
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    # Two CPUs per node: a task asks for as many CPUs as the driver's torch threads (two).
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
     try:
         subprocess.run([ray_cli, "start", "--head", f"--port={port}",
                         "--include-dashboard=false", *common],
@@ -80,7 +81,7 @@ def test_two_node_cluster_by_address_stores_every_cell_once(address, tmp_path):
     with ResultStore.open_existing(local) as store:
         reference = store.frame().set_index(
             ["metric", "estimator", "param", "seed", "quantity"])["value"]
-    pd.testing.assert_series_equal(cluster, reference)
+    pd.testing.assert_series_equal(cluster, reference, check_exact=True)
 
 
 _EXECUTOR_SCRIPT = """
@@ -101,5 +102,5 @@ def test_ray_executor_connects_by_address_and_runs_tasks_on_it(address):
     done = subprocess.run([sys.executable, "-c", _EXECUTOR_SCRIPT, address], env=_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    # two alive nodes, two CPUs, both tasks' results; disconnected afterwards
-    assert done.stdout.split() == ["2", "2", "45", "9", "False"]
+    # two alive nodes, four CPUs, both tasks' results; disconnected afterwards
+    assert done.stdout.split() == ["2", "4", "45", "9", "False"]

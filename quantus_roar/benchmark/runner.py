@@ -43,6 +43,7 @@ from quantus_roar.curves import (
     removed_inputs,
     retrain_group_task,
     retrain_seeds,
+    task_groups,
     task_resources,
 )
 from quantus_roar.executors import Executor, LocalExecutor, get_executor
@@ -644,7 +645,7 @@ def _work(ctx: _Context, units: list[_Unit], bar: Any, store: ResultStore, fp: s
           done: set[Key], summary: RunSummary, verbose: bool,
           after_commit: Callable[[list[Cell]], None] | None) -> None:
     ex = ctx.executor
-    pending: dict[tuple[str, str], tuple[_Unit, Callable[[dict], list[Cell]], float]] = {}
+    pending: dict[tuple[str, str, int], tuple[_Unit, Callable[[dict], list[Cell]], float]] = {}
 
     def commit(unit: _Unit, cells: list[Cell], start: float) -> None:
         store.add(cells, fp)
@@ -673,10 +674,16 @@ def _work(ctx: _Context, units: list[_Unit], bar: Any, store: ResultStore, fp: s
         bar.set_postfix_str(f"{unit.metric} {unit.estimator}", refresh=True)
         start = time.perf_counter()
         if unit.remote and not ctx.data.streamed:
-            fn, args, finish = _retrain_task(ctx, ex, unit.metric, unit.estimator, todo)
-            pending[(unit.metric, unit.estimator)] = (unit, finish, start)
-            ex.submit((unit.metric, unit.estimator), fn, *args,
-                      **task_resources(ctx.retrainer))
+            # Locally one task per unit (the ensemble path trains it at once); on a cluster
+            # as many tasks as the retrainer cannot batch together (task_groups).
+            groups = ([todo] if isinstance(ex, LocalExecutor) else
+                      [[todo[i] for i in g] for g in task_groups(
+                          ctx.retrainer, todo, ctx.data.x_train[:2])])
+            for g, keys in enumerate(groups):
+                fn, args, finish = _retrain_task(ctx, ex, unit.metric, unit.estimator, keys)
+                pending[(unit.metric, unit.estimator, g)] = (unit, finish, start)
+                ex.submit((unit.metric, unit.estimator, g), fn, *args,
+                          **task_resources(ctx.retrainer))
         else:
             commit(unit, unit.compute(todo), start)
         collect(block=False)

@@ -8,6 +8,14 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from quantus_roar.retrain import keep_freed_memory
+
+# As the quantus-roar command does: CPU training reuses freed blocks instead of
+# page-faulting fresh ones every step (quantus_roar.retrain.allocator). Every
+# benchmark compares against a baseline measured in the same process, so both
+# sides run with the same allocator settings.
+KEEP_FREED_MEMORY = keep_freed_memory()
+
 
 @pytest.fixture(autouse=True)
 def _threads():

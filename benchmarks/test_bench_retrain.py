@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from conftest import KEEP_FREED_MEMORY
 from torch.utils.flop_counter import FlopCounterMode
 
 from quantus_roar.data import load_digits_data
@@ -75,7 +76,7 @@ def test_roar_grid_ensemble_vs_sequential(benchmark):
         matmul_gflops=matmul,
     )
     print(f"\n25 retrains (5 percentages x 5 seeds) of SmallCNN on digits, "
-          f"{torch.get_num_threads()} threads:\n"
+          f"{torch.get_num_threads()} threads, keep_freed_memory {KEEP_FREED_MEMORY}:\n"
           f"  ensemble   {t_ens:6.2f} s  mean acc {np.mean(acc_ens):.4f}  "
           f"{flops / t_ens / 1e9:5.1f} GFLOP/s\n"
           f"  sequential {t_seq:6.2f} s  mean acc {np.mean(acc_seq):.4f}  "

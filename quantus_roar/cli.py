@@ -110,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {path}")
             return 0
         from quantus_roar.benchmark.runner import run
+        from quantus_roar.retrain import keep_freed_memory
 
         config = _config(args)
+        keep_freed_memory()  # CPU training reuses freed blocks (see retrain.allocator)
         if args.ray_address is not None and args.executor != "ray":
             raise ValueError("--ray-address needs --executor ray.")
         summary = run(config, args.out, fresh=args.fresh, progress=not args.no_progress,

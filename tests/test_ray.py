@@ -18,7 +18,7 @@ from quantus_roar.benchmark import ResultStore, RunConfig, run  # noqa: E402
 from quantus_roar.benchmark import runner as runner_module  # noqa: E402
 from quantus_roar.curves import retrain_curve  # noqa: E402
 from quantus_roar.data import load_digits_data  # noqa: E402
-from quantus_roar.executors import LocalExecutor, RayExecutor, get_executor  # noqa: E402
+from quantus_roar.executors import RayExecutor  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -192,13 +192,7 @@ def uninterrupted_small(tmp_path_factory):
     return out
 
 
-def test_executor_names_and_errors():
-    assert isinstance(get_executor(None), LocalExecutor)
-    assert isinstance(get_executor("local"), LocalExecutor)
-    with pytest.raises(ValueError, match="Unknown executor"):
-        get_executor("dask")
-    with pytest.raises(ValueError, match="executor is 'local'"):
-        get_executor("local", address="127.0.0.1:6379")
+def test_executor_errors():
     with pytest.raises(ValueError, match="'executor' parameter of ROAR"):
         ROAR(executor="spark", disable_warnings=True)
     with pytest.raises(ValueError, match="cannot be retrained on Ray"):

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from quantus_roar.data import load_digits_data
 from quantus_roar.exceptions import NotResettableError
 from quantus_roar.models import SmallCNN, SmallResNet
-from quantus_roar.retrain import RetrainJob, TorchRetrainer, fit_score_many
+from quantus_roar.retrain import RetrainJob, TorchRetrainer, fit_score_many, torch_retrainer
+from quantus_roar.retrain.grouped import grouped_forward, supports_grouped
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,10 @@ def test_constructor_errors():
         TorchRetrainer(SmallCNN(), validation_split=1.0)
 
 
-def test_ensemble_matches_sequential_after_one_step():
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "vmap"])
+def test_ensemble_matches_sequential_after_one_step(grouped, monkeypatch):
+    if not grouped:  # force the vmap formulation on a model the grouped one supports
+        monkeypatch.setattr(torch_retrainer, "supports_grouped", lambda model: False)
     x, y = _tiny_data(n=64)
     jobs = [RetrainJob(x * (1 + 0.1 * s), y, x, y, s) for s in range(4)]
     # one epoch of one batch = one optimizer step
@@ -228,3 +233,40 @@ def test_ensemble_and_sequential_accuracy_agree_after_training(digits):
     together = TorchRetrainer(SmallCNN(), ensemble=True).fit_score_many(jobs)
     alone = TorchRetrainer(SmallCNN(), ensemble=False).fit_score_many(jobs)
     assert abs(np.mean(together) - np.mean(alone)) <= 0.015
+
+
+def _odd_cnn() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(2, 5, 3, stride=2, padding=1, bias=False),
+                         nn.LeakyReLU(0.1), nn.AvgPool2d(2), nn.Conv2d(5, 6, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4, bias=False),
+                         nn.Identity())
+
+
+@pytest.mark.parametrize("make, channels", [(SmallCNN, 1), (_odd_cnn, 2),
+                                            (lambda: SmallCNN(in_channels=3, width=4), 3)])
+def test_grouped_forward_equals_vmap_outputs_and_gradients(make, channels):
+    models = [make() for _ in range(3)]
+    assert supports_grouped(models[0])
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    x = torch.randn(3, 7, channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = vmap(lambda p, b, xb: functional_call(base, (p, b), (xb,)))(params, buffers, x)
+    out = grouped_forward(base, params, x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for model, xi, oi in zip(models, x, out, strict=True):  # model i sees only its inputs
+        torch.testing.assert_close(oi, model(xi), atol=1e-5, rtol=1e-5)
+    g_out = torch.autograd.grad(out.square().sum(), list(params.values()))
+    g_ref = torch.autograd.grad(ref.square().sum(), list(params.values()))
+    for a, b in zip(g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_grouped_formulation_refuses_what_it_cannot_run():
+    assert not supports_grouped(SmallResNet(width=4))
+    assert not supports_grouped(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2),
+                                              nn.Flatten(), nn.Linear(2, 2)))
+    assert not supports_grouped(nn.Sequential(nn.Linear(3, 3)))  # no Flatten: tabular
+    assert not supports_grouped(nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"),
+                                              nn.Flatten(), nn.Linear(2, 2)))
+    assert not supports_grouped(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU(), nn.Flatten(),
+                                              nn.Linear(2, 2)))

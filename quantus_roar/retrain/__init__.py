@@ -1,6 +1,14 @@
 """Retraining: the protocol the metrics call, and a fast PyTorch implementation."""
 
-from quantus_roar.retrain.base import Retrainer, RetrainerBase, RetrainJob, fit_score_many
+from quantus_roar.retrain.allocator import keep_freed_memory
+from quantus_roar.retrain.base import (
+    Retrainer,
+    RetrainerBase,
+    RetrainJob,
+    fit_score_many,
+    fit_task,
+)
 from quantus_roar.retrain.torch_retrainer import TorchRetrainer
 
-__all__ = ["RetrainJob", "Retrainer", "RetrainerBase", "TorchRetrainer", "fit_score_many"]
+__all__ = ["RetrainJob", "Retrainer", "RetrainerBase", "TorchRetrainer", "fit_score_many",
+           "fit_task", "keep_freed_memory"]

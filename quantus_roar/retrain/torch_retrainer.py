@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from quantus_roar._validation import check_choice, model_device
 from quantus_roar.exceptions import NotResettableError
 from quantus_roar.retrain.base import RetrainerBase, RetrainJob
+from quantus_roar.retrain.grouped import grouped_forward, supports_grouped
 
 __all__ = ["TorchRetrainer"]
 
@@ -351,12 +352,18 @@ class TorchRetrainer(RetrainerBase):
         if stacked:
             params, buffers = stack_module_state(models)
             base = copy.deepcopy(models[0]).to("meta")
+            if supports_grouped(base):
+                def loss_fn(p, b, xb, yb):  # one network of grouped convolutions
+                    logits = grouped_forward(base, p, xb)
+                    return F.cross_entropy(logits.flatten(0, 1), yb.flatten(),
+                                           label_smoothing=self.label_smoothing,
+                                           reduction="none").view(yb.shape).mean(1)
+            else:
+                def loss_one(p, b, xb, yb):
+                    logits = functional_call(base, (p, b), (xb,))
+                    return F.cross_entropy(logits, yb, label_smoothing=self.label_smoothing)
 
-            def loss_one(p, b, xb, yb):
-                logits = functional_call(base, (p, b), (xb,))
-                return F.cross_entropy(logits, yb, label_smoothing=self.label_smoothing)
-
-            loss_fn = vmap(loss_one, randomness="different")
+                loss_fn = vmap(loss_one, randomness="different")
             opt, sched = self._optimizer(list(params.values()), self.epochs * steps_per_epoch)
         else:  # one model (m == 1)
             opt, sched = self._optimizer(list(models[0].parameters()),

@@ -38,6 +38,13 @@ _QUICK: dict[str, Any] = {
 }
 
 
+def _check_names(values: tuple[str, ...], allowed: Any, what: str) -> None:
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise ValueError(f"Unknown {what}(s) {unknown or 'none given'}. Choose from "
+                         f"{list(allowed)}.")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides the numbers of a benchmark run.
@@ -122,14 +129,9 @@ class RunConfig:
             if isinstance(value, str):
                 value = tuple(v.strip() for v in value.split(",") if v.strip())
             object.__setattr__(self, name, tuple(value))
-        unknown = [e for e in self.estimators if e not in ESTIMATORS]
-        if unknown or not self.estimators:
-            raise ValueError(f"Unknown estimator(s) {unknown or 'none given'}. Choose from "
-                             f"{list(ESTIMATORS)}.")
-        bad = [m for m in self.metrics if m not in METRICS]
-        if bad or not self.metrics:
-            raise ValueError(f"Unknown metric(s) {bad or 'none given'}. Choose from "
-                             f"{list(METRICS)}.")
+        _check_names(self.estimators, ESTIMATORS, "estimator")
+        _check_names(self.metrics, METRICS, "metric")
+        _check_names(self.similarities, SIMILARITIES, "similarity")
         ps = check_percentages(self.percentages, owner)
         object.__setattr__(self, "percentages",
                            tuple(int(p) if float(p).is_integer() else float(p) for p in ps))
@@ -138,10 +140,6 @@ class RunConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"The '{name}' setting must be one of {list(allowed)}. Got "
                                  f"{getattr(self, name)!r} instead.")
-        bad = [s for s in self.similarities if s not in SIMILARITIES]
-        if bad or not self.similarities:
-            raise ValueError(f"Unknown similarity {bad or 'none given'}. Choose from "
-                             f"{list(SIMILARITIES)}.")
         for name in ("retrains", "sanity_seeds", "max_epochs", "explain_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -40,7 +40,6 @@ from quantus_roar.benchmark.datasets import BenchmarkData, load_dataset
 from quantus_roar.benchmark.store import Cell, Key, ResultStore
 from quantus_roar.curves import (
     deletion_curve,
-    removed_inputs,
     retrain_group_task,
     retrain_seeds,
     task_groups,
@@ -336,18 +335,15 @@ class _Context:
 
     # ------------------------------------------------------------------ removal
 
-    def removed(self, estimator: str, split: str, p: float, order: str) -> Any:
-        """The split with features removed at ``p``: an array, or a lazy Dataset when streamed."""
+    def removed(self, estimator: str, split: str, p: float, order: str) -> RemovedDataset:
+        """The streamed split with features removed at ``p``, as a lazy Dataset."""
         cfg = self.config
         x, y = self.split(split)
-        a = self.attributions(estimator, split)
         ids = self.train_ids if split == "train" else self.test_ids
-        kw = dict(order=order, granularity=cfg.granularity, reduce=cfg.reduce,
-                  imputer=cfg.imputer, stats=self.stats, seed=cfg.seed)
-        if self.data.streamed:
-            return RemovedDataset(x, y, a, p, first_id=int(ids[0]), **kw)
-        xr, _ = removed_inputs(x, a, [p], sample_ids=ids, **kw)
-        return xr[0]
+        return RemovedDataset(x, y, self.attributions(estimator, split), p,
+                              first_id=int(ids[0]), order=order, granularity=cfg.granularity,
+                              reduce=cfg.reduce, imputer=cfg.imputer, stats=self.stats,
+                              seed=cfg.seed)
 
 
 # --------------------------------------------------------------------------- units

@@ -25,7 +25,6 @@ import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -75,10 +74,6 @@ class BenchmarkData:
     def shape(self) -> tuple[int, ...]:
         """Shape of one input, (C, H, W)."""
         return tuple(self.x_train.shape[1:])
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.x_train.nbytes + self.x_test.nbytes)
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -318,9 +313,3 @@ def load_dataset(spec: str, *, seed: int = 0, cache: str | Path | None = None,
     return BenchmarkData(spec, x_tr, y_tr, x_te, y_te, n_classes, list(classes),
                          _digest(x_tr, y_tr, x_te, y_te))
 
-
-def describe(data: BenchmarkData) -> dict[str, Any]:
-    """A short JSON-able description of ``data`` for reports."""
-    return {"dataset": data.name, "train": len(data.y_train), "test": len(data.y_test),
-            "input_shape": list(data.shape), "n_classes": data.n_classes,
-            "streamed": data.streamed, "digest": data.digest[:16]}

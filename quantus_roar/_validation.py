@@ -22,11 +22,16 @@ def _msg(name: str, owner: str, expected: str, got: Any) -> str:
 
 
 def as_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
-    """Return ``value`` as a tensor, sharing memory with numpy input where possible."""
+    """Return ``value`` as a tensor, sharing memory with numpy input where possible.
+
+    Read-only arrays (memory maps, Ray's shared objects) are copied: torch
+    cannot guard them against writes.
+    """
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        arr = np.ascontiguousarray(value)
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     raise TypeError(_msg(name, owner, "a torch.Tensor or numpy.ndarray", type(value).__name__))
 
 

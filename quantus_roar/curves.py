@@ -221,13 +221,6 @@ def _key(p: float) -> int | float:
     return int(p) if float(p).is_integer() else float(p)
 
 
-def _owned_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
-    """As :func:`as_tensor`, copying read-only arrays (memory maps, Ray's shared objects)."""
-    if isinstance(value, np.ndarray) and not value.flags.writeable:
-        value = np.array(value)
-    return as_tensor(value, name, owner)
-
-
 def retrain_group(
     retrainer: Any,
     x_train: Any,
@@ -279,8 +272,8 @@ def retrain_group(
         ``"retrain_time_s"``: wall time of the ``fit_score_many`` call.
     """
     owner = "retrain_group"
-    x_tr = _owned_tensor(x_train, "x_train", owner)
-    x_te = _owned_tensor(x_test, "x_test", owner)
+    x_tr = as_tensor(x_train, "x_train", owner)
+    x_te = as_tensor(x_test, "x_test", owner)
     if not x_tr.is_floating_point():
         x_tr, x_te = x_tr.float(), x_te.float()
     n_tr, n_te = len(x_tr), len(x_te)
@@ -295,17 +288,18 @@ def retrain_group(
         stats = channel_means(x_tr_cf.unsqueeze(2) if nd == 3 else x_tr_cf)
     kw = dict(order=order, granularity=granularity, reduce=reduce, imputer=imputer,
               imputer_kwargs=imputer_kwargs, stats=stats, seed=seed)
+    percentages = list(dict.fromkeys(float(p) for p, _ in jobs))
+    if any(p != 0.0 for p in percentages):  # no attributions needed for the baseline alone
+        a_tr = _to_channels_first(as_tensor(a_train, "a_train", owner), nd, channel_last)
+        a_te = _to_channels_first(as_tensor(a_test, "a_test", owner), nd, channel_last)
     data: dict[float, tuple[Any, Any]] = {}
     fractions: dict[float, float] = {}
     times: dict[float, float] = {}
-    for p in tqdm(list(dict.fromkeys(float(p) for p, _ in jobs)), desc="removing",
-                  disable=not progress, leave=False):
+    for p in tqdm(percentages, desc="removing", disable=not progress, leave=False):
         start = time.perf_counter()
         if p == 0.0:
             data[p], fractions[p] = (x_tr, x_te), 0.0
         else:
-            a_tr = _to_channels_first(_owned_tensor(a_train, "a_train", owner), nd, channel_last)
-            a_te = _to_channels_first(_owned_tensor(a_test, "a_test", owner), nd, channel_last)
             xr_tr, f_tr = removed_inputs(x_tr_cf, a_tr, [p], sample_ids=train_ids, **kw)
             xr_te, f_te = removed_inputs(x_te_cf, a_te, [p], sample_ids=test_ids, **kw)
             if channel_last and nd >= 3:

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from quantus_roar._validation import as_tensor
 from quantus_roar.benchmark.config import RunConfig, fingerprint
 from quantus_roar.benchmark.datasets import BenchmarkData, load_dataset
 from quantus_roar.benchmark.store import Cell, Key, ResultStore
@@ -188,8 +189,8 @@ class _Context:
 
     @staticmethod
     def tensor(x: np.ndarray) -> torch.Tensor:
-        """A tensor of ``x``, copied from read-only (memory-mapped) arrays."""
-        return torch.from_numpy(np.ascontiguousarray(x) if x.flags.writeable else np.array(x))
+        """A tensor of ``x`` (copied from read-only, memory-mapped arrays)."""
+        return as_tensor(x, "x", "quantus-roar run")
 
     @property
     def stats(self) -> torch.Tensor:

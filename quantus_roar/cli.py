@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true",
                      help="delete the folder's stored results and start anew")
     run.add_argument("--verbose", "-v", action="store_true",
-                     help="one summary line per finished group of cells")
+                     help="one line per finished cell: its key, values and compute time")
     run.add_argument("--no-progress", action="store_true", dest="no_progress",
                      help="hide progress bars")
     report = sub.add_parser("report", help="rebuild report.md, results.csv and figures from "
@@ -97,8 +97,23 @@ def _config(args: argparse.Namespace) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(message)s", stream=sys.stderr)
+    # The package's own messages (per-cell lines with --verbose, warnings, errors) to stderr,
+    # whatever logging the host process set up.
+    log = logging.getLogger("quantus_roar")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+    log.propagate = False
+    try:
+        return _main(args)
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+        log.setLevel(logging.NOTSET)
+
+
+def _main(args: argparse.Namespace) -> int:
     from quantus_roar.benchmark.datasets import DatasetError
     from quantus_roar.benchmark.store import ConfigMismatchError
 

@@ -465,3 +465,18 @@ def test_derived_seeds_are_distinct_and_stable():
     seeds = {derived_seed(0, k, s) for k in range(1, 8) for s in range(3)}
     assert len(seeds) == 21
     assert derived_seed(0, 1) == derived_seed(0, 1) != derived_seed(1, 1)
+
+
+def test_verbose_logs_one_line_per_finished_cell(tmp_path, capsys):
+    args = ["run", "--out", str(tmp_path), "--estimators", "Random,Sobel", "--metrics",
+            "roar-noretrain", "--percentages", "30,60", "--no-progress", "--device", "cpu",
+            "--verbose"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("roar-noretrain")]
+    assert len(lines) == 2 * 3  # two estimators x (0, 30, 60)
+    assert any(" Sobel " in line and "60 seed 0: accuracy" in line
+               and "true_class_score" in line for line in lines)
+    assert main(args) == 0  # resumed: nothing left to compute, nothing logged
+    assert not [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("roar-noretrain")]

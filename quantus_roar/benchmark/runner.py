@@ -527,10 +527,15 @@ def _resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def _summary_line(unit: _Unit, cells: list[Cell], wall: float) -> str:
-    main = [c.value for c in cells if c.quantity in ("accuracy", "spearman_abs")]
-    what = f"mean {np.mean(main):.3f}" if main else ""
-    return f"{unit.metric:<20} {unit.estimator:<36} {len(cells):4d} values {wall:7.1f} s {what}"
+def _summary_lines(cells: list[Cell]) -> list[str]:
+    """One line per finished cell: its key, every quantity measured, its compute time."""
+    by_key: dict[Key, list[Cell]] = {}
+    for cell in cells:
+        by_key.setdefault(cell.key, []).append(cell)
+    return [f"{metric:<20} {estimator:<38} {param:>18} seed {seed}: "
+            + " ".join(f"{c.quantity} {c.value:.4f}" for c in group)
+            + f" ({group[0].wall_s:.2f} s)"
+            for (metric, estimator, param, seed), group in by_key.items()]
 
 
 def run(
@@ -558,8 +563,8 @@ def run(
     progress : bool, default True
         Progress bars (stderr).
     verbose : bool, default False
-        Log one summary line per finished unit (logger ``quantus_roar.benchmark``,
-        INFO).
+        Log one line per finished cell: its key, values and compute time
+        (logger ``quantus_roar.benchmark``, INFO).
     report : bool, default True
         Write the report at the end.
     executor : {None, "local", "ray"} or quantus_roar.executors.Executor
@@ -622,8 +627,9 @@ def run(
             store.set_meta("expected_cells", sum(len(u.keys) for u in units))
             ctx.save_examples()
             bar = tqdm(units, desc="benchmark", unit="unit", disable=not progress)
+            loggers = [logging.root, logging.getLogger("quantus_roar")]
             try:
-                with logging_redirect_tqdm():
+                with logging_redirect_tqdm(loggers=loggers):
                     _work(ctx, units, bar, store, fp, done, summary, verbose, after_commit)
             finally:
                 bar.close()
@@ -642,21 +648,22 @@ def _work(ctx: _Context, units: list[_Unit], bar: Any, store: ResultStore, fp: s
           done: set[Key], summary: RunSummary, verbose: bool,
           after_commit: Callable[[list[Cell]], None] | None) -> None:
     ex = ctx.executor
-    pending: dict[tuple[str, str, int], tuple[_Unit, Callable[[dict], list[Cell]], float]] = {}
+    pending: dict[tuple[str, str, int], tuple[_Unit, Callable[[dict], list[Cell]]]] = {}
 
-    def commit(unit: _Unit, cells: list[Cell], start: float) -> None:
+    def commit(cells: list[Cell]) -> None:
         store.add(cells, fp)
         summary.computed.extend(dict.fromkeys(c.key for c in cells))
         if verbose:
-            logger.info(_summary_line(unit, cells, time.perf_counter() - start))
+            for line in _summary_lines(cells):
+                logger.info(line)
         if after_commit is not None:
             after_commit(cells)
 
     def collect(block: bool) -> None:
         for result in ex.poll(block=block):
-            unit, finish, start = pending.pop(result.tag)  # type: ignore[arg-type]
+            unit, finish = pending.pop(result.tag)  # type: ignore[arg-type]
             if result.ok:
-                commit(unit, finish(result.value), start)
+                commit(finish(result.value))
             else:
                 logger.error("%s %s: retraining failed on every retry, its cells are not "
                              "stored (a rerun computes them): %r", unit.metric, unit.estimator,
@@ -669,7 +676,6 @@ def _work(ctx: _Context, units: list[_Unit], bar: Any, store: ResultStore, fp: s
         if not todo:
             continue
         bar.set_postfix_str(f"{unit.metric} {unit.estimator}", refresh=True)
-        start = time.perf_counter()
         if unit.remote and not ctx.data.streamed:
             # Locally one task per unit (the ensemble path trains it at once); on a cluster
             # as many tasks as the retrainer cannot batch together (task_groups).
@@ -678,11 +684,11 @@ def _work(ctx: _Context, units: list[_Unit], bar: Any, store: ResultStore, fp: s
                           ctx.retrainer, todo, ctx.data.x_train[:2])])
             for g, keys in enumerate(groups):
                 fn, args, finish = _retrain_task(ctx, ex, unit.metric, unit.estimator, keys)
-                pending[(unit.metric, unit.estimator, g)] = (unit, finish, start)
+                pending[(unit.metric, unit.estimator, g)] = (unit, finish)
                 ex.submit((unit.metric, unit.estimator, g), fn, *args,
                           **task_resources(ctx.retrainer))
         else:
-            commit(unit, unit.compute(todo), start)
+            commit(unit.compute(todo))
         collect(block=False)
     if pending:
         bar.set_postfix_str(f"waiting for {len(pending)} retraining task(s)", refresh=True)

@@ -411,20 +411,20 @@ def _deletion_unit(ctx: _Context, metric: str, estimator: str, keys: list[Key]) 
     a = ctx.attributions(estimator, "test")
     kw = dict(order=order, granularity=cfg.granularity, reduce=cfg.reduce, imputer=cfg.imputer,
               stats=ctx.stats, seed=cfg.seed, device=ctx.device, batch_size=256)
-    frames = []
-    for lo in range(0, len(x), _CHUNK if ctx.data.streamed else len(x)):
-        hi = lo + (_CHUNK if ctx.data.streamed else len(x))
-        df = deletion_curve(ctx.model, ctx.tensor(x[lo:hi]), ctx.tensor(y[lo:hi]),
-                            ctx.tensor(a[lo:hi]), cfg.percentages,
-                            first_id=int(ctx.test_ids[0]) + lo, **kw)
-        frames.append(df.assign(n=min(hi, len(x)) - lo))
+    # Chunks of _CHUNK samples, so memory-mapped data is never read whole; sample ids
+    # keep every chunk's masks those of the whole set.
+    starts = range(0, len(x), _CHUNK)
+    frames = [deletion_curve(ctx.model, ctx.tensor(x[lo : lo + _CHUNK]),
+                             ctx.tensor(y[lo : lo + _CHUNK]), ctx.tensor(a[lo : lo + _CHUNK]),
+                             cfg.percentages, first_id=int(ctx.test_ids[0]) + lo, **kw)
+              for lo in starts]
+    sizes = [min(_CHUNK, len(x) - lo) for lo in starts]
     wall = (time.perf_counter() - start) / (len(cfg.percentages) + 1)
-    total = sum(f["n"].iloc[0] for f in frames)
     cells = []
     for i, p in enumerate(frames[0]["percentage"]):
         for q in ("accuracy", "true_class_score"):
-            value = sum(float(f[q].iloc[i]) * f["n"].iloc[0] for f in frames) / total
-            cells.append(Cell(metric, estimator, str(p), 0, q, value, wall))
+            value = sum(float(f[q].iloc[i]) * n for f, n in zip(frames, sizes, strict=True))
+            cells.append(Cell(metric, estimator, str(p), 0, q, value / len(x), wall))
     wanted = set(keys)
     return [c for c in cells if c.key in wanted]
 

@@ -412,7 +412,7 @@ def _noisy_linear_solve(
     except on the image border.) CG starts from the mean of the plane's kept
     values, which is also what a plane with nothing kept keeps.
 
-    Every iteration is eight passes over preallocated (B, L) buffers plus two
+    Every iteration is nine passes over preallocated (B, L) buffers plus two
     reductions; the working set of six buffers is what ``_CHUNK_VALUES`` keeps
     in cache.
 

@@ -265,6 +265,18 @@ def test_noisy_linear_matches_sparse_reference(channels, percentage):
         np.testing.assert_allclose(ours[i], ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(3, 2, 1, 10), (3, 1, 7, 1), (4, 1, 40, 3)])
+@pytest.mark.parametrize("percentage", [10, 50, 90])
+def test_noisy_linear_thin_planes_match_reference(shape, percentage):
+    """Rows, columns and tall narrow planes: the padded stencil must not wrap."""
+    rng = np.random.default_rng(percentage)
+    x = rng.random(shape)
+    masks = removal_masks(rng.random((shape[0], 1, *shape[2:])), [percentage])[0]
+    ours = impute(x, masks, "noisy_linear", noise=0.0)
+    for i in range(shape[0]):
+        np.testing.assert_allclose(ours[i], _road_reference(x[i], masks[i, 0]), atol=1e-5)
+
+
 def test_noisy_linear_value_granularity_solves_each_channel_plane():
     rng = np.random.default_rng(3)
     x = rng.random((2, 3, 8, 8))

@@ -27,7 +27,7 @@ the samples' positions in the full dataset when processing it in chunks.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -351,7 +351,7 @@ def _pad_flat(v: torch.Tensor) -> torch.Tensor:
     return F.pad(v, (1, 1, 1, 1)).flatten(1)
 
 
-def _neighbour_sum(p: torch.Tensor, wp: int, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _stencil(p: torch.Tensor, wp: int, rows: torch.Tensor, out: torch.Tensor) -> Callable[[], None]:
     """Unweighted [1, 2, 1] x [1, 2, 1] neighbourhood sum ``S(p)`` of padded, flattened planes.
 
     Planes of shape (H, W) are stored zero-padded to (H + 2, W + 2) and
@@ -360,106 +360,144 @@ def _neighbour_sum(p: torch.Tensor, wp: int, rows: torch.Tensor, out: torch.Tens
     ``conv2d`` on CPU for single-channel planes). ROAD's kernel -- 1/6 for
     edge neighbours, 1/12 for diagonal ones -- is ``(S(v) - 4 v) / 12``.
 
-    p : (B, L) input; rows : (B, L) scratch; out : (B, L) receives ``S(p)``
-    at every position but the first and last ``wp + 1`` of each row, which
-    are left as they are. Values on padding positions are meaningless and
-    must be masked by the caller.
+    p : (..., L) input; rows : (..., L) scratch; out : (..., L) receives
+    ``S(p)`` at every position but the first and last ``wp + 1`` of each row,
+    which are left as they are. Values on padding positions are meaningless
+    and must be masked by the caller. Returns a function that computes ``S``
+    of the current contents of ``p`` into ``out``: its slices are made once,
+    because in an iterative solver making them costs as much as the
+    arithmetic on small planes.
     """
-    n = p.shape[1]
-    rows = rows[:, : n - 2]
-    torch.add(p[:, :-2], p[:, 2:], out=rows)
-    rows.add_(p[:, 1:-1], alpha=2)  # rows[j]: horizontal sum centred at j + 1
-    centre = out[:, wp + 1 : n - wp - 1]
-    torch.add(rows[:, : -2 * wp], rows[:, 2 * wp :], out=centre)
-    centre.add_(rows[:, wp:-wp], alpha=2)
-    return out
+    n = p.shape[-1]
+    rows = rows[..., : n - 2]  # rows[j]: horizontal sum centred at j + 1
+    left, right, mid = p[..., :-2], p[..., 2:], p[..., 1:-1]
+    up, down, level = rows[..., : -2 * wp], rows[..., 2 * wp :], rows[..., wp:-wp]
+    centre = out[..., wp + 1 : n - wp - 1]
+
+    def apply() -> None:
+        torch.add(left, right, out=rows)
+        rows.add_(mid, alpha=2)
+        torch.add(up, down, out=centre)
+        centre.add_(level, alpha=2)
+
+    return apply
 
 
-# Planes solved together: about 2**17 values per chunk keeps the CG vectors in
-# the CPU's L2 cache (measured fastest among 2**15 .. 2**18 for 32x32 planes).
-_CHUNK_VALUES = 2**17
+# Planes solved together on CPU. Measured on 256 planes of 32x32: one chunk
+# is fastest; chunking only bounds the buffers (ten of the padded size).
+_CHUNK_VALUES = 2**20
 
 
 def _noisy_linear_fill(
     x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int
 ) -> torch.Tensor:
-    """:func:`_noisy_linear_solve` over chunks of planes (B, H, W), into one output."""
+    """:func:`_noisy_linear_solve` over even chunks of planes (B, H, W), into one output."""
     b, h, w = x.shape
-    step = b if x.device.type != "cpu" else max(1, _CHUNK_VALUES // (h * w))
-    one = _pad_flat(torch.ones(1, h, w, dtype=x.dtype, device=x.device))
-    c = _neighbour_sum(one, w + 2, torch.empty_like(one), torch.zeros_like(one)).div_(12)
+    n_chunks = 1 if x.device.type != "cpu" else -(-b * (h + 2) * (w + 2) // _CHUNK_VALUES)
+    if n_chunks <= 1:
+        return _noisy_linear_solve(x, m, tol, max_iter)
+    step = -(-b // n_chunks)
     out = torch.empty_like(x)
     for i in range(0, b, step):
-        out[i : i + step] = _noisy_linear_solve(x[i : i + step], m[i : i + step], c, tol, max_iter)
+        out[i : i + step] = _noisy_linear_solve(x[i : i + step], m[i : i + step], tol, max_iter)
     return out
 
 
-def _noisy_linear_solve(
-    x: torch.Tensor, m: torch.Tensor, c: torch.Tensor, tol: float, max_iter: int
-) -> torch.Tensor:
+def _noisy_linear_solve(x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
     """Solve ROAD's neighbour-average system for every channel plane at once.
 
     Each removed value equals the weighted mean of its 8 neighbours (weights
     renormalised at the border). With ``S`` the [1, 2, 1] x [1, 2, 1] sum
-    (:func:`_neighbour_sum`) and ``c = S(1) / 12``, the system for removed
-    mask ``r`` and the removed values ``v`` (zero on kept positions) reads
+    (:func:`_stencil`) and ``c = S(1) / 12``, the system for removed mask
+    ``r`` and the removed values ``v`` (zero on kept positions) reads
     ``A v = c * v - r * S(v) / 12 = r * S(kept) / 12``: symmetric, positive
     definite on the removed positions and block diagonal over planes, so one
     conjugate gradient run serves the whole batch with per-plane step sizes.
-    The residual and every search direction are zero on kept positions, and
-    a plane stops moving once its residual is below ``tol`` times its
-    right-hand side. (Jacobi preconditioning is left out: the diagonal is 1
-    except on the image border.) CG starts from the mean of the plane's kept
-    values, which is also what a plane with nothing kept keeps.
+    The residual and every search direction are zero on kept positions, so
+    kept values come out exactly as they went in; a plane stops moving once
+    its residual is below ``tol`` times its right-hand side. (Jacobi
+    preconditioning is left out: the diagonal is 1 except on the image border.)
 
-    Every iteration is nine passes over preallocated (B, L) buffers plus two
-    reductions; the working set of six buffers is what ``_CHUNK_VALUES`` keeps
-    in cache.
+    CG starts from each removed value's weighted mean over its *kept*
+    neighbours -- exact for a removed pixel without removed neighbours --, or
+    from the mean of the plane's kept values where no neighbour is kept; the
+    latter is also what a plane with nothing kept keeps.
 
-    x, m : (B, H, W) planes and their removed masks; c : (1, L) is ``S(1) / 12``
-    on the padded layout. Returns the filled planes.
+    An iteration is eight passes over preallocated (B, L) buffers plus two
+    reductions: the filled planes and the residual sit in one stacked buffer,
+    as do the search direction and its image under ``A``, and move together.
+
+    x, m : (B, H, W) planes and their removed masks. Returns the filled
+    planes, shape (B, H, W).
     """
     b, h, w = x.shape
     dt, dev = x.dtype, x.device
     wp, length = w + 2, (h + 2) * (w + 2)
-    ap = torch.zeros(b, length, dtype=dt, device=dev)  # its border must stay zero
-    spare = torch.empty(b, length, dtype=dt, device=dev)
+    # Every buffer is allocated once: a fresh one per iteration costs page
+    # faults that take as long as the arithmetic.
+    pa = torch.empty(2, b + 1, length, dtype=dt, device=dev)  # (p, A p); borders stay zero
+    ur = torch.empty(2, b, length, dtype=dt, device=dev)  # (filled planes u, residual)
+    sums = torch.empty(2, b + 1, length, dtype=dt, device=dev)
+    spare = torch.empty(2, b + 1, length, dtype=dt, device=dev)
+    nr12 = torch.empty(b, length, dtype=dt, device=dev)
+    tmp = torch.empty(b, length, dtype=dt, device=dev)
+    p, ap, u, res = pa[0, :b], pa[1, :b], ur[0], ur[1]
+    grid = pa.view(2, b + 1, h + 2, wp)
+    for border in (grid[:, :, 0], grid[:, :, -1], grid[:, :, :, 0], grid[:, :, :, -1]):
+        border.zero_()
+    sums[..., : wp + 1] = 0  # the stencil leaves these alone
+    sums[..., -wp - 1 :] = 0
+    # Plane b of pa holds 1 inside the image, so that the set-up stencil also
+    # gives c = S(1) / 12, the row weight of the renormalised kernel.
+    inner = (slice(None), slice(1, -1), slice(1, -1))
+    grid[:, b, 1:-1, 1:-1] = 1
 
-    r = _pad_flat(m.to(dt))
-    u = _pad_flat(x)
-    u.addcmul_(u, r, value=-1)  # kept values, zero on removed positions and padding
-    n_kept = (h * w) - m.reshape(b, -1).sum(1, dtype=dt)
-    mean = u.sum(1) / n_kept.clamp_min(1)
-    rhs = _neighbour_sum(u, wp, spare, ap).mul(r).div_(12)
-    # Below a few float eps the residual stagnates; stopping there keeps CG stable.
-    tol = max(tol, 16 * torch.finfo(dt).eps)
-    threshold = (tol * torch.linalg.vector_norm(rhs, dim=1).clamp_min(1e-30)) ** 2
-    nr12 = r.mul_(-1 / 12)
-    v = nr12 * (-12 * mean[:, None])  # the start: the kept mean on removed positions
-    u.add_(v)  # u is the filled plane from here on; CG changes its removed values only
-    _neighbour_sum(v, wp, spare, ap).mul_(nr12).addcmul_(c, v)
-    res = rhs.sub_(ap)
-    p = res.clone()
-    rr = torch.linalg.vecdot(res, res)
+    # Kept values (a removed value is never read, whatever it is) and the
+    # removed mask r, padded; their neighbour sums in one stencil pass.
+    grid[0, :b, 1:-1, 1:-1] = x
+    grid[0, :b, 1:-1, 1:-1].masked_fill_(m, 0)
+    grid[1, :b, 1:-1, 1:-1] = m
+    _stencil(pa, wp, spare, sums)()
+    c = sums[0, b].div_(12)
+    mean = p.sum(1) / ((h * w) - ap.sum(1)).clamp_min(1)
+    torch.mul(ap, -1 / 12, out=nr12)
+    rhs = torch.mul(sums[0, :b], ap, out=res).div_(12)  # zero on kept positions
+    threshold = (max(tol, 16 * torch.finfo(dt).eps)
+                 * torch.linalg.vector_norm(rhs, dim=1).clamp_min(1e-30)) ** 2
+    u.copy_(p)
+    # The start: each removed value's mean over its kept neighbours, whose
+    # weight is c - S(r) / 12 (at least 1/12 where one is kept), or the
+    # plane's kept mean where none is. With delta much below 1/12, one
+    # expression gives both, close enough for a start.
+    delta = 1e-3
+    kept_w = torch.mul(sums[1, :b], -1 / 12, out=tmp).add_(c + delta)
+    torch.add(rhs, mean[:, None], alpha=delta, out=p).div_(kept_w).mul_(ap)
+    u.add_(p)
+    stencil = _stencil(p, wp, spare[0, :b], ap)  # ap held r, so its border is 0
+
+    def a_times_p() -> torch.Tensor:
+        stencil()
+        return ap.mul_(nr12).addcmul_(c, p)
+
+    res.sub_(a_times_p())
+    p.copy_(res)
+    rr = torch.linalg.vector_norm(res, dim=1).square_()
+    sign = torch.tensor([1.0, -1.0], dtype=dt, device=dev).view(2, 1, 1)
+    pa_b = pa[:, :b]
     # On CPU a convergence check costs one reduction; on an accelerator it is a
     # host sync, so check less often there.
     check_every = 1 if dev.type == "cpu" else 8
-    active_rr = rr
     for it in range(max_iter):
-        active = rr > threshold  # freeze converged planes
+        active = rr > threshold  # converged planes are frozen
         if it % check_every == 0 and not bool(active.any()):
             break
-        active_rr = torch.where(active, rr, 0)
-        _neighbour_sum(p, wp, spare, ap).mul_(nr12).addcmul_(c, p)  # A p
-        pap = torch.linalg.vecdot(p, ap)
-        alpha = torch.where(pap > 0, active_rr / pap, 0)[:, None]
-        u.addcmul_(alpha, p)
-        res.addcmul_(alpha, ap, value=-1)
-        rr_new = torch.linalg.vecdot(res, res)
-        beta = (rr_new / rr.clamp_min(torch.finfo(dt).tiny))[:, None]
-        p, spare = torch.addcmul(res, beta, p, out=spare), p
+        pap = torch.mul(p, a_times_p(), out=tmp).sum(1)
+        alpha = torch.where(active, rr / pap, 0)  # pap > 0 on every active plane
+        ur.addcmul_(sign * alpha[:, None], pa_b)  # u += alpha p, res -= alpha A p
+        rr_new = torch.linalg.vector_norm(res, dim=1).square_()
+        torch.addcmul(res, (rr_new / rr)[:, None], p, out=p)
         rr = rr_new
-    return u.view(b, h + 2, wp)[:, 1:-1, 1:-1]
+    return u.view(b, h + 2, wp)[inner]
 
 
 def impute(
@@ -587,8 +625,9 @@ def impute(
         planes = x_t[None].expand(n_p, n, c, h, w).reshape(-1, h, w)
         solved = _noisy_linear_fill(planes, m_full.reshape(-1, h, w), tol, max_iter)
         fill = solved.reshape(n_p, n, c, h, w)
-        if noise:
-            ids = _sample_ids(sample_ids, n, x_t.device, owner)
-            fill = fill + noise * _hash_normal(seed, ids, c * h * w, x_t.dtype).view(n, c, h, w)
+        if not noise:  # the solver returns kept values exactly as they came
+            return like_input(fill if has_p else fill[0], x)
+        ids = _sample_ids(sample_ids, n, x_t.device, owner)
+        fill = fill + noise * _hash_normal(seed, ids, c * h * w, x_t.dtype).view(n, c, h, w)
     out = torch.where(m_full, fill, x_t[None])
     return like_input(out if has_p else out[0], x)

@@ -435,28 +435,25 @@ def _noisy_linear_solve(x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: 
     wp, length = w + 2, (h + 2) * (w + 2)
     # Every buffer is allocated once: a fresh one per iteration costs page
     # faults that take as long as the arithmetic.
-    pa = torch.empty(2, b + 1, length, dtype=dt, device=dev)  # (p, A p); borders stay zero
+    pa = torch.zeros(2, b + 1, length, dtype=dt, device=dev)  # (p, A p); borders stay zero
     ur = torch.empty(2, b, length, dtype=dt, device=dev)  # (filled planes u, residual)
     sums = torch.empty(2, b + 1, length, dtype=dt, device=dev)
     spare = torch.empty(2, b + 1, length, dtype=dt, device=dev)
     nr12 = torch.empty(b, length, dtype=dt, device=dev)
     tmp = torch.empty(b, length, dtype=dt, device=dev)
     p, ap, u, res = pa[0, :b], pa[1, :b], ur[0], ur[1]
-    grid = pa.view(2, b + 1, h + 2, wp)
-    for border in (grid[:, :, 0], grid[:, :, -1], grid[:, :, :, 0], grid[:, :, :, -1]):
-        border.zero_()
     sums[..., : wp + 1] = 0  # the stencil leaves these alone
     sums[..., -wp - 1 :] = 0
     # Plane b of pa holds 1 inside the image, so that the set-up stencil also
     # gives c = S(1) / 12, the row weight of the renormalised kernel.
-    inner = (slice(None), slice(1, -1), slice(1, -1))
-    grid[:, b, 1:-1, 1:-1] = 1
-
-    # Kept values (a removed value is never read, whatever it is) and the
-    # removed mask r, padded; their neighbour sums in one stencil pass.
+    grid = pa.view(2, b + 1, h + 2, wp)
+    grid[0, b, 1:-1, 1:-1] = 1
+    # Kept values and the removed mask r, padded (bool to float conversions
+    # are slow on CPU, uint8 ones are not), and their neighbour sums in one
+    # stencil call.
     grid[0, :b, 1:-1, 1:-1] = x
-    grid[0, :b, 1:-1, 1:-1].masked_fill_(m, 0)
-    grid[1, :b, 1:-1, 1:-1] = m
+    grid[1, :b, 1:-1, 1:-1] = m.view(torch.uint8)
+    p.addcmul_(p, ap, value=-1)
     _stencil(pa, wp, spare, sums)()
     c = sums[0, b].div_(12)
     mean = p.sum(1) / ((h * w) - ap.sum(1)).clamp_min(1)
@@ -497,7 +494,7 @@ def _noisy_linear_solve(x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: 
         rr_new = torch.linalg.vector_norm(res, dim=1).square_()
         torch.addcmul(res, (rr_new / rr)[:, None], p, out=p)
         rr = rr_new
-    return u.view(b, h + 2, wp)[inner]
+    return u.view(b, h + 2, wp)[:, 1:-1, 1:-1]
 
 
 def impute(

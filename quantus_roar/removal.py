@@ -403,7 +403,9 @@ def _noisy_linear_fill(
     return out
 
 
-def _noisy_linear_solve(x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+def _noisy_linear_solve(
+    x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int
+) -> torch.Tensor:
     """Solve ROAD's neighbour-average system for every channel plane at once.
 
     Each removed value equals the weighted mean of its 8 neighbours (weights
@@ -419,13 +421,15 @@ def _noisy_linear_solve(x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: 
     preconditioning is left out: the diagonal is 1 except on the image border.)
 
     CG starts from each removed value's weighted mean over its *kept*
-    neighbours -- exact for a removed pixel without removed neighbours --, or
-    from the mean of the plane's kept values where no neighbour is kept; the
-    latter is also what a plane with nothing kept keeps.
+    neighbours -- exact, up to the ``delta`` below, for a removed pixel
+    without removed neighbours --, or from the mean of the plane's kept
+    values where no neighbour is kept; the latter is also what a plane with
+    nothing kept keeps.
 
-    An iteration is eight passes over preallocated (B, L) buffers plus two
-    reductions: the filled planes and the residual sit in one stacked buffer,
-    as do the search direction and its image under ``A``, and move together.
+    An iteration is nine elementwise passes over preallocated (B, L) buffers
+    plus two reductions: the filled planes and the residual sit in one
+    stacked buffer, as do the search direction and its image under ``A``,
+    and move together in one of those passes.
 
     x, m : (B, H, W) planes and their removed masks. Returns the filled
     planes, shape (B, H, W).

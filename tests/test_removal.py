@@ -277,6 +277,41 @@ def test_noisy_linear_thin_planes_match_reference(shape, percentage):
         np.testing.assert_allclose(ours[i], _road_reference(x[i], masks[i, 0]), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noisy_linear_without_noise_returns_kept_values_exactly(dtype):
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(5, 3, 9, 11, generator=g, dtype=dtype)
+    m = removal_masks(torch.rand(5, 1, 9, 11, generator=g), [10, 60])
+    out = impute(x, m, "noisy_linear", noise=0.0)
+    kept = ~m.expand_as(out)
+    assert out.dtype == dtype
+    assert torch.equal(out[kept], x[None].expand_as(out)[kept])
+    assert not torch.equal(out[~kept], x[None].expand_as(out)[~kept])
+
+
+def test_noisy_linear_removed_values_are_never_read():
+    x = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(8))
+    m = removal_masks(torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(9)), [40])[0]
+    other = torch.where(m, 1e6, x)  # different values at removed positions only
+    torch.testing.assert_close(impute(other, m, "noisy_linear", noise=0.0),
+                               impute(x, m, "noisy_linear", noise=0.0), rtol=0, atol=1e-6)
+
+
+def test_noisy_linear_chunks_equal_one_solve(monkeypatch):
+    """Uneven chunks over many planes give what one batched solve gives."""
+    import quantus_roar.removal as removal
+
+    rng = np.random.default_rng(11)
+    x = rng.random((7, 3, 10, 9))
+    masks = removal_masks(rng.random((7, 1, 10, 9)), [30, 80])
+    whole = impute(x, masks, "noisy_linear", noise=0.0)
+    monkeypatch.setattr(removal, "_CHUNK_VALUES", 5 * 12 * 11)  # 42 planes in chunks of 5
+    chunked = impute(x, masks, "noisy_linear", noise=0.0)
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-9)
+    for i in (0, 6):
+        np.testing.assert_allclose(chunked[1, i], _road_reference(x[i], masks[1, i, 0]), atol=1e-5)
+
+
 def test_noisy_linear_value_granularity_solves_each_channel_plane():
     rng = np.random.default_rng(3)
     x = rng.random((2, 3, 8, 8))

@@ -437,6 +437,7 @@ def _noisy_linear_solve(
     b, h, w = x.shape
     dt, dev = x.dtype, x.device
     wp, length = w + 2, (h + 2) * (w + 2)
+    tiny = torch.finfo(dt).tiny
     # Every buffer is allocated once: a fresh one per iteration costs page
     # faults that take as long as the arithmetic.
     pa = torch.zeros(2, b + 1, length, dtype=dt, device=dev)  # (p, A p); borders stay zero
@@ -496,7 +497,8 @@ def _noisy_linear_solve(
         alpha = torch.where(active, rr / pap, 0)  # pap > 0 on every active plane
         ur.addcmul_(sign * alpha[:, None], pa_b)  # u += alpha p, res -= alpha A p
         rr_new = torch.linalg.vector_norm(res, dim=1).square_()
-        torch.addcmul(res, (rr_new / rr)[:, None], p, out=p)
+        # rr is 0 on a plane with nothing removed: clamped, its beta is 0, not NaN.
+        torch.addcmul(res, (rr_new / rr.clamp_min(tiny))[:, None], p, out=p)
         rr = rr_new
     return u.view(b, h + 2, wp)[:, 1:-1, 1:-1]
 

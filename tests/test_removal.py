@@ -297,6 +297,21 @@ def test_noisy_linear_removed_values_are_never_read():
                                impute(x, m, "noisy_linear", noise=0.0), rtol=0, atol=1e-6)
 
 
+def test_noisy_linear_batch_mixing_untouched_partial_and_fully_removed_planes():
+    rng = np.random.default_rng(12)
+    x = rng.random((4, 2, 7, 6))
+    m = np.zeros((4, 1, 7, 6), dtype=bool)
+    m[0, 0, 1:4, 2:5] = True  # partly removed
+    m[2] = True  # fully removed: the kept mean of nothing is 0
+    m[3, 0, ::2, ::3] = True
+    out = impute(x, m, "noisy_linear", noise=0.0)
+    assert np.isfinite(out).all()
+    assert np.array_equal(out[1], x[1])
+    assert np.array_equal(out[2], np.zeros_like(x[2]))
+    for i in (0, 3):
+        np.testing.assert_allclose(out[i], _road_reference(x[i], m[i, 0]), atol=1e-6)
+
+
 def test_noisy_linear_chunks_equal_one_solve(monkeypatch):
     """Uneven chunks over many planes give what one batched solve gives."""
     import quantus_roar.removal as removal

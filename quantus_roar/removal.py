@@ -346,11 +346,6 @@ def _kept_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
                                                                               device=x.device))
 
 
-def _pad_flat(v: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) -> (B, (H + 2) * (W + 2)) with a zero border."""
-    return F.pad(v, (1, 1, 1, 1)).flatten(1)
-
-
 def _stencil(p: torch.Tensor, wp: int, rows: torch.Tensor, out: torch.Tensor) -> Callable[[], None]:
     """Unweighted [1, 2, 1] x [1, 2, 1] neighbourhood sum ``S(p)`` of padded, flattened planes.
 

@@ -386,15 +386,15 @@ _CHUNK_VALUES = 2**20
 def _noisy_linear_fill(
     x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int
 ) -> torch.Tensor:
-    """:func:`_noisy_linear_solve` over even chunks of planes (B, H, W), into one output."""
+    """:func:`_noisy_linear_solve` over chunks of planes (B, H, W), sizes within 1 of each other."""
     b, h, w = x.shape
     n_chunks = 1 if x.device.type != "cpu" else -(-b * (h + 2) * (w + 2) // _CHUNK_VALUES)
     if n_chunks <= 1:
         return _noisy_linear_solve(x, m, tol, max_iter)
-    step = -(-b // n_chunks)
-    out = torch.empty_like(x)
-    for i in range(0, b, step):
-        out[i : i + step] = _noisy_linear_solve(x[i : i + step], m[i : i + step], tol, max_iter)
+    out = torch.empty_like(x)  # each chunk's buffers are freed before the next is solved
+    for dst, xs, ms in zip(out.tensor_split(n_chunks), x.tensor_split(n_chunks),
+                           m.tensor_split(n_chunks), strict=True):
+        dst.copy_(_noisy_linear_solve(xs, ms, tol, max_iter))
     return out
 
 
@@ -459,6 +459,7 @@ def _noisy_linear_solve(
     mean = p.sum(1) / ((h * w) - ap.sum(1)).clamp_min(1)
     torch.mul(ap, -1 / 12, out=nr12)
     rhs = torch.mul(sums[0, :b], ap, out=res).div_(12)  # zero on kept positions
+    # Below a few float eps the residual stagnates; stopping there keeps CG stable.
     threshold = (max(tol, 16 * torch.finfo(dt).eps)
                  * torch.linalg.vector_norm(rhs, dim=1).clamp_min(1e-30)) ** 2
     u.copy_(p)

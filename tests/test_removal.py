@@ -289,7 +289,7 @@ def test_noisy_linear_without_noise_returns_kept_values_exactly(dtype):
     assert not torch.equal(out[~kept], x[None].expand_as(out)[~kept])
 
 
-def test_noisy_linear_removed_values_are_never_read():
+def test_noisy_linear_removed_values_do_not_change_the_fill():
     x = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(8))
     m = removal_masks(torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(9)), [40])[0]
     other = torch.where(m, 1e6, x)  # different values at removed positions only
@@ -313,14 +313,14 @@ def test_noisy_linear_batch_mixing_untouched_partial_and_fully_removed_planes():
 
 
 def test_noisy_linear_chunks_equal_one_solve(monkeypatch):
-    """Uneven chunks over many planes give what one batched solve gives."""
+    """Chunks of 4 and 5 planes give what one batched solve gives."""
     import quantus_roar.removal as removal
 
     rng = np.random.default_rng(11)
     x = rng.random((7, 3, 10, 9))
     masks = removal_masks(rng.random((7, 1, 10, 9)), [30, 80])
     whole = impute(x, masks, "noisy_linear", noise=0.0)
-    monkeypatch.setattr(removal, "_CHUNK_VALUES", 5 * 12 * 11)  # 42 planes in chunks of 5
+    monkeypatch.setattr(removal, "_CHUNK_VALUES", 5 * 12 * 11)  # 42 planes in 9 chunks
     chunked = impute(x, masks, "noisy_linear", noise=0.0)
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-9)
     for i in (0, 6):

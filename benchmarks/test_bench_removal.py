@@ -68,12 +68,18 @@ def test_noisy_linear_vs_quantus(benchmark, percentage):
     def quantus_loop():
         return np.stack([noisy_linear_imputation(x[i], indices[i], noise=0.0) for i in range(256)])
 
-    ours = benchmark.pedantic(lambda: impute(x, masks, "noisy_linear", noise=0.0),
-                              rounds=5, warmup_rounds=1)
+    def ours_call():
+        return impute(x, masks, "noisy_linear", noise=0.0)
+
+    ours = benchmark.pedantic(ours_call, rounds=5, warmup_rounds=1)
     reference = quantus_loop()
     np.testing.assert_allclose(ours, reference, atol=1e-4)
-    ours_s = benchmark.stats.stats.min
-    base_s = best_time(quantus_loop, 2)
+    # Both sides are timed in turns, so that a slow spell of the machine (seen
+    # here: seconds at about a third of the speed) falls on both of them.
+    ours_s, base_s = benchmark.stats.stats.min, float("inf")
+    for _ in range(2):
+        base_s = min(base_s, best_time(quantus_loop, 1))
+        ours_s = min(ours_s, best_time(ours_call, 5))
     benchmark.extra_info.update(quantus_s=base_s, ours_s=ours_s, speedup=base_s / ours_s)
     print(f"\nnoisy_linear p={percentage}: ours {ours_s * 1e3:.1f} ms, Quantus per image "
           f"{base_s * 1e3:.0f} ms, speedup {base_s / ours_s:.1f}x (target 50x)")

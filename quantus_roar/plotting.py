@@ -10,7 +10,8 @@ __all__ = ["plot_curve"]
 
 
 def plot_curve(results: pd.DataFrame, ax: Any = None, *, label: str | None = None,
-               title: str | None = None, legend: bool = True, **line_kwargs: Any) -> Any:
+               title: str | None = None, legend: bool = True, xlabel: str | None = None,
+               **line_kwargs: Any) -> Any:
     """Accuracy against percentage, mean over retrains with a band of one std.
 
     Parameters
@@ -23,6 +24,10 @@ def plot_curve(results: pd.DataFrame, ax: Any = None, *, label: str | None = Non
     label, title : str, optional
     legend : bool, default True
         Draw the legend when ``label`` is given.
+    xlabel : str, optional
+        Label of the x axis, e.g. ``"features removed (%)"`` for ROAR and
+        deletion, ``"features kept (%)"`` for KAR; default
+        ``"features removed / kept (%)"``.
     **line_kwargs
         Passed to ``ax.plot`` (``color``, ``linestyle``, ...).
 
@@ -42,7 +47,7 @@ def plot_curve(results: pd.DataFrame, ax: Any = None, *, label: str | None = Non
     std = stats["std"].fillna(0.0).to_numpy()
     (line,) = ax.plot(p, mean, marker=line_kwargs.pop("marker", "o"), label=label, **line_kwargs)
     ax.fill_between(p, mean - std, mean + std, alpha=0.2, color=line.get_color())
-    ax.set_xlabel("features removed / kept (%)")
+    ax.set_xlabel("features removed / kept (%)" if xlabel is None else xlabel)
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.0, 1.02)
     if title:

@@ -20,10 +20,17 @@ import pandas as pd
 from quantus_roar.benchmark.store import ResultStore
 from quantus_roar.curves import normalised_auc
 
-__all__ = ["build_report", "curve_table", "noretrain_comparison", "randomisation_table"]
+__all__ = ["accuracies", "build_report", "curve_table", "noretrain_comparison",
+           "randomisation_table", "spearman_text"]
 
 _ORDER = {"roar": "remove_top", "kar": "keep_top"}
 _NORETRAIN = {"roar": "roar-noretrain", "kar": "kar-noretrain"}
+# Where the unmodified data sit on each curve's axis: 0 % removed (ROAR, MoRF deletion),
+# 100 % kept (KAR, LeRF deletion).
+_UNMODIFIED = {"roar": 0.0, "kar": 100.0, "roar-noretrain": 0.0, "kar-noretrain": 100.0}
+# Fewer paired retrain seeds than this give no usable spread: no test, no p-value.
+MIN_PAIRED_SEEDS = 3
+_COLUMNS = ["estimator", "percentage", "seed", "accuracy"]
 
 
 def _pct(param: str) -> float:
@@ -45,18 +52,40 @@ def _estimators(df: pd.DataFrame, run: dict[str, Any]) -> list[str]:
 
 
 def accuracies(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (estimator, percentage, seed) accuracy of ``roar`` or ``kar``, with the shared
-    unmodified baseline as percentage 0 of every estimator."""
+    """Per (estimator, percentage, seed) accuracy of one curve, the unmodified point included.
+
+    ``metric`` is ``"roar"``, ``"kar"``, ``"roar-noretrain"`` or ``"kar-noretrain"``.
+    The percentage is the share removed (ROAR, MoRF deletion) or kept (KAR, LeRF
+    deletion), and the unmodified data sit at 0 % removed or at 100 % kept:
+
+    * ROAR and KAR share the retrains on unmodified data (metric ``"baseline"``,
+      param ``"0"``); they become percentage 0 of every ROAR estimator and
+      percentage 100 of every KAR estimator.
+    * ``"kar-noretrain"``'s unmodified row is param ``"100"``; stores written
+      before that labelled it ``"0"``, which is read as 100 (0 % kept is never a
+      measured percentage).
+
+    Each (estimator, percentage, seed) appears once: where an estimator has its
+    own cells at the unmodified point (KAR at 100 % kept is the unmodified data),
+    the shared baseline of that seed is used and the estimator's own cell dropped.
+    """
+    unmodified = _UNMODIFIED[metric]
     cur = df[(df["metric"] == metric) & (df["quantity"] == "accuracy")]
-    cur = cur.assign(percentage=cur["param"].map(_pct))[["estimator", "percentage", "seed",
-                                                          "value"]]
+    raw = cur["param"].map(_pct)
+    legacy = (raw == 0.0) & (metric == "kar-noretrain")
+    cur = cur.assign(percentage=raw.mask(legacy, unmodified), accuracy=cur["value"],
+                     _legacy=legacy)
+    # first occurrence wins: the shared baseline, then rows labelled as they are now
+    cur = cur.sort_values("_legacy", kind="stable")[_COLUMNS]
+    parts = []
     base = df[(df["metric"] == "baseline") & (df["quantity"] == "accuracy")]
-    if len(base) and len(cur):
-        rows = [base.assign(estimator=e, percentage=0.0)[["estimator", "percentage", "seed",
-                                                          "value"]]
-                for e in cur["estimator"].unique()]
-        cur = pd.concat([*rows, cur], ignore_index=True)
-    return cur.rename(columns={"value": "accuracy"})
+    if metric in _ORDER and len(base) and len(cur):
+        parts = [base.assign(estimator=e, percentage=unmodified, accuracy=base["value"])[_COLUMNS]
+                 for e in cur["estimator"].unique()]
+    out = pd.concat([*parts, cur], ignore_index=True)
+    out = out.drop_duplicates(["estimator", "percentage", "seed"], keep="first")
+    return out.sort_values(["estimator", "percentage", "seed"], kind="stable") \
+        .reset_index(drop=True)
 
 
 def _auc_per_seed(acc: pd.DataFrame) -> pd.DataFrame:
@@ -69,19 +98,36 @@ def _auc_per_seed(acc: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["estimator", "seed", "auc"])
 
 
+def _not_enough(n: int) -> str:
+    return (f"n/a (n = {n} retrain{'s' if n != 1 else ''}; "
+            f"≥ {MIN_PAIRED_SEEDS} needed)")
+
+
 def curve_table(df: pd.DataFrame, metric: str, estimators: list[str]) -> pd.DataFrame:
     """ROAR or KAR table: mean ± std accuracy per estimator and percentage, AUC and rank,
     and a one-sided paired t-test over retrains against Random.
 
     For ROAR a better estimator has the *lower* AUC (accuracy falls faster);
-    for KAR the higher. The test pairs the AUC of each retrain seed with
-    Random's AUC of the same seed (every estimator shares the training seeds).
+    for KAR the higher. The column *unmodified* is the retrain on unmodified data:
+    0 % removed for ROAR, 100 % kept for KAR, and part of the AUC of both. The test
+    pairs the AUC of each retrain seed with Random's AUC of the same seed (every
+    estimator shares the training seeds); *n seeds* is the number of such pairs.
+    *beats Random* is
+
+    * ``"yes"``: mean AUC better than Random's and one-sided paired p < 0.05;
+    * ``"not significant"``: mean AUC better, p ≥ 0.05;
+    * ``"no"``: mean AUC not better than Random's;
+    * ``"n/a (n = 2 retrains; ≥ 3 needed)"``: fewer than :data:`MIN_PAIRED_SEEDS`
+      pairs, no test and no p-value;
+    * ``"n/a (no spread)"``: the differences to Random are the same on every seed;
+    * ``"(control)"``: Random itself.
     """
     from scipy import stats
 
     acc = accuracies(df, metric)
     if acc.empty:
         return pd.DataFrame()
+    unmodified = _UNMODIFIED[metric]
     wide = acc.groupby(["estimator", "percentage"])["accuracy"].agg(["mean", "std"])
     auc = _auc_per_seed(acc)
     auc_stats = auc.groupby("estimator")["auc"].agg(["mean", "std"])
@@ -92,24 +138,33 @@ def curve_table(df: pd.DataFrame, metric: str, estimators: list[str]) -> pd.Data
         row: dict[str, Any] = {"estimator": e}
         for p in sorted(wide.loc[e].index):
             m, s = wide.loc[(e, p)]
-            row["unmodified" if p == 0 else f"{p:g}%"] = _fmt(m, s)
+            row["unmodified" if p == unmodified else f"{p:g}%"] = _fmt(m, s)
         row["AUC"] = _fmt(*auc_stats.loc[e])
         row["_auc"] = auc_stats.loc[e, "mean"]
         if len(random) and e != "Random":
             mine = auc[auc["estimator"] == e].set_index("seed")["auc"]
             common = mine.index.intersection(random.index)
             diff = mine[common] - random[common]
+            n = len(common)
             better = diff.mean() < 0 if lower_better else diff.mean() > 0
             p_value = float("nan")
-            if len(common) >= 2 and float(diff.std()) > 0:
+            if n >= MIN_PAIRED_SEEDS and float(diff.std()) > 0:
                 p_value = float(stats.ttest_rel(mine[common], random[common],
                                                 alternative="less" if lower_better
                                                 else "greater").pvalue)
-            row["beats Random"] = ("yes" if better and p_value < 0.05 else
-                                   "no" if not better else "not significant")
+            if n < MIN_PAIRED_SEEDS:
+                verdict = _not_enough(n)
+            elif not better:
+                verdict = "no"
+            elif math.isnan(p_value):
+                verdict = "n/a (no spread)"
+            else:
+                verdict = "yes" if p_value < 0.05 else "not significant"
+            row["beats Random"] = verdict
             row["p (paired t)"] = "n/a" if math.isnan(p_value) else f"{p_value:.3g}"
+            row["n seeds"] = n
         elif len(random):
-            row["beats Random"], row["p (paired t)"] = "(control)", ""
+            row["beats Random"], row["p (paired t)"], row["n seeds"] = "(control)", "", ""
         rows.append(row)
     table = pd.DataFrame(rows)
     table.insert(1, "rank", table["_auc"].rank(ascending=lower_better, method="min")
@@ -117,17 +172,41 @@ def curve_table(df: pd.DataFrame, metric: str, estimators: list[str]) -> pd.Data
     return table.sort_values(["rank", "estimator"]).drop(columns="_auc").reset_index(drop=True)
 
 
+def _beats_random_text(table: pd.DataFrame, metric: str) -> str:
+    """The paragraph that defines every value of the *beats Random* column."""
+    if "beats Random" not in table.columns:
+        return ""
+    better = "lower" if metric == "roar" else "higher"
+    ns = sorted({int(n) for n in table["n seeds"] if n != ""})
+    over = (f"n = {ns[0]} training seeds" if len(ns) == 1
+            else "the training seeds both have (column *n seeds*)")
+    text = (f"*beats Random*: one-sided paired t-test of the per-retrain AUC against Random's "
+            f"with the same training seed, over {over}; *p (paired t)* is its p-value. "
+            f"**yes**: mean AUC {better} than Random's and p < 0.05; **not significant**: "
+            f"mean AUC {better} but p ≥ 0.05; **no**: mean AUC not {better} than Random's; "
+            f"**n/a**: fewer than {MIN_PAIRED_SEEDS} retrain seeds paired with Random (too few "
+            "for a usable spread, so no test and no p-value), or no spread between the seeds' "
+            "differences; **(control)**: Random itself.")
+    if ns and ns[0] < MIN_PAIRED_SEEDS:
+        text += (f" This run has {ns[0]} retrain{'s' if ns[0] != 1 else ''} per cell: rerun "
+                 f"with at least {MIN_PAIRED_SEEDS} (Hooker et al. use 5) to test against "
+                 "Random.")
+    return text
+
+
 def noretrain_comparison(df: pd.DataFrame, metric: str, estimators: list[str]
                          ) -> tuple[pd.DataFrame, float]:
-    """Ranks of the estimators by AUC with retraining and without, and their Spearman rho."""
+    """Ranks of the estimators by AUC with retraining and without, and their Spearman rho.
+
+    rho is NaN with fewer than 3 estimators that have both curves, or when one of
+    the rankings is constant (see :func:`spearman_text`).
+    """
     from scipy import stats
 
     with_rt = _auc_per_seed(accuracies(df, metric))
-    nort = df[(df["metric"] == _NORETRAIN[metric]) & (df["quantity"] == "accuracy")]
-    if with_rt.empty or nort.empty:
+    without = _auc_per_seed(accuracies(df, _NORETRAIN[metric]))
+    if with_rt.empty or without.empty:
         return pd.DataFrame(), float("nan")
-    nort = nort.assign(percentage=nort["param"].map(_pct), accuracy=nort["value"])
-    without = _auc_per_seed(nort)
     a = with_rt.groupby("estimator")["auc"].mean()
     b = without.groupby("estimator")["auc"].mean()
     common = [e for e in estimators if e in a.index and e in b.index]
@@ -139,8 +218,20 @@ def noretrain_comparison(df: pd.DataFrame, metric: str, estimators: list[str]
                           "AUC no retrain": b[common].to_numpy(),
                           "rank no retrain": b[common].rank(ascending=asc, method="min")
                           .astype(int).to_numpy()})
-    rho = float(stats.spearmanr(a[common], b[common]).statistic) if len(common) > 2 else math.nan
+    rho = math.nan
+    if len(common) >= 3 and a[common].nunique() > 1 and b[common].nunique() > 1:
+        rho = float(stats.spearmanr(a[common], b[common]).statistic)
     return table.sort_values(["rank retrained", "estimator"]).reset_index(drop=True), rho
+
+
+def spearman_text(table: pd.DataFrame, rho: float) -> str:
+    """``**0.80**``, or why there is no rank correlation."""
+    if not math.isnan(rho):
+        return f"**{rho:.2f}**"
+    n = len(table)
+    if n < 3:
+        return f"n/a (needs at least 3 estimators with both curves; this run has {n})"
+    return "n/a (the estimators' AUCs are all equal in one of the rankings)"
 
 
 def randomisation_table(df: pd.DataFrame, metric: str, similarity: str, estimators: list[str],
@@ -164,13 +255,30 @@ def randomisation_table(df: pd.DataFrame, metric: str, similarity: str, estimato
 
 _COLOURS = {"Gradient": "tab:blue", "IntegratedGradients": "tab:orange",
             "GuidedBackprop": "tab:green", "InputXGradient": "tab:purple", "Random": "black",
-            "Sobel": "tab:gray"}
+            "Sobel": "tab:red"}
 _STYLES = {"": "-", "SmoothGrad": "--", "SmoothGradSquared": ":", "VarGrad": "-."}
 
 
+# Random and Sobel do not depend on the model, so their model-randomisation curves coincide
+# (and their other curves may come close): Random is drawn wide, dashed, black and underneath
+# with large circles, Sobel thin, solid, red and on top with small squares, so both stay
+# visible without moving any data.
+_CONTROL_STYLES = {
+    "Random": {"linestyle": "--", "linewidth": 3.0, "marker": "o", "markersize": 6.0,
+               "zorder": 2.0},
+    "Sobel": {"linestyle": "-", "linewidth": 1.0, "marker": "s", "markersize": 3.0,
+              "zorder": 3.0},
+}
+
+
 def _style(estimator: str) -> dict[str, Any]:
+    """Line keyword arguments of an estimator's curve (colour, line style, width, marker)."""
     base, _, noise = estimator.partition("_")
-    return {"color": _COLOURS.get(base), "linestyle": _STYLES.get(noise, "-")}
+    style: dict[str, Any] = {"color": _COLOURS.get(base), "linestyle": _STYLES.get(noise, "-"),
+                             "linewidth": 1.5, "marker": "o", "markersize": 3.0, "zorder": 2.5}
+    if not noise:
+        style.update(_CONTROL_STYLES.get(base, {}))
+    return style
 
 
 def _curves_figure(df: pd.DataFrame, estimators: list[str], path: Path) -> bool:
@@ -182,29 +290,27 @@ def _curves_figure(df: pd.DataFrame, estimators: list[str], path: Path) -> bool:
     from quantus_roar.plotting import plot_curve
 
     panels = []
-    for metric in ("roar", "kar"):
+    for metric, title in (("roar", "ROAR (retrained)"), ("kar", "KAR (retrained)"),
+                          ("roar-noretrain", "ROAR without retraining"),
+                          ("kar-noretrain", "KAR without retraining")):
         acc = accuracies(df, metric)
         if not acc.empty:
-            panels.append((f"{metric.upper()} (retrained)", acc))
-    for metric in ("roar-noretrain", "kar-noretrain"):
-        cur = df[(df["metric"] == metric) & (df["quantity"] == "accuracy")]
-        if not cur.empty:
-            panels.append((f"{metric.split('-')[0].upper()} without retraining",
-                           cur.assign(percentage=cur["param"].map(_pct), accuracy=cur["value"])))
+            panels.append((title, acc, "features removed (%)" if metric.startswith("roar")
+                           else "features kept (%)"))
     if not panels:
         return False
     ncols = 2 if len(panels) == 4 else len(panels)
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.6 * nrows + 0.6),
                              squeeze=False)
-    for ax, (title, acc) in zip(axes.flat, panels, strict=False):
+    for ax, (title, acc, xlabel) in zip(axes.flat, panels, strict=False):
         for e in estimators:
             part = acc[acc["estimator"] == e]
             if len(part):
-                plot_curve(part, ax, label=e, title=title, legend=False, markersize=3,
+                plot_curve(part, ax, label=e, title=title, legend=False, xlabel=xlabel,
                            **_style(e))
-        ax.set_xlabel("features removed (%)" if title.startswith("ROAR")
-                      else "features kept (%)")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
                frameon=False)
@@ -217,6 +323,9 @@ def _curves_figure(df: pd.DataFrame, estimators: list[str], path: Path) -> bool:
 
 def _randomisation_figure(df: pd.DataFrame, estimators: list[str], steps: list[str],
                           similarities: list[str], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     cur = df[(df["metric"] == "model-randomisation") & (df["estimator"] != "-")]
@@ -231,17 +340,19 @@ def _randomisation_figure(df: pd.DataFrame, estimators: list[str], steps: list[s
         for e in estimators:
             if e not in part.index.get_level_values(0):
                 continue
+            style = _style(e)
             y = [part.get((e, s), np.nan) for s in layer_steps]
-            (line,) = ax.plot(x, y, marker="o", markersize=3, label=e, **_style(e))
+            ax.plot(x, y, label=e, **style)
             for step, marker in (("floor", "v"), ("ceiling", "^")):
                 if (e, step) in part.index:
                     ax.plot([len(layer_steps) + (step == "ceiling")], [part[(e, step)]],
-                            marker=marker, color=line.get_color(), linestyle="none")
+                            marker=marker, color=style["color"], linestyle="none",
+                            markersize=style["markersize"] + 2, zorder=style["zorder"])
         ax.set_xticks([*x.tolist(), len(layer_steps), len(layer_steps) + 1],
                       [*layer_steps, "floor", "ceiling"], rotation=45, fontsize=7)
         ax.set_title(sim)
         ax.set_xlabel("randomised up to layer")
-        ax.axhline(0.0, color="0.8", linewidth=0.8)
+        ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
     axes[0][0].set_ylabel("similarity to original explanation")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
@@ -363,22 +474,28 @@ def build_report(out: str | Path) -> Path:
         table = curve_table(df, metric, estimators)
         if table.empty:
             continue
+        where = "0 % removed" if metric == "roar" else "100 % kept"
         lines += [f"## {title}", "",
                   f"Test accuracy of models retrained on data with features "
                   f"{'removed' if metric == 'roar' else 'kept'} by each estimator (mean ± std "
-                  "over retrains; *unmodified*: trained on the data without removal). Ranked "
-                  f"by the normalised area under the curve ({better} is better). *beats "
-                  "Random*: one-sided paired t-test of the per-retrain AUC against Random's "
-                  "with the same training seed (p < 0.05).", "", _md(table)]
+                  f"over retrains; column headers are the share of features "
+                  f"{'removed' if metric == 'roar' else 'kept'}; *unmodified*: trained on "
+                  f"the data without removal, the point at {where}). Ranked by the "
+                  f"normalised area under the curve, unmodified point included ({better} is "
+                  "better).", ""]
+        text = _beats_random_text(table, metric)
+        if text:
+            lines += [text, ""]
+        lines += [_md(table)]
     for metric in ("roar", "kar"):
         table, rho = noretrain_comparison(df, metric, estimators)
         if table.empty:
             continue
         lines += [f"## {metric.upper()} with and without retraining", "",
                   f"Spearman rank correlation of the estimators' AUC with and without "
-                  f"retraining: **{rho:.2f}**. Without retraining the model sees inputs unlike "
-                  "its training data, so a ranking by deletion alone can mislead.", "",
-                  _md(table)]
+                  f"retraining: {spearman_text(table, rho)}. Without retraining the model "
+                  "sees inputs unlike its training data, so a ranking by deletion alone can "
+                  "mislead.", "", _md(table)]
     if _curves_figure(df, estimators, figures / "curves.png"):
         lines += ["![accuracy curves](figures/curves.png)", ""]
     if _examples_figure(out, estimators, run, figures / "examples.png"):
@@ -401,6 +518,10 @@ def build_report(out: str | Path) -> Path:
         if _randomisation_figure(df, estimators, steps, similarities,
                                  figures / "model_randomisation.png"):
             lines += ["![model randomisation](figures/model_randomisation.png)", ""]
+            if {"Random", "Sobel"} <= set(estimators):
+                lines += ["Random and Sobel do not depend on the model, so their curves "
+                          "coincide: Random is the wide dashed black line with large circles, "
+                          "Sobel the thin red line with small squares drawn on top of it.", ""]
     dr = [(s, randomisation_table(df, "data-randomisation", s, estimators,
                                   ["random_labels", "floor", "ceiling"])) for s in similarities]
     if any(not t.empty for _, t in dr):

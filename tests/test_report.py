@@ -184,7 +184,7 @@ def test_two_retrains_give_no_verdict_and_no_p_value(tmp_path):
     text = build_report(tmp_path).read_text()
     assert "| yes |" not in text
     assert "n = 2 retrains; ≥ 3 needed" in text
-    assert "This run has 2 retrains per cell" in text
+    assert "This run has 2 retrains per cell paired with Random" in text
 
 
 def test_five_retrains_a_clearly_better_estimator_beats_random_with_the_paired_t_p_value(
@@ -230,6 +230,21 @@ def test_worse_and_insignificant_estimators_and_every_value_is_defined_in_the_te
     for value in {*table["beats Random"], "yes", "n/a"}:
         head = value if value.startswith("(") else value.split(" (")[0]
         assert f"**{head}**:" in section, value
+
+
+def test_an_estimator_with_fewer_finished_seeds_gets_na_and_the_text_says_why(tmp_path):
+    _kar_store(tmp_path, 5)
+    with ResultStore(tmp_path) as store:  # Sobel: only 2 of the 5 retrains finished
+        store.add([_acc("kar", "Sobel", p, s, 0.9) for p in PS for s in range(2)], FP)
+    table = curve_table(_frame(tmp_path), "kar", ["Gradient", "Sobel", "Random"]) \
+        .set_index("estimator")
+    assert table.loc["Sobel", "beats Random"] == "n/a (n = 2 retrains; ≥ 3 needed)"
+    assert table.loc["Sobel", "n seeds"] == 2
+    assert table.loc["Gradient", "beats Random"] == "yes"
+    assert table.loc["Gradient", "n seeds"] == 5
+    text = build_report(tmp_path).read_text()
+    assert "over the training seeds both have (column *n seeds*)" in text
+    assert "Some estimators have fewer than 3 finished retrains" in text
 
 
 def test_the_beats_random_text_defines_na_when_it_appears(tmp_path):

@@ -65,9 +65,11 @@ def accuracies(df: pd.DataFrame, metric: str) -> pd.DataFrame:
       before that labelled it ``"0"``, which is read as 100 (0 % kept is never a
       measured percentage).
 
-    Each (estimator, percentage, seed) appears once: where an estimator has its
-    own cells at the unmodified point (KAR at 100 % kept is the unmodified data),
-    the shared baseline of that seed is used and the estimator's own cell dropped.
+    The baseline of a seed joins only the estimators that have cells of that seed
+    (in an interrupted run, a seed with the baseline alone is no curve). Each
+    (estimator, percentage, seed) appears once: where an estimator has its own
+    cells at the unmodified point (KAR at 100 % kept is the unmodified data), the
+    shared baseline of that seed is used and the estimator's own cell dropped.
     """
     unmodified = _UNMODIFIED[metric]
     cur = df[(df["metric"] == metric) & (df["quantity"] == "accuracy")]
@@ -80,8 +82,10 @@ def accuracies(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     parts = []
     base = df[(df["metric"] == "baseline") & (df["quantity"] == "accuracy")]
     if metric in _ORDER and len(base) and len(cur):
-        parts = [base.assign(estimator=e, percentage=unmodified, accuracy=base["value"])[_COLUMNS]
-                 for e in cur["estimator"].unique()]
+        for e, seeds in cur.groupby("estimator")["seed"]:
+            mine = base[base["seed"].isin(seeds)]
+            parts.append(mine.assign(estimator=e, percentage=unmodified,
+                                     accuracy=mine["value"])[_COLUMNS])
     out = pd.concat([*parts, cur], ignore_index=True)
     out = out.drop_duplicates(["estimator", "percentage", "seed"], keep="first")
     return out.sort_values(["estimator", "percentage", "seed"], kind="stable") \
@@ -187,10 +191,14 @@ def _beats_random_text(table: pd.DataFrame, metric: str) -> str:
             f"**n/a**: fewer than {MIN_PAIRED_SEEDS} retrain seeds paired with Random (too few "
             "for a usable spread, so no test and no p-value), or no spread between the seeds' "
             "differences; **(control)**: Random itself.")
-    if ns and ns[0] < MIN_PAIRED_SEEDS:
-        text += (f" This run has {ns[0]} retrain{'s' if ns[0] != 1 else ''} per cell: rerun "
-                 f"with at least {MIN_PAIRED_SEEDS} (Hooker et al. use 5) to test against "
-                 "Random.")
+    if ns and ns[-1] < MIN_PAIRED_SEEDS:
+        text += (f" This run has {ns[-1]} retrain{'s' if ns[-1] != 1 else ''} per cell "
+                 f"paired with Random: rerun with at least {MIN_PAIRED_SEEDS} (Hooker et al. "
+                 "use 5) to test against Random.")
+    elif ns and ns[0] < MIN_PAIRED_SEEDS:
+        text += (f" Some estimators have fewer than {MIN_PAIRED_SEEDS} finished retrains "
+                 "paired with Random (an interrupted run?): their verdict is n/a until the run "
+                 "is resumed.")
     return text
 
 

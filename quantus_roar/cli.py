@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--percentages", type=_percentages, help="e.g. 10,30,50,70,90")
     run.add_argument("--retrains", type=int, help="retrains per percentage (default 5)")
     run.add_argument("--epochs", type=int, help="training epochs of every retrain")
+    run.add_argument("--target", choices=("predicted", "label"),
+                     help="class each attribution explains: the model's prediction (default, "
+                          "as Hooker et al.) or the true label (lets a test mask encode its "
+                          "label)")
     run.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
     run.add_argument("--seed", type=int, help="the run's seed (default 0)")
     run.add_argument("--stream", action="store_true", default=None,
@@ -82,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _FLAGS = ("dataset", "model", "estimators", "metrics", "percentages", "retrains", "epochs",
-          "device", "seed", "stream", "image_size")
+          "target", "device", "seed", "stream", "image_size")
 
 
 def _config(args: argparse.Namespace) -> Any:

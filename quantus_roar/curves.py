@@ -55,6 +55,7 @@ __all__ = [
     "stratified_split",
     "task_groups",
     "task_resources",
+    "unmodified_point",
 ]
 
 
@@ -112,6 +113,17 @@ def stratified_split(
     train_mask = np.ones(y_np.size, dtype=bool)
     train_mask[test_idx] = False
     return np.flatnonzero(train_mask), test_idx
+
+
+def unmodified_point(order: str) -> int:
+    """Where the unmodified data sits on a curve of ``order``: 0 % removed for
+    ``"remove_top"`` (ROAR, MoRF deletion), 100 % kept for ``"keep_top"`` (KAR, LeRF)."""
+    return 100 if order == "keep_top" else 0
+
+
+def _without_unmodified(ps: tuple[float, ...], order: str) -> tuple[float, ...]:
+    """``ps`` without 100 % kept: the unmodified data is that point of a KAR curve."""
+    return tuple(p for p in ps if order != "keep_top" or float(p) != 100.0)
 
 
 def normalised_auc(percentages: Sequence[float], values: Sequence[float]) -> float:
@@ -371,7 +383,8 @@ def retrain_curve(
     """Test accuracy of models retrained on data with features removed (ROAR / KAR).
 
     Train and test inputs are modified with the same rule at every percentage
-    (0 is the unmodified baseline), ``n_retrains`` fresh models are trained per
+    (the unmodified baseline is 0 % removed for ROAR and 100 % kept for KAR,
+    see :func:`unmodified_point`), ``n_retrains`` fresh models are trained per
     percentage with the seeds :func:`retrain_seeds` gives. Locally all
     ``(percentage x seed)`` jobs go to ``retrainer`` in one ``fit_score_many``
     call so that a batching retrainer trains them together; on Ray they are
@@ -411,7 +424,8 @@ def retrain_curve(
     Returns
     -------
     pandas.DataFrame
-        One row per (percentage, retrain): ``percentage``, ``retrain``,
+        One row per (percentage, retrain), the unmodified data at
+        :func:`unmodified_point`: ``percentage``, ``retrain``,
         ``seed`` (training seed), ``accuracy``, ``removed_fraction`` (share of
         input values replaced in train and test together), ``removal_time_s``
         (masking and imputation of that percentage) and ``retrain_time_s``
@@ -443,7 +457,8 @@ def retrain_curve(
         x_tr_cf = _to_channels_first(x_tr, nd, channel_last)
         stats = channel_means(x_tr_cf.unsqueeze(2) if nd == 3 else x_tr_cf)
     seeds = retrain_seeds(seed, n_retrains)
-    jobs = [(float(p), s) for p in (0.0, *ps) for s in seeds]
+    # Percentage 0.0 is the unmodified data in a job; it is reported at unmodified_point.
+    jobs = [(float(p), s) for p in (0.0, *_without_unmodified(ps, order)) for s in seeds]
     kw = dict(order=order, granularity=granularity, reduce=reduce, imputer=imputer,
               imputer_kwargs=imputer_kwargs, stats=stats, seed=seed, train_ids=train_ids,
               test_ids=test_ids, channel_last=channel_last)
@@ -473,7 +488,8 @@ def retrain_curve(
         per_job = out["retrain_time_s"] / len(members)
         for i, acc in zip(members, out["accuracy"], strict=True):
             p, s = jobs[i]
-            rows.append({"percentage": _key(p), "retrain": seeds.index(s), "seed": s,
+            rows.append({"percentage": _key(p) if p else unmodified_point(order),
+                         "retrain": seeds.index(s), "seed": s,
                          "accuracy": acc, "removed_fraction": out["removed_fraction"][p],
                          "removal_time_s": out["removal_time_s"][p], "retrain_time_s": per_job})
     return pd.DataFrame(rows).sort_values(["percentage", "retrain"], kind="stable") \
@@ -547,11 +563,12 @@ def deletion_curve(
     Returns
     -------
     pandas.DataFrame
-        One row per percentage (0 first): ``percentage``, ``accuracy``,
+        One row per percentage in increasing order, the unmodified data at
+        :func:`unmodified_point` (0 % removed, or 100 % kept): ``percentage``, ``accuracy``,
         ``true_class_score`` (mean over samples), ``removed_fraction``.
     """
     owner = "deletion_curve"
-    ps = check_percentages(percentages, owner)
+    ps = _without_unmodified(check_percentages(percentages, owner), order)
     _check_removal_args(order, granularity, reduce, imputer, owner)
     device = model_device(model, device)
     x_t = as_tensor(x, "x", owner)
@@ -577,24 +594,26 @@ def deletion_curve(
             ab = a_t[start : start + batch_size].to(device)
             yb = y_t[start : start + batch_size].to(device)
             ids = torch.arange(first_id + start, first_id + start + len(xb), device=device)
-            xr, frac = removed_inputs(_to_channels_first(xb, nd, channel_last),
-                                      _to_channels_first(ab, nd, channel_last), ps,
-                                      order=order, granularity=granularity, reduce=reduce,
-                                      imputer=imputer, imputer_kwargs=imputer_kwargs,
-                                      stats=stats, seed=seed, sample_ids=ids)
-            if channel_last and nd >= 3:
-                xr = xr.movedim(2, -1)
-            batch = torch.cat([xb[None], xr]).flatten(0, 1)
-            out = model(batch).unflatten(0, (n_p, len(xb)))
+            batch = xb[None]
+            if ps:
+                xr, frac = removed_inputs(_to_channels_first(xb, nd, channel_last),
+                                          _to_channels_first(ab, nd, channel_last), ps,
+                                          order=order, granularity=granularity, reduce=reduce,
+                                          imputer=imputer, imputer_kwargs=imputer_kwargs,
+                                          stats=stats, seed=seed, sample_ids=ids)
+                if channel_last and nd >= 3:
+                    xr = xr.movedim(2, -1)
+                batch = torch.cat([batch, xr])
+                removed[1:] += frac.to(device) * len(xb)
+            out = model(batch.flatten(0, 1)).unflatten(0, (n_p, len(xb)))
             correct += (out.argmax(-1) == yb).sum(dim=1).double()
             probs = out.softmax(-1) if softmax else out
             score += probs.gather(-1, yb.expand(n_p, -1)[..., None])[..., 0].sum(dim=1).double()
-            removed[1:] += frac.to(device) * len(xb)
     finally:
         model.train(was_training)
     return pd.DataFrame({
-        "percentage": [0, *(_key(p) for p in ps)],
+        "percentage": [unmodified_point(order), *(_key(p) for p in ps)],
         "accuracy": (correct / n).tolist(),
         "true_class_score": (score / n).tolist(),
         "removed_fraction": (removed / n).tolist(),
-    })
+    }).sort_values("percentage", kind="stable").reset_index(drop=True)

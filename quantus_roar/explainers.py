@@ -30,12 +30,12 @@ from quantus_roar._validation import check_choice, model_device
 from quantus_roar.removal import _hash_keys, _mix32
 
 __all__ = [
-    "BASE_METHODS", "CONTROLS", "ESTIMATORS", "NOISE_TYPES", "FunctionalReLUError", "explain",
-    "noisy_inputs",
+    "BASE_METHODS", "CONTROLS", "ESTIMATORS", "NOISE_TYPES", "QUANTUS_ALIASES", "TARGETS",
+    "FunctionalReLUError", "explain", "explanation_targets", "noisy_inputs", "predicted_classes",
 ]
 
 BASE_METHODS: tuple[str, ...] = ("Gradient", "IntegratedGradients", "GuidedBackprop",
-                                 "InputXGradient")
+                                 "InputXGradient", "Saliency")
 CONTROLS: tuple[str, ...] = ("Random", "Sobel")
 NOISE_TYPES: tuple[str, ...] = ("SmoothGrad", "SmoothGradSquared", "VarGrad")
 
@@ -51,13 +51,27 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     "Sobel": {"method": "Sobel", "noise": None},
 }
 
+#: Quantus' method names that :func:`explain` accepts, and the method each runs here.
+#: ``"Saliency"`` is the absolute gradient (captum's ``Saliency`` default, as in
+#: Quantus); the controls are this package's (see ``docs/explainers.md``).
+QUANTUS_ALIASES: dict[str, str] = {
+    "Saliency": "Saliency",
+    "Control Var. Sobel Filter": "Sobel",
+    "Control Var. Random Uniform": "Random",
+}
+
+#: Which class an attribution the package computes explains (see
+#: :func:`explanation_targets`).
+TARGETS: tuple[str, ...] = ("predicted", "label")
+
 _STREAM_RANDOM = 0x2A4D0F17
 # Integrated Gradients options the other methods ignore, so that one
 # explain_func_kwargs dict can serve every estimator of a benchmark.
 _IG_ONLY = frozenset({"n_steps", "baselines", "internal_batch_size"})
 # Per-method captum arguments: fixed ones define the method (Gradient is signed),
 # defaults can be overridden through explain's **method_kwargs.
-_FIXED_KWARGS: dict[str, dict[str, Any]] = {"Gradient": {"abs": False}}
+_FIXED_KWARGS: dict[str, dict[str, Any]] = {"Gradient": {"abs": False},
+                                             "Saliency": {"abs": True}}
 _DEFAULT_KWARGS: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": 25}}
 _RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
                torch.Tensor.relu_}
@@ -110,7 +124,14 @@ def _check_relu_modules(model: nn.Module, example: torch.Tensor) -> None:
     finally:
         for h in handles:
             h.remove()
-    if spy.functional or not relus:
+    if not relus and not spy.functional:
+        raise FunctionalReLUError(
+            f"GuidedBackprop changes the backward pass of ReLUs, but {type(model).__name__} has "
+            "no ReLU (no nn.ReLU module and no torch.relu / F.relu call in one forward pass), so "
+            "Guided Backprop would equal the plain gradient. Use method='Gradient', or a model "
+            "with nn.ReLU activations."
+        )
+    if spy.functional:
         raise FunctionalReLUError(
             f"GuidedBackprop needs every ReLU of the model as an nn.ReLU module (it overrides "
             f"their backward pass), but {type(model).__name__} applies ReLU as a function "
@@ -170,7 +191,7 @@ def _base_attribution(model: nn.Module, method: str, kwargs: dict[str, Any]
 
     if method != "IntegratedGradients":
         kwargs = {k: v for k, v in kwargs.items() if k not in _IG_ONLY}
-    cls = {"Gradient": Saliency, "InputXGradient": InputXGradient,
+    cls = {"Gradient": Saliency, "Saliency": Saliency, "InputXGradient": InputXGradient,
            "GuidedBackprop": GuidedBackprop, "IntegratedGradients": IntegratedGradients}[method]
     fixed = _FIXED_KWARGS.get(method, {})
     accepted = set(inspect.signature(cls.attribute).parameters) - {"self", "inputs", "target",
@@ -183,6 +204,66 @@ def _base_attribution(model: nn.Module, method: str, kwargs: dict[str, Any]
     attribution = cls(model)
     opts = {**_DEFAULT_KWARGS.get(method, {}), **kwargs, **fixed}
     return lambda x, t: attribution.attribute(x, target=t, **opts)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@torch.no_grad()
+def predicted_classes(model: nn.Module, x: Any, *, batch_size: int = 256,
+                      device: str | torch.device | None = None) -> torch.Tensor:
+    """The class ``model`` predicts for each input (argmax of its scores), in ``eval()`` mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier returning (N, n_classes) scores; its train/eval mode is
+        restored afterwards.
+    x : torch.Tensor or numpy.ndarray
+        Inputs (N, ...), in the layout the model takes.
+    batch_size : int, default 256
+    device : str or torch.device, optional
+        Default: the model's device.
+
+    Returns
+    -------
+    torch.Tensor
+        int64, shape (N,), on the CPU.
+    """
+    device = model_device(model, device)
+    x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [model(x_t[i : i + batch_size].to(device=device, dtype=torch.float32))
+                 .argmax(dim=-1).cpu() for i in range(0, len(x_t), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+def explanation_targets(model: nn.Module, x: Any, y: Any, target: str, *,
+                        batch_size: int = 256, device: str | torch.device | None = None,
+                        owner: str = "explanation_targets") -> torch.Tensor:
+    """The class each input's attribution explains: the prediction or the label.
+
+    ``target="predicted"`` (the default wherever the package computes
+    attributions) explains the class ``model`` predicts, as the original ROAR
+    code does. ``target="label"`` explains the true label ``y``; then the
+    attribution -- and so the removal mask -- of a *test* image depends on
+    its label, and a model retrained on masked data can read the label off
+    the mask (accuracy can rise as features are removed).
+
+    Returns
+    -------
+    torch.Tensor
+        int64, shape (N,), on the CPU.
+    """
+    check_choice(target, "target", owner, TARGETS)
+    if target == "label":
+        y_t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+        return y_t.detach().cpu().long()
+    return predicted_classes(model, x, batch_size=batch_size, device=device)
 
 
 # --------------------------------------------------------------------------- public
@@ -222,6 +303,10 @@ def explain(
         image and seed give the same map in any batch), ``"Sobel"`` (per channel
         ``sqrt(gx² + gy²)`` of the Sobel derivatives, images only) -- or any
         name in :data:`ESTIMATORS`, such as ``"IntegratedGradients_VarGrad"``.
+        Quantus' names are accepted too (:data:`QUANTUS_ALIASES`):
+        ``"Saliency"`` is the absolute gradient, as in Quantus; ``"Control
+        Var. Sobel Filter"`` and ``"Control Var. Random Uniform"`` run this
+        package's Sobel and Random controls.
     noise : {None, "SmoothGrad", "SmoothGradSquared", "VarGrad"}
         Average the base method over ``n_samples`` noisy copies (SmoothGrad),
         average its square (SmoothGrad²), or take its variance (VarGrad,
@@ -268,13 +353,15 @@ def explain(
        workshop 2015.
     """
     owner = "explain"
+    method = QUANTUS_ALIASES.get(method, method)
     if method in ESTIMATORS and method not in BASE_METHODS + CONTROLS:
         preset = ESTIMATORS[method]
         if noise is not None and noise != preset["noise"]:
             raise ValueError(f"explain(method={method!r}) already implies "
                              f"noise={preset['noise']!r}; got noise={noise!r} as well.")
         method, noise = preset["method"], preset["noise"]
-    check_choice(method, "method", owner, BASE_METHODS + CONTROLS + tuple(ESTIMATORS))
+    check_choice(method, "method", owner,
+                 tuple(dict.fromkeys((*BASE_METHODS, *CONTROLS, *ESTIMATORS, *QUANTUS_ALIASES))))
     check_choice(noise, "noise", owner, (None, *NOISE_TYPES))
     if noise is not None and method in CONTROLS:
         raise ValueError(f"explain(method={method!r}) is a control; it takes no noise "

@@ -165,7 +165,8 @@ def test_matches_quantus_mprt_per_layer(trained):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = mprt(model=model, x_batch=x, y_batch=y, a_batch=a, device="cpu", **GRADIENT)
-    metric = qr.ModelRandomisation(similarity="spearman", seed=42)
+    # Quantus explains the labels y; so does target="label".
+    metric = qr.ModelRandomisation(similarity="spearman", seed=42, target="label")
     ours = metric(model, x, y, a, **GRADIENT)
     layers = [k for k in theirs if k != "original"]
     assert layers == [k for k in ours if k != "floor"] == ["6", "3", "0"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from quantus_roar._validation import check_percentages
-from quantus_roar.explainers import ESTIMATORS
+from quantus_roar.explainers import ESTIMATORS, TARGETS
 from quantus_roar.randomisation import LAYER_ORDERS
 from quantus_roar.removal import GRANULARITIES, IMPUTERS, REDUCES
 from quantus_roar.similarity import SIMILARITIES
@@ -72,6 +72,10 @@ class RunConfig:
     epochs, batch_size, lr, optimizer
         The training recipe (:class:`~quantus_roar.TorchRetrainer`); ``None``
         keeps its default.
+    target : {"predicted", "label"}
+        The class every attribution explains: the explained model's predicted
+        class (default, as the original ROAR code), or the true label. With
+        ``"label"`` the removal mask of a test image can encode its label.
     device : str or None
         ``cpu``, ``cuda`` or ``cuda:N``; default CUDA when available.
     seed : int
@@ -107,6 +111,7 @@ class RunConfig:
     batch_size: int | None = None
     lr: float | None = None
     optimizer: str | None = None
+    target: str = "predicted"
     device: str | None = None
     seed: int = 0
     granularity: str = "pixel"
@@ -135,7 +140,8 @@ class RunConfig:
         ps = check_percentages(self.percentages, owner)
         object.__setattr__(self, "percentages",
                            tuple(int(p) if float(p).is_integer() else float(p) for p in ps))
-        for name, allowed in (("granularity", GRANULARITIES), ("reduce", REDUCES),
+        for name, allowed in (("target", TARGETS), ("granularity", GRANULARITIES),
+                              ("reduce", REDUCES),
                               ("imputer", IMPUTERS), ("layer_order", LAYER_ORDERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"The '{name}' setting must be one of {list(allowed)}. Got "

@@ -10,8 +10,8 @@ stored is skipped, so an interrupted run resumes where it stopped.
 
 Seeds: the ROAR and KAR retrains use :func:`quantus_roar.curves.retrain_seeds`
 of the run's seed (the seeds :class:`quantus_roar.ROAR` uses), shared by every
-estimator and percentage; the unmodified baseline (percentage 0) is trained
-once with them and shared by ROAR and KAR. All other seeds (the explained
+estimator and percentage; the unmodified baseline (0 % removed for ROAR,
+100 % kept for KAR) is trained once with them and shared by both. All other seeds (the explained
 model, the sanity checks) derive from the run's seed through
 ``numpy.random.SeedSequence`` with fixed spawn keys.
 """
@@ -45,9 +45,10 @@ from quantus_roar.curves import (
     retrain_seeds,
     task_groups,
     task_resources,
+    unmodified_point,
 )
 from quantus_roar.executors import Executor, LocalExecutor, get_executor
-from quantus_roar.explainers import ESTIMATORS, explain
+from quantus_roar.explainers import ESTIMATORS, explain, explanation_targets
 from quantus_roar.models import SmallCNN, SmallResNet
 from quantus_roar.randomisation import execution_order, fresh_model, randomised_models
 from quantus_roar.removal import channel_means
@@ -302,9 +303,12 @@ class _Context:
                    disable=not self.progress)
         for start in range(0, n, step):
             rows = slice(start, start + step)
-            a = explain(model, self.tensor(x[rows]), self.tensor(y[rows]),
-                        **ESTIMATORS[estimator], seed=self.config.seed, device=self.device,
-                        batch_size=self.config.explain_batch_size)
+            x_rows = self.tensor(x[rows])
+            targets = explanation_targets(model, x_rows, self.tensor(y[rows]),
+                                          self.config.target, device=self.device,
+                                          batch_size=self.config.explain_batch_size)
+            a = explain(model, x_rows, targets, **ESTIMATORS[estimator], seed=self.config.seed,
+                        device=self.device, batch_size=self.config.explain_batch_size)
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                                 shape=(n, *a.shape[1:]))
@@ -326,11 +330,21 @@ class _Context:
             return np.load(path, mmap_mode="r" if self.data.streamed else None)
         return self.memo(("a", estimator, split), build)
 
+    @property
+    def sanity_targets(self) -> torch.Tensor:
+        """The classes the sanity checks explain, for every model compared: the trained
+        model's predictions (or the labels, with ``target="label"``)."""
+        def build() -> torch.Tensor:
+            idx = self.sanity_index
+            return explanation_targets(self.model, self.tensor(self.data.x_test[idx]),
+                                       self.tensor(self.data.y_test[idx]), self.config.target,
+                                       device=self.device,
+                                       batch_size=self.config.explain_batch_size)
+        return self.memo("sanity_targets", build)
+
     def sanity_attributions(self, model: nn.Module, estimator: str) -> torch.Tensor:
-        idx = self.sanity_index
-        x = self.tensor(self.data.x_test[idx])
-        y = self.tensor(self.data.y_test[idx])
-        return torch.from_numpy(explain(model, x, y, **ESTIMATORS[estimator],
+        x = self.tensor(self.data.x_test[self.sanity_index])
+        return torch.from_numpy(explain(model, x, self.sanity_targets, **ESTIMATORS[estimator],
                                         seed=self.config.seed, device=self.device,
                                         batch_size=self.config.explain_batch_size))
 
@@ -351,7 +365,7 @@ class _Context:
 
 
 def _order(metric: str) -> str:
-    return "keep_top" if metric == "kar" else "remove_top"
+    return "keep_top" if metric in ("kar", "kar-noretrain") else "remove_top"
 
 
 def _retrain_task(ctx: _Context, ex: Executor, metric: str, estimator: str, keys: list[Key]
@@ -405,7 +419,7 @@ def _streamed_retrain_unit(ctx: _Context, metric: str, estimator: str,
 
 def _deletion_unit(ctx: _Context, metric: str, estimator: str, keys: list[Key]) -> list[Cell]:
     cfg = ctx.config
-    order = "remove_top" if metric == "roar-noretrain" else "keep_top"
+    order = _order(metric)
     start = time.perf_counter()
     x, y = ctx.data.x_test, ctx.data.y_test
     a = ctx.attributions(estimator, "test")
@@ -495,10 +509,13 @@ def _plan(ctx: _Context) -> Iterator[_Unit]:
     for e in cfg.estimators:
         for metric in cfg.metrics:
             if metric in ("roar-noretrain", "kar-noretrain"):
-                keys = [(metric, e, p, 0) for p in ["0", *ps]]
+                unmodified = str(unmodified_point(_order(metric)))
+                keys = [(metric, e, p, 0) for p in dict.fromkeys([unmodified, *ps])]
                 fn = _deletion_unit
             elif metric in ("roar", "kar"):
-                keys = [(metric, e, p, s) for p in ps for s in seeds]
+                # The shared baseline unit is KAR's 100 % kept.
+                keys = [(metric, e, p, s) for p in ps for s in seeds
+                        if not (metric == "kar" and p == "100")]
                 fn = _streamed_retrain_unit
             elif metric == "model-randomisation":
                 steps = [*(ctx.layers[::-1] if cfg.layer_order == "top_down" else ctx.layers),

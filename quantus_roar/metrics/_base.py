@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from quantus_roar._validation import check_choice, check_percentages, model_device
 from quantus_roar.curves import normalised_auc
 from quantus_roar.exceptions import QuantusRoarWarning
+from quantus_roar.explainers import TARGETS, explanation_targets
 from quantus_roar.removal import GRANULARITIES, IMPUTER_KWARGS, IMPUTERS, REDUCES
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "check_inputs",
     "check_test_pair",
     "compute_attributions",
+    "explain_kwargs",
     "retrainer_or_default",
 ]
 
@@ -170,16 +172,30 @@ def check_call_kwargs(kwargs: dict) -> None:
     quantus.helpers.warn.check_kwargs(kwargs)
 
 
+def explain_kwargs(kwargs: dict | None, device: Any) -> dict:
+    """A copy of ``explain_func_kwargs`` with the caller's ``device`` added unless it
+    names one, as Quantus' metrics do."""
+    out = dict(kwargs or {})
+    if device is not None and "device" not in out:
+        out["device"] = device
+    return out
+
+
 def compute_attributions(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, explain_func: Callable | None,
     explain_func_kwargs: dict | None, batch_size: int, owner: str, *, what: str = "a_batch",
-    progress: bool = False,
+    progress: bool = False, target: str = "predicted", device: Any = None,
+    targets: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Attributions of ``x`` by ``explain_func``, computed in batches of ``batch_size``.
 
     ``explain_func`` is called with Quantus' convention,
-    ``explain_func(model=model, inputs=x, targets=y, **explain_func_kwargs)``,
-    on numpy arrays.
+    ``explain_func(model=model, inputs=x, targets=t, **explain_func_kwargs)``,
+    on numpy arrays, where ``t`` is ``targets`` when given, else the class
+    :func:`~quantus_roar.explainers.explanation_targets` picks for ``target``
+    (the model's prediction by default, or ``y``). A ``device`` the caller
+    gave is added to the keyword arguments unless they name one, as Quantus
+    does.
     """
     if explain_func is None:
         raise ValueError(
@@ -190,12 +206,16 @@ def compute_attributions(
     if not callable(explain_func):
         raise TypeError(f"The 'explain_func' parameter of {_owner_call(owner)} must be callable. "
                         f"Got {type(explain_func).__name__} instead.")
-    kwargs = dict(explain_func_kwargs or {})
+    kwargs = explain_kwargs(explain_func_kwargs, device)
+    if targets is None:
+        targets = explanation_targets(model, x, y, target, batch_size=batch_size,
+                                      device=model_device(model, device),
+                                      owner=_owner_call(owner))
     parts = []
     for start in tqdm(range(0, len(x), batch_size), desc=f"explaining ({what})",
                       disable=not progress, leave=False):
         out = explain_func(model=model, inputs=x[start : start + batch_size].numpy(),
-                           targets=y[start : start + batch_size].numpy(), **kwargs)
+                           targets=targets[start : start + batch_size].numpy(), **kwargs)
         parts.append(out.detach().cpu().numpy() if isinstance(out, torch.Tensor)
                      else np.asarray(out))
     return np.concatenate(parts)
@@ -211,6 +231,7 @@ class QuantusRoarMetric(quantus.Metric):
         self,
         *,
         seed: int = 0,
+        target: str = "predicted",
         abs: bool = False,
         normalise: bool = False,
         normalise_func: Callable | None = None,
@@ -227,6 +248,7 @@ class QuantusRoarMetric(quantus.Metric):
             raise TypeError(f"The 'seed' parameter of {owner} must be an int. Got "
                             f"{type(seed).__name__} instead.")
         self.seed = int(seed)
+        self.target = check_choice(target, "target", owner, TARGETS)
         self.results: pd.DataFrame | None = None
         super().__init__(
             abs=abs, normalise=normalise, normalise_func=normalise_func,
@@ -313,6 +335,7 @@ class RemovalMetric(QuantusRoarMetric):
         imputer: str = "channel_mean",
         imputer_kwargs: dict | None = None,
         seed: int = 0,
+        target: str = "predicted",
         abs: bool = False,
         normalise: bool = False,
         normalise_func: Callable | None = None,
@@ -336,12 +359,17 @@ class RemovalMetric(QuantusRoarMetric):
                              f"that imputer={imputer!r} does not accept; it accepts "
                              f"{sorted(IMPUTER_KWARGS[imputer]) or 'none'}.")
         super().__init__(
-            seed=seed, abs=abs, normalise=normalise, normalise_func=normalise_func,
-            normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
-            aggregate_func=aggregate_func, default_plot_func=default_plot_func,
-            disable_warnings=disable_warnings, display_progressbar=display_progressbar,
-            **kwargs,
+            seed=seed, target=target, abs=abs, normalise=normalise,
+            normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
+            return_aggregate=return_aggregate, aggregate_func=aggregate_func,
+            default_plot_func=default_plot_func, disable_warnings=disable_warnings,
+            display_progressbar=display_progressbar, **kwargs,
         )
+        if max(self.percentages) <= 1.0:
+            intended = ", ".join(f"{p * 100:g}" for p in self.percentages)
+            self._warn(f"{owner}(percentages={list(self.percentages)}) removes at most 1 % of "
+                       "the features: percentages are in (0, 100], not fractions. If you meant "
+                       f"{intended} %, pass percentages=({intended}).")
 
     # ------------------------------------------------------------------ helpers
 
@@ -377,6 +405,9 @@ class RemovalMetric(QuantusRoarMetric):
             raise RuntimeError(f"{type(self).__name__} has no results to plot yet; call the "
                                "metric first.")
         func = plot_func or self.default_plot_func or plot_curve
+        if func is plot_curve:
+            kwargs.setdefault("xlabel", "features kept (%)" if self.order == "keep_top"
+                              else "features removed (%)")
         fig = func(self.results, *args, label=kwargs.pop("label", self.name), **kwargs)
         if path_to_save:
             fig.savefig(path_to_save, dpi=150, bbox_inches="tight")

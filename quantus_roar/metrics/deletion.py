@@ -65,8 +65,9 @@ class _DeletionMetric(RemovalMetric):
         Returns
         -------
         dict or float
-            ``{0: acc, p1: acc, ...}``, or the normalised area under it with
-            ``return_aggregate=True``.
+            ``{percentage: acc}`` with the unmodified data at 0 (% removed,
+            ROARNoRetrain) or 100 (% kept, KARNoRetrain), or the normalised
+            area under it with ``return_aggregate=True``.
         """
         owner = type(self).__name__
         check_call_kwargs(kwargs)
@@ -75,7 +76,8 @@ class _DeletionMetric(RemovalMetric):
         if a_batch is None:
             a_batch = compute_attributions(model, inputs.x, inputs.y, explain_func,
                                            explain_func_kwargs, batch_size, owner,
-                                           progress=self.display_progressbar)
+                                           progress=self.display_progressbar,
+                                           target=self.target, device=device)
         a = self._prepare_attributions(a_batch, inputs.x, "a_batch", inputs.channel_last)
         results = deletion_curve(
             model, inputs.x, inputs.y, a, self.percentages, batch_size=batch_size,
@@ -100,7 +102,7 @@ class ROARNoRetrain(_DeletionMetric):
 
     Parameters
     ----------
-    percentages, granularity, reduce, imputer, imputer_kwargs, seed
+    percentages, granularity, reduce, imputer, imputer_kwargs, seed, target
         As :class:`~quantus_roar.ROAR`. ``"channel_mean"`` uses the means of
         ``x_batch`` itself.
     abs, normalise, normalise_func, normalise_func_kwargs, return_aggregate,
@@ -110,7 +112,7 @@ class ROARNoRetrain(_DeletionMetric):
     Attributes
     ----------
     results : pandas.DataFrame
-        One row per percentage (0 first): ``accuracy``, ``true_class_score``
+        One row per percentage (increasing): ``accuracy``, ``true_class_score``
         (mean softmax probability of the true class), ``removed_fraction``.
 
     References

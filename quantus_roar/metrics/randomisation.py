@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from quantus_roar._validation import check_choice, model_device
 from quantus_roar.curves import retrain_seeds, stratified_split, task_resources
 from quantus_roar.executors import LocalExecutor, get_executor
+from quantus_roar.explainers import explanation_targets
 from quantus_roar.metrics._base import (
     QuantusRoarMetric,
     check_call_kwargs,
@@ -22,6 +23,7 @@ from quantus_roar.metrics._base import (
     check_inputs,
     check_test_pair,
     compute_attributions,
+    explain_kwargs,
     retrainer_or_default,
 )
 from quantus_roar.randomisation import (
@@ -36,7 +38,15 @@ from quantus_roar.similarity import SIMILARITIES
 __all__ = ["DataRandomisation", "ModelRandomisation"]
 
 
-def _similarity_names(similarity: str | Sequence[str], owner: str) -> tuple[str, ...]:
+#: Default similarities by data layout: SSIM and HOG need image maps.
+IMAGE_SIMILARITIES: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
+OTHER_SIMILARITIES: tuple[str, ...] = ("spearman_abs", "spearman")
+
+
+def _similarity_names(similarity: str | Sequence[str] | None, owner: str
+                      ) -> tuple[str, ...] | None:
+    if similarity is None:  # chosen per call from the data layout
+        return None
     names = (similarity,) if isinstance(similarity, str) else tuple(similarity)
     if not names:
         raise ValueError(f"The 'similarity' parameter of {owner} must name at least one of "
@@ -49,23 +59,40 @@ def _similarity_names(similarity: str | Sequence[str], owner: str) -> tuple[str,
 class _RandomisationMetric(QuantusRoarMetric):
     """Shared machinery: explain with a model, compare with the original maps."""
 
-    data_applicability: ClassVar[set[DataType]] = {DataType.IMAGE}
+    data_applicability: ClassVar[set[DataType]] = {
+        DataType.IMAGE, DataType.TABULAR, DataType.TIMESERIES}
     evaluation_category: ClassVar[EvaluationCategory] = EvaluationCategory.RANDOMISATION
     score_direction: ClassVar[ScoreDirection] = ScoreDirection.LOWER
 
-    def __init__(self, similarity: str | Sequence[str], retrainer: Any, seed: int,
+    def __init__(self, similarity: str | Sequence[str] | None, retrainer: Any, seed: int,
                  **base: Any):
         self.similarity = _similarity_names(similarity, type(self).__name__)
         self.retrainer = retrainer
         super().__init__(seed=seed, **base)
         self.scores: dict[str, dict[str, np.ndarray]] = {}
+        self._similarities: tuple[str, ...] = self.similarity or IMAGE_SIMILARITIES
 
-    def _explain(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def _choose_similarities(self, x: torch.Tensor, channel_last: bool) -> None:
+        """The similarities of this call: those given, else by layout (SSIM and HOG for
+        image maps only), with a clear error for image similarities on other data."""
+        image = x.ndim == 4 and min(x.shape[1:3] if channel_last else x.shape[2:]) > 1
+        if self.similarity is None:
+            self._similarities = IMAGE_SIMILARITIES if image else OTHER_SIMILARITIES
+            return
+        bad = [s for s in self.similarity if s not in OTHER_SIMILARITIES]
+        if bad and not image:
+            raise ValueError(f"The 'similarity' parameter of {type(self).__name__} names "
+                             f"{bad}, which compare images, but the inputs have shape "
+                             f"{tuple(x.shape)}. Use {list(OTHER_SIMILARITIES)}, or "
+                             "similarity=None to choose by the data layout.")
+        self._similarities = self.similarity
+
+    def _explain(self, model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
                  explain_func: Callable, kwargs: dict | None, batch_size: int, what: str,
                  channel_last: bool, reference_shape: tuple | None) -> torch.Tensor:
-        a = compute_attributions(model, x, y, explain_func, kwargs, batch_size,
+        a = compute_attributions(model, x, targets, explain_func, kwargs, batch_size,
                                  type(self).__name__, what=what,
-                                 progress=self.display_progressbar)
+                                 progress=self.display_progressbar, targets=targets)
         a_t = self._prepare_attributions(a, x, what, channel_last)
         if reference_shape is not None and tuple(a_t.shape) != reference_shape:
             raise ValueError(f"The explanations of the {what} have shape {tuple(a_t.shape)}, "
@@ -75,7 +102,7 @@ class _RandomisationMetric(QuantusRoarMetric):
 
     def _compare(self, step: str, original: torch.Tensor, other: torch.Tensor,
                  rows: list[dict[str, Any]], **info: Any) -> None:
-        for name in self.similarity:
+        for name in self._similarities:
             values = SIMILARITIES[name](original, other).cpu().numpy()
             self.scores.setdefault(name, {})[step] = values
             rows.extend({"similarity": name, "step": step, "sample": i, "value": float(v), **info}
@@ -83,14 +110,15 @@ class _RandomisationMetric(QuantusRoarMetric):
 
     def _summary(self, steps: Sequence[str]) -> Any:
         means = {name: {step: float(np.nanmean(self.scores[name][step])) for step in steps}
-                 for name in self.similarity}
+                 for name in self._similarities}
         if self.return_aggregate:
             agg = self.aggregate_func or np.mean
             reduced = {name: float(agg(np.asarray(list(per.values()))))
                        for name, per in means.items()}
-            out: Any = reduced if len(self.similarity) > 1 else reduced[self.similarity[0]]
+            one = len(self._similarities) == 1
+            out: Any = reduced[self._similarities[0]] if one else reduced
         else:
-            out = means if len(self.similarity) > 1 else means[self.similarity[0]]
+            out = means[self._similarities[0]] if len(self._similarities) == 1 else means
         self.evaluation_scores = out
         self.all_evaluation_scores.append(out)
         return out
@@ -128,11 +156,17 @@ class ModelRandomisation(_RandomisationMetric):
     layer_order : {"top_down", "bottom_up", "independent"}, default "top_down"
         Cascading from the logits down (the paper's main test), cascading
         from the input up, or one layer at a time with the others trained.
-    similarity : str or sequence of str, default ("spearman_abs", "spearman", "ssim", "hog")
-        Any of :data:`quantus_roar.similarity.SIMILARITIES`.
+    similarity : str or sequence of str, optional
+        Any of :data:`quantus_roar.similarity.SIMILARITIES`. Default: chosen
+        from the data layout, ``("spearman_abs", "spearman", "ssim", "hog")``
+        for images and ``("spearman_abs", "spearman")`` for tabular data and
+        time series (SSIM and HOG compare images).
     retrainer : Retrainer, optional
         When given, a model trained with another seed on ``x_train, y_train``
         (default ``x_batch, y_batch``) gives the ``"ceiling"`` reference.
+    target : {"predicted", "label"}, default "predicted"
+        The class explained, the same for every model compared: the original
+        model's prediction (as the removal metrics), or the label ``y_batch``.
     seed : int, default 0
         Seeds the re-initialisation: every layer is reset under a forked RNG
         seeded with ``seed`` (so ``quantus.MPRT(seed=s)`` draws the same
@@ -166,9 +200,10 @@ class ModelRandomisation(_RandomisationMetric):
     def __init__(
         self,
         layer_order: str = "top_down",
-        similarity: str | Sequence[str] = ("spearman_abs", "spearman", "ssim", "hog"),
+        similarity: str | Sequence[str] | None = None,
         retrainer: Any = None,
         seed: int = 0,
+        target: str = "predicted",
         abs: bool = False,
         normalise: bool = False,
         normalise_func: Callable | None = None,
@@ -183,7 +218,7 @@ class ModelRandomisation(_RandomisationMetric):
         self.layer_order = check_choice(layer_order, "layer_order", type(self).__name__,
                                         LAYER_ORDERS)
         super().__init__(
-            similarity, retrainer, seed, abs=abs, normalise=normalise,
+            similarity, retrainer, seed, target=target, abs=abs, normalise=normalise,
             normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
             return_aggregate=return_aggregate, aggregate_func=aggregate_func,
             default_plot_func=default_plot_func, disable_warnings=disable_warnings,
@@ -248,9 +283,12 @@ class ModelRandomisation(_RandomisationMetric):
                                  y_train if y_train is not None else y_batch, owner,
                                  channel_first=channel_first, device=device,
                                  x_name="x_train", y_name="y_train")
-        x, y = inputs.x, inputs.y
+        x = inputs.x
+        self._choose_similarities(x, inputs.channel_last)
         self.layers = [name for name, _ in execution_order(model, x[:1].to(dev))]
-        ctx = (explain_func, explain_func_kwargs, batch_size)
+        y = explanation_targets(model, x, inputs.y, self.target, batch_size=batch_size,
+                                device=dev, owner=f"{owner}.__call__")
+        ctx = (explain_func, explain_kwargs(explain_func_kwargs, device), batch_size)
         if a_batch is None:
             original = self._explain(model, x, y, *ctx, "original model", inputs.channel_last,
                                      None)
@@ -310,11 +348,15 @@ class DataRandomisation(_RandomisationMetric):
         accuracy reached if it is not.
     max_epochs : int, default 100
         Longest training ``fit_until`` may use.
-    similarity : str or sequence of str, default ("spearman_abs", "spearman", "ssim", "hog")
+    similarity : str or sequence of str, optional
+        As :class:`ModelRandomisation`.
     test_size : float, default 0.2
         Stratified test share of ``x_batch`` when no ``x_test`` is given.
     seed : int, default 0
         Seeds the permutation, the split and the training seeds.
+    target : {"predicted", "label"}, default "predicted"
+        The class explained by all three models: the true-label model's
+        prediction, or the test label.
     executor : {None, "local", "ray"} or quantus_roar.executors.Executor
         Where the random-label and the ceiling model are trained (two tasks,
         in parallel on Ray); as :class:`~quantus_roar.ROAR`.
@@ -340,9 +382,10 @@ class DataRandomisation(_RandomisationMetric):
         retrainer: Any = None,
         min_train_accuracy: float = 0.95,
         max_epochs: int = 100,
-        similarity: str | Sequence[str] = ("spearman_abs", "spearman", "ssim", "hog"),
+        similarity: str | Sequence[str] | None = None,
         test_size: float = 0.2,
         seed: int = 0,
+        target: str = "predicted",
         executor: Any = None,
         abs: bool = False,
         normalise: bool = False,
@@ -366,7 +409,7 @@ class DataRandomisation(_RandomisationMetric):
             raise ValueError(f"The 'test_size' parameter of {owner} must be in (0, 1). Got "
                              f"{test_size!r} instead.")
         super().__init__(
-            similarity, retrainer, seed, abs=abs, normalise=normalise,
+            similarity, retrainer, seed, target=target, abs=abs, normalise=normalise,
             normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
             return_aggregate=return_aggregate, aggregate_func=aggregate_func,
             default_plot_func=default_plot_func, disable_warnings=disable_warnings,
@@ -473,10 +516,14 @@ class DataRandomisation(_RandomisationMetric):
             x_tr, y_tr, x_te, y_te = inputs.x, inputs.y, test.x, test.y
             a_orig = a_test
         retrainer = retrainer_or_default(self.retrainer, model, device)
-        ctx = (explain_func, explain_func_kwargs, batch_size)
+        self._choose_similarities(x_te, inputs.channel_last)
+        dev = model_device(model, device)
+        t_te = explanation_targets(model, x_te, y_te, self.target, batch_size=batch_size,
+                                   device=dev, owner=f"{owner}.__call__")
+        ctx = (explain_func, explain_kwargs(explain_func_kwargs, device), batch_size)
         cl = inputs.channel_last
         if a_orig is None:
-            original = self._explain(model, x_te, y_te, *ctx, "true-label model", cl, None)
+            original = self._explain(model, x_te, t_te, *ctx, "true-label model", cl, None)
         else:
             original = self._prepare_attributions(a_orig, x_te, "a_test", cl)
         shape = tuple(original.shape)
@@ -486,13 +533,13 @@ class DataRandomisation(_RandomisationMetric):
         random_model, ceiling_model = self._fit_models(retrainer, x_tr, y_perm, y_tr, fit_seed,
                                                        ceiling_seed)
         self.test_accuracy = float(retrainer.score(random_model, x_te, y_te))
-        a = self._explain(random_model, x_te, y_te, *ctx, "random-label model", cl, shape)
+        a = self._explain(random_model, x_te, t_te, *ctx, "random-label model", cl, shape)
         self._compare("random_labels", original, a, rows)
-        layers = [n for n, _ in execution_order(model, x_te[:1].to(model_device(model, device)))]
-        a = self._explain(fresh_model(model, layers, floor_seed), x_te, y_te, *ctx,
+        layers = [n for n, _ in execution_order(model, x_te[:1].to(dev))]
+        a = self._explain(fresh_model(model, layers, floor_seed), x_te, t_te, *ctx,
                           "freshly initialised model", cl, shape)
         self._compare("floor", original, a, rows)
-        a = self._explain(ceiling_model, x_te, y_te, *ctx, "model trained with another seed",
+        a = self._explain(ceiling_model, x_te, t_te, *ctx, "model trained with another seed",
                           cl, shape)
         self._compare("ceiling", original, a, rows)
         self.results = pd.DataFrame(rows).assign(

@@ -40,6 +40,7 @@ class _RetrainMetric(RemovalMetric):
         imputer_kwargs: dict | None = None,
         test_size: float = 0.2,
         seed: int = 0,
+        target: str = "predicted",
         executor: Any = None,
         abs: bool = False,
         normalise: bool = False,
@@ -69,7 +70,8 @@ class _RetrainMetric(RemovalMetric):
                             f"{type(retrainer).__name__} instead.")
         super().__init__(
             percentages, granularity=granularity, reduce=reduce, imputer=imputer,
-            imputer_kwargs=imputer_kwargs, seed=seed, abs=abs, normalise=normalise,
+            imputer_kwargs=imputer_kwargs, seed=seed, target=target, abs=abs,
+            normalise=normalise,
             normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
             return_aggregate=return_aggregate, aggregate_func=aggregate_func,
             default_plot_func=default_plot_func, disable_warnings=disable_warnings,
@@ -142,8 +144,9 @@ class _RetrainMetric(RemovalMetric):
         Returns
         -------
         dict or float
-            ``{0: acc, p1: acc, ...}``: mean test accuracy over the retrains
-            per percentage, 0 being the unmodified data; with
+            ``{percentage: acc}``: mean test accuracy over the retrains per
+            percentage, with the unmodified data at 0 (% removed, ROAR) or
+            at 100 (% kept, KAR); with
             ``return_aggregate=True`` the normalised area under that curve
             (see :func:`quantus_roar.curves.normalised_auc`), or
             ``aggregate_func`` of the accuracies when one was given.
@@ -172,7 +175,8 @@ class _RetrainMetric(RemovalMetric):
         if a_batch is None:
             a_batch = compute_attributions(model, inputs.x, inputs.y, explain_func,
                                            explain_func_kwargs, batch_size, owner,
-                                           progress=progress)
+                                           progress=progress, target=self.target,
+                                           device=device)
         a = self._prepare_attributions(a_batch, inputs.x, "a_batch", inputs.channel_last)
         if test is None:
             x_tr, y_tr, a_tr = inputs.x[tr], inputs.y[tr], a[tr]
@@ -182,7 +186,8 @@ class _RetrainMetric(RemovalMetric):
             if a_test is None:
                 a_test = compute_attributions(model, test.x, test.y, explain_func,
                                               explain_func_kwargs, batch_size, owner,
-                                              what="a_test", progress=progress)
+                                              what="a_test", progress=progress,
+                                              target=self.target, device=device)
             a_te = self._prepare_attributions(a_test, test.x, "a_test", test.channel_last)
             x_tr, y_tr, a_tr = inputs.x, inputs.y, a
             x_te, y_te = test.x, test.y
@@ -213,7 +218,8 @@ class ROAR(_RetrainMetric):
     ----------
     percentages : sequence of float, default (10, 30, 50, 70, 90)
         Shares of features removed, each in (0, 100]; 0 (the unmodified data)
-        is always evaluated too.
+        is always evaluated too. Values all at most 1 look like fractions and
+        draw a warning.
     n_retrains : int, default 5
         Fresh models per percentage (the same training seeds at every
         percentage).
@@ -226,7 +232,8 @@ class ROAR(_RetrainMetric):
     granularity : {"pixel", "value"}, default "pixel"
         Remove whole pixels (all channels) or rank every channel value.
     reduce : {"sum_abs", "sum", "max_abs", "l2"}, default "sum_abs"
-        How channels are combined into one score per pixel.
+        How channels are combined into one score per pixel (applied to each
+        value alone for ``granularity="value"``: ``|a|`` by default).
     imputer : {"channel_mean", "zero", "image_mean", "blur", "noisy_linear"}
         Replacement of removed features; ``"channel_mean"`` (default, the
         paper's) uses the means of the unmodified training split.
@@ -237,6 +244,12 @@ class ROAR(_RetrainMetric):
         Test share of the stratified split when no ``x_test`` is given.
     seed : int, default 0
         Seeds the split, tie-breaking, imputation noise and training seeds.
+    target : {"predicted", "label"}, default "predicted"
+        The class ``explain_func`` explains where the metric computes
+        attributions (train and test split alike): the model's prediction, as
+        the original ROAR code, or the label. Explaining the label lets a test
+        image's mask encode its label, so accuracy can *rise* as features are
+        removed. Attributions passed in ``a_batch`` are used as they are.
     executor : {None, "local", "ray"} or quantus_roar.executors.Executor
         Where the retrains run. ``"ray"`` sends them as Ray tasks (one task
         for a model the retrainer can batch, one per retrain otherwise) to the
@@ -248,8 +261,8 @@ class ROAR(_RetrainMetric):
     return_aggregate : bool, default False
         Return one float, the normalised area under the accuracy curve.
     aggregate_func : callable, optional
-        Replaces that area: called with the mean accuracies ordered by
-        percentage (0 first).
+        Replaces that area: called with the mean accuracies in increasing
+        order of percentage (the unmodified point included).
     default_plot_func, disable_warnings, display_progressbar
         As in every Quantus metric.
 
@@ -282,9 +295,11 @@ class KAR(_RetrainMetric):
     """Keep And Retrain (Hooker et al., 2019).
 
     Keeps only the ``p``% most important features, replaces the rest, and
-    retrains; otherwise identical to :class:`ROAR` (same parameters and
-    results). The better the attributions, the higher the accuracy stays when
-    little is kept.
+    retrains; otherwise identical to :class:`ROAR` (same parameters). The
+    results are keyed by the share *kept*, so the unmodified data is the
+    point at 100, and the area under the curve spans the kept shares. The
+    better the attributions, the higher the accuracy stays when little is
+    kept.
 
     References
     ----------

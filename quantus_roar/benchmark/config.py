@@ -6,11 +6,13 @@ import dataclasses
 import hashlib
 import json
 import sys
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from quantus_roar._validation import check_percentages
+from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.explainers import ESTIMATORS, TARGETS
 from quantus_roar.randomisation import LAYER_ORDERS
 from quantus_roar.removal import GRANULARITIES, IMPUTERS, REDUCES
@@ -140,6 +142,12 @@ class RunConfig:
         ps = check_percentages(self.percentages, owner)
         object.__setattr__(self, "percentages",
                            tuple(int(p) if float(p).is_integer() else float(p) for p in ps))
+        if max(ps) <= 1.0:
+            intended = ",".join(f"{p * 100:g}" for p in ps)
+            warnings.warn(f"The 'percentages' setting {list(ps)} removes at most 1 % of the "
+                          "features: percentages are in (0, 100], not fractions. If you meant "
+                          f"{intended} %, pass --percentages {intended}.", QuantusRoarWarning,
+                          stacklevel=3)
         for name, allowed in (("target", TARGETS), ("granularity", GRANULARITIES),
                               ("reduce", REDUCES),
                               ("imputer", IMPUTERS), ("layer_order", LAYER_ORDERS)):

@@ -28,7 +28,8 @@ def test_model_randomisation_vs_mprt(benchmark, batch_size):
         model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
     model.eval()
     a = qr.explain(model, x, y, method="Gradient")
-    ours = qr.ModelRandomisation(similarity="spearman", seed=42)
+    # quantus.MPRT explains the labels y; so does target="label".
+    ours = qr.ModelRandomisation(similarity="spearman", seed=42, target="label")
 
     def run_ours():
         return ours(model, x, y, a, batch_size=batch_size, **KW)

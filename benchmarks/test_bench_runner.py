@@ -21,6 +21,7 @@ from quantus_roar import ESTIMATORS, KAR, ROAR, SmallCNN, TorchRetrainer, explai
 from quantus_roar.benchmark import ResultStore, RunConfig, run
 from quantus_roar.benchmark.runner import derived_seed
 from quantus_roar.data import load_digits_data
+from quantus_roar.explainers import predicted_classes
 
 TARGET_S = 600
 
@@ -31,8 +32,8 @@ def _metric_grid() -> float:
     model = retrainer.fit(x_tr, y_tr, seed=derived_seed(0, 1))
     start = time.perf_counter()
     for name in ESTIMATORS:
-        a_tr = explain(model, x_tr, y_tr, method=name)
-        a_te = explain(model, x_te, y_te, method=name)
+        a_tr = explain(model, x_tr, predicted_classes(model, x_tr), method=name)
+        a_te = explain(model, x_te, predicted_classes(model, x_te), method=name)
         for metric in (ROAR, KAR):
             metric(retrainer=retrainer, disable_warnings=True)(
                 model, x_tr, y_tr, a_tr, x_test=x_te, y_test=y_te, a_test=a_te)

@@ -2,13 +2,15 @@
 
 Attributions come from a logistic regression (coefficient x input for the
 predicted class), so the example needs nothing but scikit-learn's bundled
-digits. Writes ``examples/output/removal_digits.png``.
+digits. Writes ``removal_digits.png`` into the folder named by ``--out``
+(default ``./removal_digits_output``).
 
-Run: ``python examples/removal_digits.py``
+Run: ``python examples/removal_digits.py [--out DIR]`` (a few seconds).
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +26,7 @@ from quantus_roar import channel_means, impute, removal_masks
 PERCENTAGES = (10, 30, 50, 70, 90)
 
 
-def main(out_dir: Path = Path(__file__).parent / "output") -> Path:
+def main(out_dir: Path = Path("removal_digits_output")) -> Path:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8) in [0, 1]
     y = digits.target
@@ -61,4 +63,7 @@ def main(out_dir: Path = Path(__file__).parent / "output") -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("removal_digits_output"),
+                        help="folder for the figure (default ./removal_digits_output)")
+    main(parser.parse_args().out)

@@ -56,8 +56,11 @@ def python_blocks(text: str) -> list[Block]:
                 end += 1
             if end == len(lines):
                 raise ValueError(f"unclosed ```python block at line {i + 1}")
+            indent = len(lines[i]) - len(lines[i].lstrip())   # a block inside a list item
+            code = "\n".join(line[indent:] if line[:indent].strip() == "" else line.lstrip()
+                             for line in lines[start:end])
             match = NOT_RUN.match(lines[i - 1]) if i > 0 else None
-            blocks.append(Block(start + 1, "\n".join(lines[start:end]) + "\n",
+            blocks.append(Block(start + 1, code + "\n",
                                 match.group("reason").strip() if match else None))
             i = end
         i += 1
@@ -70,9 +73,11 @@ def _doc_id(path: Path) -> str:
 
 def test_parser_finds_blocks_and_not_run_reasons():
     text = ("intro\n```python\na = 1\n```\n<!-- not-run: needs a cluster -->\n"
-            "```python\nb = a\n```\n```bash\nls\n```\n")
+            "```python\nb = a\n```\n```bash\nls\n```\n- item:\n\n  ```python\n  if a:\n"
+            "      c = 2\n\n  ```\n")
     assert python_blocks(text) == [Block(3, "a = 1\n", None),
-                                   Block(7, "b = a\n", "needs a cluster")]
+                                   Block(7, "b = a\n", "needs a cluster"),
+                                   Block(15, "if a:\n    c = 2\n\n", None)]
 
 
 @pytest.mark.parametrize("path", DOC_FILES, ids=_doc_id)

@@ -4,6 +4,10 @@ The blocks of one file run in order in one fresh namespace (later blocks build
 on earlier ones), in a subprocess whose working directory is a temporary
 folder, so nothing is written into the source tree. A block preceded by the
 line ``<!-- not-run: reason -->`` is only checked for syntax; keep those few.
+
+The subprocess runs torch with one thread (as the runner runs every unit):
+on a machine shared with other processes, two OpenMP threads per process
+made small trainings over ten times slower.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ TIMEOUT_S = 300
 _DRIVER = """
 import json, sys
 import matplotlib
+import torch
 matplotlib.use("Agg")
+torch.set_num_threads(1)
 ns = {"__name__": "__main__"}
 for block in json.load(open(sys.argv[1])):
     code = "\\n" * (block["line"] - 1) + block["code"]
@@ -105,7 +111,7 @@ def test_python_blocks_run(path: Path, tmp_path: Path):
                                 for b in blocks]))
     work = tmp_path / "cwd"
     work.mkdir()
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", _DRIVER, str(spec)], cwd=work, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     assert proc.returncode == 0, (f"a python block of {_doc_id(path)} failed:\n"

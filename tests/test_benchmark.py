@@ -29,8 +29,9 @@ from quantus_roar.benchmark import (
 )
 from quantus_roar.benchmark.runner import derived_seed
 from quantus_roar.cli import main
-from quantus_roar.curves import deletion_curve, retrain_curve
+from quantus_roar.curves import deletion_curve, retrain_curve, unmodified_point
 from quantus_roar.data import load_digits_data
+from quantus_roar.explainers import predicted_classes
 from quantus_roar.models import SmallCNN
 from quantus_roar.removal import channel_means
 from quantus_roar.retrain import TorchRetrainer
@@ -222,8 +223,9 @@ def test_runner_cells_equal_the_core_procedures_with_the_same_seeds(tmp_path):
 
     x_tr, y_tr, x_te, y_te = load_digits_data(seed=0)
     model = TorchRetrainer(SmallCNN()).fit(x_tr, y_tr, seed=derived_seed(0, 1))
-    a_tr = explain(model, x_tr, y_tr, method="Gradient")
-    a_te = explain(model, x_te, y_te, method="Gradient")
+    # The runner explains the trained model's predicted classes.
+    a_tr = explain(model, x_tr, predicted_classes(model, x_tr), method="Gradient")
+    a_te = explain(model, x_te, predicted_classes(model, x_te), method="Gradient")
     np.testing.assert_array_equal(np.load(tmp_path / "attributions" / "Gradient.train.npy"),
                                   a_tr)
     # One model at a time: the ensemble groups of the two procedures differ in size.
@@ -231,10 +233,12 @@ def test_runner_cells_equal_the_core_procedures_with_the_same_seeds(tmp_path):
         sequential = TorchRetrainer(SmallCNN(), ensemble=False)
         curve = retrain_curve(sequential, x_tr, y_tr, a_tr, x_te, y_te, a_te, (30, 70),
                               order=order, n_retrains=2)
-        for row in curve[curve.percentage > 0].itertuples():
+        unmodified = unmodified_point(order)  # 0 % removed, 100 % kept
+        for row in curve[curve.percentage != unmodified].itertuples():
             stored = values[(metric, "Gradient", str(row.percentage), row.retrain, "accuracy")]
             assert abs(stored - row.accuracy) <= 0.02, (metric, row.percentage, row.retrain)
-        base = curve[curve.percentage == 0]
+        base = curve[curve.percentage == unmodified]
+        assert len(base) == 2
         for row in base.itertuples():
             assert values[("baseline", "-", "0", row.retrain, "accuracy")] == pytest.approx(
                 row.accuracy, abs=0.02)

@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("roar-results"),
                      help="output folder (default ./roar-results)")
     run.add_argument("--quick", action="store_true",
-                     help="a small run (4 estimators, 3 percentages, 2 retrains): a minute on "
-                          "two CPU cores")
+                     help="a small run (4 estimators, 3 percentages, 2 retrains): about 30 s "
+                          "on two CPU cores")
     run.add_argument("--fresh", action="store_true",
                      help="delete the folder's stored results and start anew")
     run.add_argument("--verbose", "-v", action="store_true",

@@ -180,7 +180,7 @@ class RunConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> RunConfig:
-        """The ``--quick`` preset (a minute on two CPU cores on digits), with overrides."""
+        """The ``--quick`` preset (about 30 s on two CPU cores on digits), with overrides."""
         return cls(**{**_QUICK, **overrides})
 
     @classmethod

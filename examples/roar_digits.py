@@ -6,7 +6,7 @@ evaluates every estimator with ROAR, KAR and ROARNoRetrain in one
 ``quantus.evaluate`` call. Prints the table and writes ``roar_digits.png``
 into the folder named by ``--out`` (default ``./roar_digits_output``).
 
-Run: ``python examples/roar_digits.py [--out DIR]`` (about 30 s on two CPU cores).
+Run: ``python examples/roar_digits.py [--out DIR]`` (about 25 s on two CPU cores).
 """
 
 from __future__ import annotations

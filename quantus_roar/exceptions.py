@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NotResettableError", "QuantusRoarWarning"]
+__all__ = ["NotResettableError", "QuantusRoarWarning", "StorageError"]
 
 
 class QuantusRoarWarning(UserWarning):
@@ -11,3 +11,8 @@ class QuantusRoarWarning(UserWarning):
 
 class NotResettableError(TypeError):
     """A module owns parameters but cannot be re-initialised with ``reset_parameters``."""
+
+
+class StorageError(OSError):
+    """A file of the package could not be written or read; the message names the file and
+    how to recover (free space, another ``--out`` folder, ``--fresh``)."""

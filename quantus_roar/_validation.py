@@ -13,8 +13,13 @@ import numpy as np
 import torch
 
 __all__ = [
-    "as_tensor", "check_choice", "check_finite", "check_percentages", "like_input", "model_device",
+    "INPUT_HINT", "MAX_SEED", "as_tensor", "check_batch_size", "check_choice", "check_finite",
+    "check_int", "check_labels", "check_model", "check_number", "check_percentages", "check_seed",
+    "like_input", "model_device", "model_dtype",
 ]
+
+#: Seeds are integers in [0, MAX_SEED): what numpy's and torch's generators all accept.
+MAX_SEED = 2**63
 
 
 def _msg(name: str, owner: str, expected: str, got: Any) -> str:
@@ -38,9 +43,118 @@ def as_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
 def model_device(model: torch.nn.Module, device: Any = None) -> torch.device:
     """``device`` if given, else the device of the model's first parameter (CPU if it has none)."""
     if device is not None:
-        return torch.device(device)
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(_msg("device", "the call", "'cpu', 'cuda', 'cuda:N' or a "
+                                  "torch.device", repr(device))) from err
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter (float32 if it has none)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def check_model(model: Any, owner: str, name: str = "model") -> torch.nn.Module:
+    """Return ``model`` if it is a usable ``torch.nn.Module`` instance.
+
+    A class instead of an instance, another object, or a model whose
+    parameters live on the ``meta`` device (no data) are errors.
+    """
+    if isinstance(model, type):
+        raise TypeError(_msg(name, owner, "a torch.nn.Module instance",
+                             f"the class {model.__name__}") + " Create the model first, e.g. "
+                        f"{model.__name__}(...).")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(_msg(name, owner, "a torch.nn.Module", type(model).__name__))
+    meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if meta:
+        raise ValueError(_msg(name, owner, "a model with weights", f"{len(meta)} tensor(s) on "
+                              f"the meta device (no data), first '{meta[0]}'")
+                         + " Materialise it first, e.g. model.to_empty(device='cpu') and load "
+                         "or initialise its weights.")
+    return model
+
+
+def check_int(value: Any, name: str, owner: str, *, low: int = 1, high: int | None = None
+              ) -> int:
+    """Return ``value`` as an int in [low, high); bools and non-integers are errors."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok:
+        raise TypeError(_msg(name, owner, "an integer", repr(value)))
+    if value < low or (high is not None and value >= high):
+        shown = "2**63" if high == MAX_SEED else high
+        where = f">= {low}" if high is None else f"in [{low}, {shown})"
+        raise ValueError(_msg(name, owner, f"an integer {where}", repr(value)))
+    return int(value)
+
+
+def check_batch_size(value: Any, owner: str, name: str = "batch_size") -> int:
+    """A positive integer batch size."""
+    return check_int(value, name, owner, low=1)
+
+
+def check_seed(value: Any, owner: str, name: str = "seed") -> int:
+    """A seed: an integer in [0, 2**63)."""
+    return check_int(value, name, owner, low=0, high=MAX_SEED)
+
+
+def check_number(value: Any, name: str, owner: str, *, low: float | None = None,
+                 high: float | None = None, low_open: bool = False, high_open: bool = False
+                 ) -> float:
+    """Return ``value`` as a finite float within the given bounds."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(_msg(name, owner, "a number", repr(value)))
+    v = float(value)
+    lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+    hi = "" if high is None else (f"< {high:g}" if high_open else f"<= {high:g}")
+    expected = "a finite number" + (f" {lo}" if lo else "") + (" and" if lo and hi else "") \
+        + (f" {hi}" if hi else "")
+    bad = not np.isfinite(v)
+    if low is not None:
+        bad |= v <= low if low_open else v < low
+    if high is not None:
+        bad |= v >= high if high_open else v > high
+    if bad:
+        raise ValueError(_msg(name, owner, expected, repr(value)))
+    return v
+
+
+def check_labels(y: torch.Tensor, n: int, name: str, owner: str, *,
+                 n_classes: int | None = None, x_name: str = "x") -> torch.Tensor:
+    """Integer class labels, one per sample: shape (n,), values in [0, n_classes).
+
+    Floats are accepted when every value is a whole number; booleans are not.
+    Returns an int64 tensor.
+    """
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(_msg(name, owner, f"one class label per sample of {x_name}, shape "
+                              f"({n},)", f"shape {tuple(y.shape)}"))
+    if y.dtype == torch.bool:
+        raise ValueError(_msg(name, owner, "integer class labels", "booleans")
+                         + " Pass them as integers 0 and 1.")
+    if y.is_complex() or (not y.is_floating_point() and y.dtype not in (
+            torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise TypeError(_msg(name, owner, "integer class labels", f"dtype {y.dtype}"))
+    if y.is_floating_point():
+        whole = torch.isfinite(y) & (y == y.round())
+        if not bool(whole.all()):
+            raise ValueError(_msg(name, owner, "integer class labels",
+                                  f"non-integer values such as {y[~whole][:5].tolist()}"))
+    y = y.long()
+    if len(y):
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or (n_classes is not None and high >= n_classes):
+            upper = ">= 0" if n_classes is None else f"in [0, {n_classes}) for a model with " \
+                f"{n_classes} outputs"
+            raise ValueError(_msg(name, owner, f"class labels {upper}",
+                                  f"labels from {low} to {high}"))
+    return y
 
 
 def like_input(result: torch.Tensor, reference: Any) -> Any:
@@ -50,8 +164,14 @@ def like_input(result: torch.Tensor, reference: Any) -> Any:
     return result
 
 
-def check_finite(t: torch.Tensor, name: str, owner: str) -> torch.Tensor:
-    """Raise if ``t`` holds NaN or infinite values, saying how many."""
+_ATTRIBUTION_HINT = " Check the explanation method (e.g. division by zero in normalisation)."
+INPUT_HINT = (" Remove or repair those samples (e.g. torch.nan_to_num) before evaluating; "
+              "a NaN input makes every number computed from it meaningless.")
+
+
+def check_finite(t: torch.Tensor, name: str, owner: str, hint: str = _ATTRIBUTION_HINT
+                 ) -> torch.Tensor:
+    """Raise if ``t`` holds NaN or infinite values, saying how many and in which samples."""
     if t.is_floating_point() or t.is_complex():
         bad = ~torch.isfinite(t)
         if bool(bad.any()):
@@ -59,8 +179,7 @@ def check_finite(t: torch.Tensor, name: str, owner: str) -> torch.Tensor:
             rows = torch.nonzero(bad.reshape(bad.shape[0], -1).any(dim=1)).flatten()[:5].tolist()
             raise ValueError(
                 _msg(name, owner, "finite (no NaN or inf)",
-                     f"{n_bad} non-finite value(s), first in sample(s) {rows}")
-                + " Check the explanation method (e.g. division by zero in normalisation)."
+                     f"{n_bad} non-finite value(s), first in sample(s) {rows}") + hint
             )
     return t
 
@@ -71,9 +190,13 @@ def check_percentages(
     """Return percentages as a tuple of floats, each in (0, 100]."""
     if isinstance(percentages, (int, float, np.integer, np.floating)):
         percentages = (percentages,)
+    if isinstance(percentages, (str, bytes)) or any(
+            isinstance(p, (str, bytes, bool, np.bool_)) for p in percentages):  # type: ignore[union-attr]
+        raise TypeError(_msg(name, owner, "a number or a sequence of numbers in (0, 100]",
+                             repr(percentages)))
     try:
         values = tuple(float(p) for p in percentages)  # type: ignore[union-attr]
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(_msg(name, owner, "a number or a sequence of numbers in (0, 100]",
                              repr(percentages))) from None
     if not values:
@@ -83,6 +206,10 @@ def check_percentages(
         raise ValueError(_msg(name, owner, "numbers in (0, 100]", list(values))
                          + f" Out of range: {bad}. Percentage 0 (no removal) is always the"
                          " baseline and need not be listed.")
+    dupes = sorted({p for p in values if values.count(p) > 1})
+    if dupes:
+        raise ValueError(_msg(name, owner, "distinct numbers", list(values))
+                         + f" {dupes} appear more than once; list each percentage once.")
     return values
 
 

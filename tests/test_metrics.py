@@ -287,7 +287,7 @@ def test_errors_name_the_problem_and_nothing_is_retrained(cls):
     y_rare[:] = 0
     y_rare[0] = 2
     cases = [
-        (dict(y_batch=y[:-1]), ValueError, r"one label per sample: shape \(24,\)"),
+        (dict(y_batch=y[:-1]), ValueError, r"one class label per sample of x_batch, shape \(24,\)"),
         (dict(a_batch=a[:, :, :3]), ValueError, r"must have the shape of the inputs"),
         (dict(a_batch=a_nan), ValueError, r"1 NaN or inf value\(s\), first in sample\(s\) \[3\]"),
         (dict(a_batch=a_inf), ValueError, r"first in sample\(s\) \[5\]"),

@@ -13,7 +13,17 @@ import torch
 from quantus.helpers.enums import DataType, EvaluationCategory, ModelType
 from tqdm.auto import tqdm
 
-from quantus_roar._validation import check_choice, check_percentages, model_device
+from quantus_roar._validation import (
+    INPUT_HINT,
+    check_choice,
+    check_finite,
+    check_labels,
+    check_model,
+    check_percentages,
+    check_seed,
+    model_device,
+    model_dtype,
+)
 from quantus_roar.curves import normalised_auc
 from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.explainers import TARGETS, explanation_targets
@@ -26,6 +36,7 @@ __all__ = [
     "check_call_kwargs",
     "check_executor",
     "check_inputs",
+    "check_retrainer",
     "check_test_pair",
     "compute_attributions",
     "explain_kwargs",
@@ -70,66 +81,107 @@ def _channel_last(x: torch.Tensor, channel_first: bool | None) -> bool:
 
 
 @torch.no_grad()
-def _n_classes(model: torch.nn.Module, x: torch.Tensor, device: torch.device, owner: str) -> int:
+def _n_classes(model: torch.nn.Module, x: torch.Tensor, device: torch.device, owner: str,
+               x_name: str, channel_last: bool) -> int:
+    """Number of outputs of ``model``, from one forward pass on two inputs."""
     was_training = model.training
     model.eval()
     try:
-        out = model(x[:2].to(device=device, dtype=torch.float32))
+        out = model(x[:2].to(device=device))
+    except Exception as err:  # the model's own error, but with the inputs named
+        layout = "channel-last (N, ..., C)" if channel_last else "channel-first (N, C, ...)"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{owner} could not run the model on '{x_name}' of shape {tuple(x.shape)} "
+            f"({type(err).__name__}: {first}). The model receives the inputs as given; they "
+            f"look {layout}. If the model takes the other layout, transpose the inputs (e.g. "
+            "x.permute(0, 3, 1, 2) for channel-last images and a channel-first model), and "
+            "check the per-sample shape the model expects."
+        ) from err
     finally:
         model.train(was_training)
-    if out.ndim != 2:
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"{owner} needs a classifier returning (N, n_classes) scores. The model "
-                         f"returned shape {tuple(out.shape)} for 2 inputs.")
+                         f"returned {shape} for 2 inputs.")
     return int(out.shape[1])
 
 
 def check_inputs(
     model: Any, x: Any, y: Any, owner: str, *, channel_first: bool | None = None,
     device: Any = None, x_name: str = "x_batch", y_name: str = "y_batch",
+    sample_shape: tuple[int, ...] | None = None, min_classes: int = 1,
 ) -> Inputs:
     """Check the model, inputs and labels of a metric call before any work is done.
+
+    Inputs are converted to the floating dtype of the model's parameters
+    (float32 for float64 or integer arrays, Python lists and so on), in this
+    one place, so every metric accepts what a user has at hand.
+
+    Parameters
+    ----------
+    sample_shape : tuple of int, optional
+        The per-sample shape ``x`` must have (that of the training inputs),
+        checked before the model sees ``x``.
+    min_classes : int, default 1
+        Fewest distinct labels ``y`` must hold (2 where a model is trained).
 
     Raises
     ------
     TypeError
-        A model that is not a ``torch.nn.Module``, or non-numeric inputs.
+        A model that is not a ``torch.nn.Module`` instance, or non-numeric
+        inputs or labels.
     ValueError
-        Inputs that are not (N, F), (N, C, T) or (N, C, H, W); ``len(y) !=
-        len(x)``; labels that are not integers in [0, n_classes).
+        Inputs that are not (N, F), (N, C, T) or (N, C, H, W), or that hold
+        NaN or inf; ``len(y) != len(x)``; labels that are not integers in
+        [0, n_classes); fewer than ``min_classes`` classes; a model on the
+        meta device, or one that cannot run on the inputs.
     """
     call = _owner_call(owner)
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"The 'model' parameter of {call} must be a torch.nn.Module (the metric "
-                        f"supports PyTorch models only). Got {type(model).__name__} instead.")
+    check_model(model, call)
     x_t = _to_tensor(x, x_name, call)
     if x_t.ndim not in (2, 3, 4) or x_t.shape[0] == 0:
         raise ValueError(f"The '{x_name}' parameter of {call} must be a non-empty batch of shape "
                          f"(N, F), (N, C, T) or (N, C, H, W). Got shape {tuple(x_t.shape)} "
                          "instead.")
-    if not x_t.is_floating_point():
-        x_t = x_t.float()
-    y_t = _to_tensor(y, y_name, call)
-    if y_t.ndim != 1 or len(y_t) != len(x_t):
-        raise ValueError(f"The '{y_name}' parameter of {call} must hold one label per sample: "
-                         f"shape ({len(x_t)},) for {x_name} of shape {tuple(x_t.shape)}. Got "
-                         f"shape {tuple(y_t.shape)} instead.")
-    if y_t.is_floating_point():
-        if not bool(torch.isfinite(y_t).all()) or not bool((y_t == y_t.round()).all()):
-            bad = y_t[~(torch.isfinite(y_t) & (y_t == y_t.round()))][:5].tolist()
-            raise ValueError(f"The '{y_name}' parameter of {call} must hold integer class labels. "
-                             f"Got non-integer values such as {bad}.")
-    elif y_t.dtype == torch.bool:
-        raise ValueError(f"The '{y_name}' parameter of {call} must hold integer class labels. "
-                         "Got booleans; pass them as integers 0 and 1.")
-    y_t = y_t.long()
+    if sample_shape is not None and tuple(x_t.shape[1:]) != tuple(sample_shape):
+        raise ValueError(f"The '{x_name}' parameter of {call} must have the per-sample shape of "
+                         f"the training inputs {tuple(sample_shape)}. Got "
+                         f"{tuple(x_t.shape[1:])} instead.")
+    if x_t.is_complex() or x_t.dtype == torch.bool:
+        raise TypeError(f"The '{x_name}' parameter of {call} must hold real numbers. Got dtype "
+                        f"{x_t.dtype} instead.")
+    x_t = x_t.to(model_dtype(model))
+    check_finite(x_t, x_name, call, hint=INPUT_HINT)
+    y_t = check_labels(_to_tensor(y, y_name, call), len(x_t), y_name, call, x_name=x_name)
     channel_last = _channel_last(x_t, channel_first)
-    n_classes = _n_classes(model, x_t, model_device(model, device), call)
-    low, high = int(y_t.min()), int(y_t.max())
-    if low < 0 or high >= n_classes:
-        raise ValueError(f"The '{y_name}' parameter of {call} must hold class labels in "
-                         f"[0, {n_classes}) for a model with {n_classes} outputs. Got labels from "
-                         f"{low} to {high} instead.")
+    n_classes = _n_classes(model, x_t, model_device(model, device), call, x_name, channel_last)
+    y_t = check_labels(y_t, len(x_t), y_name, call, n_classes=n_classes, x_name=x_name)
+    n_distinct = int(torch.unique(y_t).numel())
+    if n_distinct < min_classes:
+        raise ValueError(f"The '{y_name}' parameter of {call} must hold at least {min_classes} "
+                         f"classes: a model trained on {n_distinct} class predicts it always, so "
+                         "every accuracy would be 1.0 whatever the attributions. Got only class "
+                         f"{int(y_t[0])}.")
     return Inputs(x_t, y_t, n_classes, channel_last)
+
+
+def check_retrainer(retrainer: Any, owner: str) -> Any:
+    """``retrainer`` if it is ``None`` or an object with ``fit``/``score`` (or
+    ``fit_score_many``); a clear error for a class or anything else."""
+    if retrainer is None:
+        return None
+    if isinstance(retrainer, type):
+        raise TypeError(f"The 'retrainer' parameter of {owner} must be a retrainer instance. "
+                        f"Got the class {retrainer.__name__}; create one first, e.g. "
+                        f"{retrainer.__name__}(model, epochs=12).")
+    if not (callable(getattr(retrainer, "fit_score_many", None))
+            or (callable(getattr(retrainer, "fit", None))
+                and callable(getattr(retrainer, "score", None)))):
+        raise TypeError(f"The 'retrainer' parameter of {owner} must have fit(x, y, *, seed) "
+                        "and score(model, x, y) methods (see quantus_roar.Retrainer). Got "
+                        f"{type(retrainer).__name__} instead.")
+    return retrainer
 
 
 def check_test_pair(x_test: Any, y_test: Any, owner: str) -> None:
@@ -244,10 +296,7 @@ class QuantusRoarMetric(quantus.Metric):
         **kwargs: Any,
     ):
         owner = type(self).__name__
-        if not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"The 'seed' parameter of {owner} must be an int. Got "
-                            f"{type(seed).__name__} instead.")
-        self.seed = int(seed)
+        self.seed = check_seed(seed, owner)
         self.target = check_choice(target, "target", owner, TARGETS)
         self.results: pd.DataFrame | None = None
         super().__init__(

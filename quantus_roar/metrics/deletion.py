@@ -8,7 +8,7 @@ from typing import Any, final
 import torch
 from quantus.helpers.enums import ScoreDirection
 
-from quantus_roar._validation import model_device
+from quantus_roar._validation import check_batch_size, model_device
 from quantus_roar.curves import deletion_curve
 from quantus_roar.metrics._base import (
     RemovalMetric,
@@ -71,6 +71,7 @@ class _DeletionMetric(RemovalMetric):
         """
         owner = type(self).__name__
         check_call_kwargs(kwargs)
+        check_batch_size(batch_size, f"{owner}.__call__")
         inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
                               device=device)
         if a_batch is None:

@@ -12,7 +12,7 @@ import torch
 from quantus.helpers.enums import DataType, EvaluationCategory, ScoreDirection
 from tqdm.auto import tqdm
 
-from quantus_roar._validation import check_choice, model_device
+from quantus_roar._validation import check_batch_size, check_choice, model_device
 from quantus_roar.curves import retrain_seeds, stratified_split, task_resources
 from quantus_roar.executors import LocalExecutor, get_executor
 from quantus_roar.explainers import explanation_targets
@@ -21,6 +21,7 @@ from quantus_roar.metrics._base import (
     check_call_kwargs,
     check_executor,
     check_inputs,
+    check_retrainer,
     check_test_pair,
     compute_attributions,
     explain_kwargs,
@@ -67,7 +68,7 @@ class _RandomisationMetric(QuantusRoarMetric):
     def __init__(self, similarity: str | Sequence[str] | None, retrainer: Any, seed: int,
                  **base: Any):
         self.similarity = _similarity_names(similarity, type(self).__name__)
-        self.retrainer = retrainer
+        self.retrainer = check_retrainer(retrainer, type(self).__name__)
         super().__init__(seed=seed, **base)
         self.scores: dict[str, dict[str, np.ndarray]] = {}
         self._similarities: tuple[str, ...] = self.similarity or IMAGE_SIMILARITIES
@@ -275,6 +276,10 @@ class ModelRandomisation(_RandomisationMetric):
         owner = type(self).__name__
         check_call_kwargs(kwargs)
         explain_func = self._require_explain_func(explain_func)
+        check_batch_size(batch_size, f"{owner}.__call__")
+        if (x_train is None) != (y_train is None):
+            raise ValueError(f"{owner}.__call__ needs both 'x_train' and 'y_train', or neither "
+                             "(to train the ceiling model on x_batch, y_batch). Got only one.")
         inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
                               device=device)
         dev = model_device(model, device)
@@ -282,7 +287,8 @@ class ModelRandomisation(_RandomisationMetric):
             train = check_inputs(model, x_train if x_train is not None else x_batch,
                                  y_train if y_train is not None else y_batch, owner,
                                  channel_first=channel_first, device=device,
-                                 x_name="x_train", y_name="y_train")
+                                 x_name="x_train", y_name="y_train",
+                                 sample_shape=tuple(inputs.x.shape[1:]), min_classes=2)
         x = inputs.x
         self._choose_similarities(x, inputs.channel_last)
         self.layers = [name for name, _ in execution_order(model, x[:1].to(dev))]
@@ -502,9 +508,10 @@ class DataRandomisation(_RandomisationMetric):
         owner = type(self).__name__
         check_call_kwargs(kwargs)
         explain_func = self._require_explain_func(explain_func)
-        inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
-                              device=device)
+        check_batch_size(batch_size, f"{owner}.__call__")
         check_test_pair(x_test, y_test, owner)
+        inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
+                              device=device, min_classes=2)
         if x_test is None:
             tr, te = stratified_split(inputs.y, self.test_size, self.seed,
                                       owner=f"{owner}.__call__")
@@ -512,12 +519,15 @@ class DataRandomisation(_RandomisationMetric):
             a_orig = None if a_batch is None else np.asarray(a_batch)[te]
         else:
             test = check_inputs(model, x_test, y_test, owner, channel_first=channel_first,
-                                device=device, x_name="x_test", y_name="y_test")
+                                device=device, x_name="x_test", y_name="y_test",
+                                sample_shape=tuple(inputs.x.shape[1:]))
             x_tr, y_tr, x_te, y_te = inputs.x, inputs.y, test.x, test.y
             a_orig = a_test
         retrainer = retrainer_or_default(self.retrainer, model, device)
         self._choose_similarities(x_te, inputs.channel_last)
         dev = model_device(model, device)
+        # Before any training: a model whose layers cannot be re-initialised fails here.
+        layers = [n for n, _ in execution_order(model, x_te[:1].to(dev))]
         t_te = explanation_targets(model, x_te, y_te, self.target, batch_size=batch_size,
                                    device=dev, owner=f"{owner}.__call__")
         ctx = (explain_func, explain_kwargs(explain_func_kwargs, device), batch_size)
@@ -535,7 +545,6 @@ class DataRandomisation(_RandomisationMetric):
         self.test_accuracy = float(retrainer.score(random_model, x_te, y_te))
         a = self._explain(random_model, x_te, t_te, *ctx, "random-label model", cl, shape)
         self._compare("random_labels", original, a, rows)
-        layers = [n for n, _ in execution_order(model, x_te[:1].to(dev))]
         a = self._explain(fresh_model(model, layers, floor_seed), x_te, t_te, *ctx,
                           "freshly initialised model", cl, shape)
         self._compare("floor", original, a, rows)

@@ -9,12 +9,14 @@ import numpy as np
 import torch
 from quantus.helpers.enums import ScoreDirection
 
+from quantus_roar._validation import check_batch_size
 from quantus_roar.curves import retrain_curve, stratified_split
 from quantus_roar.metrics._base import (
     RemovalMetric,
     check_call_kwargs,
     check_executor,
     check_inputs,
+    check_retrainer,
     check_test_pair,
     compute_attributions,
     retrainer_or_default,
@@ -60,14 +62,7 @@ class _RetrainMetric(RemovalMetric):
         if not 0.0 < float(test_size) < 1.0:
             raise ValueError(f"The 'test_size' parameter of {owner} must be in (0, 1). Got "
                              f"{test_size!r} instead.")
-        if retrainer is not None and not (
-            callable(getattr(retrainer, "fit_score_many", None))
-            or (callable(getattr(retrainer, "fit", None))
-                and callable(getattr(retrainer, "score", None)))
-        ):
-            raise TypeError(f"The 'retrainer' parameter of {owner} must have fit(x, y, *, seed) "
-                            "and score(model, x, y) methods (see quantus_roar.Retrainer). Got "
-                            f"{type(retrainer).__name__} instead.")
+        check_retrainer(retrainer, owner)
         super().__init__(
             percentages, granularity=granularity, reduce=reduce, imputer=imputer,
             imputer_kwargs=imputer_kwargs, seed=seed, target=target, abs=abs,
@@ -154,9 +149,10 @@ class _RetrainMetric(RemovalMetric):
         owner = type(self).__name__
         check_call_kwargs(kwargs)
         progress = self.display_progressbar
-        inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
-                              device=device)
+        check_batch_size(batch_size, f"{owner}.__call__")
         check_test_pair(x_test, y_test, owner)
+        inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
+                              device=device, min_classes=2)
         if a_test is not None and x_test is None:
             raise ValueError(f"{owner}.__call__ got 'a_test' without 'x_test' and 'y_test'.")
         if x_test is None:
@@ -165,11 +161,8 @@ class _RetrainMetric(RemovalMetric):
             test = None
         else:
             test = check_inputs(model, x_test, y_test, owner, channel_first=channel_first,
-                                device=device, x_name="x_test", y_name="y_test")
-            if test.x.shape[1:] != inputs.x.shape[1:]:
-                raise ValueError(f"The 'x_test' parameter of {owner}.__call__ must have the "
-                                 f"per-sample shape of x_batch {tuple(inputs.x.shape[1:])}. Got "
-                                 f"{tuple(test.x.shape[1:])} instead.")
+                                device=device, x_name="x_test", y_name="y_test",
+                                sample_shape=tuple(inputs.x.shape[1:]))
         retrainer = retrainer_or_default(self.retrainer, model, device)
 
         if a_batch is None:

@@ -27,10 +27,15 @@ import torch
 from tqdm.auto import tqdm
 
 from quantus_roar._validation import (
+    INPUT_HINT,
     as_tensor,
+    check_batch_size,
     check_choice,
     check_finite,
+    check_labels,
+    check_model,
     check_percentages,
+    check_seed,
     model_device,
 )
 from quantus_roar.removal import (
@@ -144,8 +149,24 @@ def normalised_auc(percentages: Sequence[float], values: Sequence[float]) -> flo
 # --------------------------------------------------------------------------- removal
 
 
+def _check_data(x: Any, y: Any, x_name: str, y_name: str, owner: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs as a finite floating tensor and labels as int64, one per input."""
+    x_t = as_tensor(x, x_name, owner)
+    if x_t.ndim < 2 or len(x_t) == 0:
+        raise ValueError(f"The '{x_name}' parameter of {owner} must be a non-empty batch of shape "
+                         f"(N, F), (N, C, T) or (N, C, H, W). Got shape {tuple(x_t.shape)} "
+                         "instead.")
+    if not x_t.is_floating_point():
+        x_t = x_t.float()
+    check_finite(x_t, x_name, owner, hint=INPUT_HINT)
+    y_t = check_labels(as_tensor(y, y_name, owner), len(x_t), y_name, owner, x_name=x_name)
+    return x_t, y_t
+
+
 def _check_removal_args(order: str, granularity: str, reduce: str, imputer: str,
-                        owner: str) -> None:
+                        owner: str, seed: int = 0) -> None:
+    check_seed(seed, owner)
     check_choice(order, "order", owner, ORDERS)
     check_choice(granularity, "granularity", owner, GRANULARITIES)
     check_choice(reduce, "reduce", owner, REDUCES)
@@ -441,16 +462,22 @@ def retrain_curve(
 
     owner = "retrain_curve"
     ps = check_percentages(percentages, owner)
-    _check_removal_args(order, granularity, reduce, imputer, owner)
+    _check_removal_args(order, granularity, reduce, imputer, owner, seed)
     if not isinstance(n_retrains, (int, np.integer)) or n_retrains < 1:
         raise ValueError(f"The 'n_retrains' parameter of {owner} must be a positive integer. "
                          f"Got {n_retrains!r} instead.")
-    x_tr = as_tensor(x_train, "x_train", owner)
-    x_te = as_tensor(x_test, "x_test", owner)
+    x_tr, y_train = _check_data(x_train, y_train, "x_train", "y_train", owner)
+    x_te, y_test = _check_data(x_test, y_test, "x_test", "y_test", owner)
+    if x_te.shape[1:] != x_tr.shape[1:]:
+        raise ValueError(f"The 'x_test' parameter of {owner} must have the per-sample shape of "
+                         f"x_train {tuple(x_tr.shape[1:])}. Got {tuple(x_te.shape[1:])} instead.")
+    if int(torch.unique(y_train).numel()) < 2:
+        raise ValueError(f"The 'y_train' parameter of {owner} must hold at least 2 classes: a "
+                         "model trained on one class predicts it always, so every accuracy "
+                         "would be 1.0 whatever the attributions.")
+    x_te = x_te.to(x_tr.dtype)
     a_tr = check_finite(as_tensor(a_train, "a_train", owner), "a_train", owner)
     a_te = check_finite(as_tensor(a_test, "a_test", owner), "a_test", owner)
-    if not x_tr.is_floating_point():
-        x_tr, x_te = x_tr.float(), x_te.float()
     nd = x_tr.ndim
     stats = None
     if imputer == "channel_mean":
@@ -569,12 +596,11 @@ def deletion_curve(
     """
     owner = "deletion_curve"
     ps = _without_unmodified(check_percentages(percentages, owner), order)
-    _check_removal_args(order, granularity, reduce, imputer, owner)
+    _check_removal_args(order, granularity, reduce, imputer, owner, seed)
+    check_model(model, owner)
+    check_batch_size(batch_size, owner)
     device = model_device(model, device)
-    x_t = as_tensor(x, "x", owner)
-    if not x_t.is_floating_point():
-        x_t = x_t.float()
-    y_t = as_tensor(y, "y", owner).long()
+    x_t, y_t = _check_data(x, y, "x", "y", owner)
     a_t = check_finite(as_tensor(a, "a", owner), "a", owner)
     nd = x_t.ndim
     if imputer == "channel_mean" and stats is None:
@@ -606,6 +632,10 @@ def deletion_curve(
                 batch = torch.cat([batch, xr])
                 removed[1:] += frac.to(device) * len(xb)
             out = model(batch.flatten(0, 1)).unflatten(0, (n_p, len(xb)))
+            if start == 0 and int(y_t.max()) >= out.shape[-1]:
+                raise ValueError(f"The 'y' parameter of {owner} must hold class labels in [0, "
+                                 f"{out.shape[-1]}) for a model with {out.shape[-1]} outputs. "
+                                 f"Got labels up to {int(y_t.max())} instead.")
             correct += (out.argmax(-1) == yb).sum(dim=1).double()
             probs = out.softmax(-1) if softmax else out
             score += probs.gather(-1, yb.expand(n_p, -1)[..., None])[..., 0].sum(dim=1).double()

@@ -26,7 +26,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from quantus_roar._validation import check_choice, model_device
+from quantus_roar._validation import (
+    INPUT_HINT,
+    check_batch_size,
+    check_choice,
+    check_finite,
+    check_labels,
+    check_model,
+    check_number,
+    check_seed,
+    model_device,
+)
 from quantus_roar.removal import _hash_keys, _mix32
 
 __all__ = [
@@ -206,6 +216,24 @@ def _base_attribution(model: nn.Module, method: str, kwargs: dict[str, Any]
     return lambda x, t: attribution.attribute(x, target=t, **opts)
 
 
+def _input_tensor(x: Any, name: str, owner: str) -> torch.Tensor:
+    """``x`` as a finite float32 tensor batch, or a clear error."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        arr = np.asarray(x)
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise TypeError(f"The '{name}' parameter of {owner} must be a numeric array or "
+                            f"tensor. Got dtype {arr.dtype} instead.")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_complex() or t.ndim < 2 or len(t) == 0:
+        raise ValueError(f"The '{name}' parameter of {owner} must be a non-empty batch of real "
+                         f"numbers, shape (N, ...). Got shape {tuple(t.shape)} and dtype "
+                         f"{t.dtype} instead.")
+    t = t.to(torch.float32)
+    return check_finite(t, name, owner, hint=INPUT_HINT)
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -230,12 +258,14 @@ def predicted_classes(model: nn.Module, x: Any, *, batch_size: int = 256,
     torch.Tensor
         int64, shape (N,), on the CPU.
     """
+    check_model(model, "predicted_classes")
+    check_batch_size(batch_size, "predicted_classes")
     device = model_device(model, device)
-    x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    x_t = _input_tensor(x, "x", "predicted_classes")
     was_training = model.training
     model.eval()
     try:
-        parts = [model(x_t[i : i + batch_size].to(device=device, dtype=torch.float32))
+        parts = [model(x_t[i : i + batch_size].to(device=device))
                  .argmax(dim=-1).cpu() for i in range(0, len(x_t), batch_size)]
     finally:
         model.train(was_training)
@@ -369,18 +399,27 @@ def explain(
     if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise ValueError(f"The 'n_samples' parameter of {owner} must be a positive integer. "
                          f"Got {n_samples!r} instead.")
-    if not stdev >= 0:
-        raise ValueError(f"The 'stdev' parameter of {owner} must be >= 0. Got {stdev!r} instead.")
+    check_number(stdev, "stdev", owner, low=0.0)
+    check_seed(seed, owner)
+    check_batch_size(batch_size, owner)
+    check_model(model, owner)
     device = model_device(model, device)
-    x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs)
-    x = x.to(device=device, dtype=torch.float32)
+    x = _input_tensor(inputs, "inputs", owner).to(device)
     t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor)
-                        else targets).to(device=device, dtype=torch.long)
+                        else targets).detach().cpu()
     if t.ndim == 0:
         t = t.expand(len(x))
-    if t.shape != (len(x),):
-        raise ValueError(f"The 'targets' parameter of {owner} must hold one class per input: "
-                         f"shape ({len(x)},). Got shape {tuple(t.shape)} instead.")
+    n_classes = None
+    if method not in CONTROLS:  # the controls explain no class
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            try:
+                n_classes = int(model(x[:1]).shape[-1])
+            finally:
+                model.train(was_training)
+    t = check_labels(t, len(x), "targets", owner, n_classes=n_classes,
+                     x_name="inputs").to(device)
 
     if method == "Random":
         out = _random(x, seed)

@@ -27,6 +27,7 @@ the samples' positions in the full dataset when processing it in chunks.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -35,12 +36,17 @@ import torch
 import torch.nn.functional as F
 
 from quantus_roar._validation import (
+    INPUT_HINT,
     as_tensor,
     check_choice,
     check_finite,
+    check_int,
+    check_number,
     check_percentages,
+    check_seed,
     like_input,
 )
+from quantus_roar.exceptions import QuantusRoarWarning
 
 __all__ = [
     "IMPUTERS",
@@ -139,6 +145,18 @@ def removal_counts(n_features: int, percentages: Iterable[float]) -> list[int]:
     return [round(float(p) * n_features / 100.0) for p in percentages]
 
 
+def _check_channel_first(shape: tuple[int, ...], name: str, owner: str) -> None:
+    """Refuse a 4-d batch that is plainly channel-last, (N, H, W, 1) or (N, H, W, 3)."""
+    if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] > 4 and shape[2] > 4:
+        raise ValueError(
+            f"The '{name}' parameter of {owner} must be channel-first, (N, C, H, W). Got shape "
+            f"{tuple(shape)}, which looks channel-last (N, H, W, C) with C = {shape[-1]}: read "
+            f"as channel-first it would be {shape[1]} channels of {shape[2]}x{shape[3]} "
+            "pixels. Move the channel axis first, e.g. a.permute(0, 3, 1, 2) or "
+            "np.moveaxis(a, -1, 1)."
+        )
+
+
 def _mask_shapes(shape: tuple[int, ...], granularity: str) -> tuple[tuple, tuple]:
     """Per-sample shape of the ranked features and of the mask they expand to."""
     if len(shape) == 2:
@@ -212,6 +230,8 @@ def feature_ranks(
                          f"Got an empty batch of shape {tuple(a_t.shape)} instead.")
     check_choice(granularity, "granularity", owner, GRANULARITIES)
     check_choice(reduce, "reduce", owner, REDUCES)
+    check_seed(seed, owner)
+    _check_channel_first(tuple(a_t.shape), "a", owner)
     check_finite(a_t, "a", owner)
     if not a_t.is_floating_point():
         a_t = a_t.float()
@@ -291,8 +311,9 @@ def removal_masks(
     Raises
     ------
     ValueError
-        On an empty batch, non-finite attributions, percentages outside
-        (0, 100], or an unknown ``order``, ``granularity`` or ``reduce``.
+        On an empty batch, non-finite attributions, a channel-last map
+        (N, H, W, 1) or (N, H, W, 3), percentages outside (0, 100], or an
+        unknown ``order``, ``granularity`` or ``reduce``.
 
     Examples
     --------
@@ -517,6 +538,13 @@ def _noisy_linear_solve(
         # rr is 0 on a plane with nothing removed: clamped, its beta is 0, not NaN.
         torch.addcmul(res, (rr_new / rr.clamp_min(tiny))[:, None], p, out=p)
         rr = rr_new
+    unconverged = int((rr > threshold).sum())
+    if unconverged:
+        warnings.warn(f"impute(imputer='noisy_linear') stopped after max_iter={max_iter} "
+                      f"iterations with {unconverged} of {b} channel planes above the relative "
+                      f"residual tol={tol:g}; their fill is not the neighbour average yet. Raise "
+                      "max_iter (imputer_kwargs={'max_iter': ...}).", QuantusRoarWarning,
+                      stacklevel=4)
     return u.view(b, h + 2, wp)[:, 1:-1, 1:-1]
 
 
@@ -576,10 +604,18 @@ def impute(
     Raises
     ------
     ValueError
-        Empty batch, masks that do not fit ``x``, an unknown imputer, bad
-        ``stats``, or ``"blur"`` / ``"noisy_linear"`` on non-image input.
+        Empty batch, NaN or inf in ``x``, channel-last images, masks that do
+        not fit ``x``, an unknown imputer, bad ``stats``, ``"blur"`` /
+        ``"noisy_linear"`` on non-image input, or keyword values out of range
+        (``sigma`` > 0, ``noise`` >= 0, ``tol`` in (0, 1), ``max_iter`` >= 1).
     TypeError
         Non-boolean masks or unknown keyword arguments.
+
+    Warns
+    -----
+    QuantusRoarWarning
+        ``"noisy_linear"`` stopped at ``max_iter`` before every plane
+        converged.
 
     References
     ----------
@@ -618,6 +654,9 @@ def impute(
         )
     if not x_t.is_floating_point():
         x_t = x_t.float()
+    _check_channel_first(tuple(x_t.shape), "x", owner)
+    check_seed(seed, owner)
+    check_finite(x_t, "x", owner, hint=INPUT_HINT)
     n_p = m_p.shape[0]
     m_full = m_p.expand(n_p, *x_t.shape)
     if imputer in ("blur", "noisy_linear") and x_t.ndim != 4:
@@ -632,15 +671,15 @@ def impute(
         fill = _kept_mean(x_t[None].expand_as(m_full).flatten(0, 1), m_full.flatten(0, 1))
         fill = fill.unflatten(0, (n_p, x_t.shape[0]))
     elif imputer == "blur":
-        sigma = float(kwargs.get("sigma", 1.0))
-        if not sigma > 0:
-            raise ValueError(f"The 'sigma' parameter of impute(imputer='blur') must be > 0. Got "
-                             f"{sigma} instead.")
+        sigma = check_number(kwargs.get("sigma", 1.0), "sigma", "impute(imputer='blur')",
+                             low=0.0, low_open=True)
         fill = _gaussian_blur(x_t, sigma)
     else:  # noisy_linear
-        noise = float(kwargs.get("noise", 0.01))
-        tol = float(kwargs.get("tol", 1e-6))
-        max_iter = int(kwargs.get("max_iter", 1000))
+        owner_nl = "impute(imputer='noisy_linear')"
+        noise = check_number(kwargs.get("noise", 0.01), "noise", owner_nl, low=0.0)
+        tol = check_number(kwargs.get("tol", 1e-6), "tol", owner_nl, low=0.0, high=1.0,
+                           low_open=True, high_open=True)
+        max_iter = check_int(kwargs.get("max_iter", 1000), "max_iter", owner_nl, low=1)
         n, c, h, w = x_t.shape
         planes = x_t[None].expand(n_p, n, c, h, w).reshape(-1, h, w)
         solved = _noisy_linear_fill(planes, m_full.reshape(-1, h, w), tol, max_iter)

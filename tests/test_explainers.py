@@ -162,7 +162,7 @@ def test_errors(digits):
         explain(model, x, y, method="Random", noise="VarGrad")
     with pytest.raises(ValueError, match="already implies"):
         explain(model, x, y, method="Gradient_VarGrad", noise="SmoothGrad")
-    with pytest.raises(ValueError, match="one class per input"):
+    with pytest.raises(ValueError, match=r"one class label per sample of inputs, shape \(40,\)"):
         explain(model, x, y[:3])
     with pytest.raises(ValueError, match="n_samples"):
         explain(model, x, y, noise="SmoothGrad", n_samples=0)

@@ -35,6 +35,8 @@ def as_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+            raise TypeError(_msg(name, owner, "a numeric array", f"dtype {value.dtype}"))
         arr = np.ascontiguousarray(value)
         return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     raise TypeError(_msg(name, owner, "a torch.Tensor or numpy.ndarray", type(value).__name__))

@@ -177,8 +177,8 @@ def _removal_layout(x: torch.Tensor, a: torch.Tensor, owner: str
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Views of ``x`` and ``a`` in the removal engine's layout (time series as height-1 images)."""
     if x.ndim not in (2, 3, 4):
-        raise ValueError(f"{owner} handles inputs of shape (N, F), (N, C, T) or (N, C, H, W). "
-                         f"Got shape {tuple(x.shape)}.")
+        raise ValueError(f"The 'x' parameter of {owner} must have shape (N, F), (N, C, T) or "
+                         f"(N, C, H, W). Got shape {tuple(x.shape)} instead.")
     if a.ndim == x.ndim - 1 and x.ndim >= 3:
         a = a.unsqueeze(1)
     ok = a.shape[0] == x.shape[0] and a.ndim == x.ndim and a.shape[2:] == x.shape[2:] and (
@@ -471,6 +471,12 @@ def retrain_curve(
     if x_te.shape[1:] != x_tr.shape[1:]:
         raise ValueError(f"The 'x_test' parameter of {owner} must have the per-sample shape of "
                          f"x_train {tuple(x_tr.shape[1:])}. Got {tuple(x_te.shape[1:])} instead.")
+    unseen = sorted(set(torch.unique(y_test).tolist()) - set(torch.unique(y_train).tolist()))
+    if unseen:
+        raise ValueError(f"The 'y_test' parameter of {owner} holds class(es) {unseen[:10]} that "
+                         "no training label has: a retrained model cannot predict them, so its "
+                         "accuracy would count them as errors whatever the attributions. Pass "
+                         "train and test splits of the same classes.")
     if int(torch.unique(y_train).numel()) < 2:
         raise ValueError(f"The 'y_train' parameter of {owner} must hold at least 2 classes: a "
                          "model trained on one class predicts it always, so every accuracy "

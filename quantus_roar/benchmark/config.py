@@ -5,13 +5,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+import re
 import sys
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from quantus_roar._validation import check_percentages
+import numpy as np
+
+from quantus_roar._validation import MAX_SEED, check_percentages
 from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.explainers import ESTIMATORS, TARGETS
 from quantus_roar.randomisation import LAYER_ORDERS
@@ -23,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["METRICS", "RunConfig"]
+__all__ = ["METRICS", "RunConfig", "SettingTypeError"]
 
 #: The runner's metrics, in the order they are computed per estimator.
 METRICS: tuple[str, ...] = ("roar-noretrain", "kar-noretrain", "roar", "kar",
@@ -40,11 +45,61 @@ _QUICK: dict[str, Any] = {
 }
 
 
-def _check_names(values: tuple[str, ...], allowed: Any, what: str) -> None:
-    unknown = [v for v in values if v not in allowed]
-    if unknown or not values:
-        raise ValueError(f"Unknown {what}(s) {unknown or 'none given'}. Choose from "
-                         f"{list(allowed)}.")
+class SettingTypeError(TypeError):
+    """A setting of :class:`RunConfig` has the wrong type; the message names the key."""
+
+
+_DEVICE = re.compile(r"cpu|cuda|cuda:\d+")
+_DEVICES = "'cpu', 'cuda' or 'cuda:N' (N: a GPU index such as 0)"
+
+
+def _type_error(name: str, expected: str, value: Any) -> SettingTypeError:
+    return SettingTypeError(f"The '{name}' setting must be {expected}. Got {value!r} "
+                            f"({type(value).__name__}) instead.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _names(name: str, value: Any, allowed: Any, what: str) -> tuple[str, ...]:
+    """A tuple of distinct known names from a sequence or a comma-separated string."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _type_error(name, f"a list of {what} names (strings)", value)
+    unknown = [v for v in value if v not in allowed]
+    if unknown or not value:
+        raise ValueError(f"Unknown {what}(s) {unknown or 'none given'} in the '{name}' setting. "
+                         f"Choose from {list(allowed)}.")
+    dupes = sorted({v for v in value if value.count(v) > 1})
+    if dupes:
+        raise ValueError(f"The '{name}' setting names {dupes} more than once; list each "
+                         f"{what} once.")
+    return tuple(value)
+
+
+def _percentages(value: Any) -> tuple[float, ...]:
+    expected = "a list of numbers in (0, 100], such as [10, 30, 50]"
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise _type_error("percentages", expected, value) from None
+    elif _is_number(value):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
+        raise _type_error("percentages", expected, value)
+    ps = [int(p) if float(p).is_integer() else float(p) for p in value]
+    dupes = sorted({p for p in ps if ps.count(p) > 1})
+    if dupes:
+        raise ValueError(f"The 'percentages' setting has duplicate percentages {dupes} (in "
+                         f"{ps}); list each percentage once.")
+    return tuple(ps)
 
 
 @dataclass(frozen=True)
@@ -63,6 +118,11 @@ class RunConfig:
     model : str
         ``smallcnn``, ``smallresnet`` or ``package.module:factory``, a callable
         taking ``in_channels``, ``n_classes`` and ``image_size`` keywords.
+        ``package.module:factory`` imports that module and so runs its code, as
+        any Python import does: name only your own code. The module is looked
+        up on the import path, which with ``python -m quantus_roar`` starts
+        with the current folder. ``smallcnn`` and ``smallresnet`` import
+        nothing.
     estimators : tuple of str
         Names of :data:`quantus_roar.ESTIMATORS`.
     metrics : tuple of str
@@ -101,6 +161,16 @@ class RunConfig:
         retrain through a DataLoader, so memory is bounded by the batch.
     image_size : int or None
         ImageFolder only: resize images to this size.
+
+    Raises
+    ------
+    ValueError
+        For a value out of range or not among the allowed names (duplicates
+        included); the message names the setting and what is allowed.
+    SettingTypeError
+        A ``TypeError`` for a value of the wrong type: a string or a float where
+        an integer is expected, a bool where a number is, a string where a
+        boolean is.
     """
 
     dataset: str = "digits"
@@ -130,18 +200,22 @@ class RunConfig:
     image_size: int | None = None
 
     def __post_init__(self) -> None:
-        owner = "RunConfig"
-        for name in ("estimators", "metrics", "percentages", "similarities"):
+        def setattr_(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        for name in ("dataset", "model"):
             value = getattr(self, name)
-            if isinstance(value, str):
-                value = tuple(v.strip() for v in value.split(",") if v.strip())
-            object.__setattr__(self, name, tuple(value))
-        _check_names(self.estimators, ESTIMATORS, "estimator")
-        _check_names(self.metrics, METRICS, "metric")
-        _check_names(self.similarities, SIMILARITIES, "similarity")
-        ps = check_percentages(self.percentages, owner)
-        object.__setattr__(self, "percentages",
-                           tuple(int(p) if float(p).is_integer() else float(p) for p in ps))
+            if not isinstance(value, str) or not value.strip():
+                raise _type_error(name, "a non-empty string" + (
+                    " such as 'digits' or 'imagefolder:/data/images'" if name == "dataset"
+                    else " such as 'smallcnn' or 'package.module:factory'"), value)
+        setattr_("estimators", _names("estimators", self.estimators, ESTIMATORS, "estimator"))
+        setattr_("metrics", _names("metrics", self.metrics, METRICS, "metric"))
+        setattr_("similarities", _names("similarities", self.similarities, SIMILARITIES,
+                                        "similarity"))
+        ps = _percentages(self.percentages)
+        check_percentages(ps, "RunConfig")  # range
+        setattr_("percentages", ps)
         if max(ps) <= 1.0:
             intended = ",".join(f"{p * 100:g}" for p in ps)
             warnings.warn(f"The 'percentages' setting {list(ps)} removes at most 1 % of the "
@@ -151,30 +225,53 @@ class RunConfig:
         for name, allowed in (("target", TARGETS), ("granularity", GRANULARITIES),
                               ("reduce", REDUCES),
                               ("imputer", IMPUTERS), ("layer_order", LAYER_ORDERS)):
-            if getattr(self, name) not in allowed:
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
                 raise ValueError(f"The '{name}' setting must be one of {list(allowed)}. Got "
-                                 f"{getattr(self, name)!r} instead.")
-        for name in ("retrains", "sanity_seeds", "max_epochs", "explain_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"The '{name}' setting must be a positive integer. Got "
                                  f"{value!r} instead.")
-        for name in ("epochs", "batch_size", "image_size"):
+        for name, low, optional in (("retrains", 1, False), ("sanity_seeds", 1, False),
+                                    ("max_epochs", 1, False), ("explain_batch_size", 1, False),
+                                    ("sanity_samples", 0, False), ("epochs", 1, True),
+                                    ("batch_size", 1, True), ("image_size", 1, True)):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"The '{name}' setting must be a positive integer. Got "
-                                 f"{value!r} instead.")
-        if not isinstance(self.sanity_samples, int) or self.sanity_samples < 0:
-            raise ValueError("The 'sanity_samples' setting must be an integer >= 0 (0: every "
-                             f"test sample). Got {self.sanity_samples!r} instead.")
+            if optional and value is None:
+                continue
+            what = "a positive integer" if low == 1 else "an integer >= 0 (0: every test sample)"
+            if not _is_int(value):
+                raise _type_error(name, what + (" (or left out)" if optional else ""), value)
+            if value < low:
+                raise ValueError(f"The '{name}' setting must be {what}. Got {value!r} instead.")
+            setattr_(name, int(value))
+        if not _is_int(self.seed):
+            raise _type_error("seed", "an integer in [0, 2**63)", self.seed)
+        if not 0 <= self.seed < MAX_SEED:
+            raise ValueError(f"The 'seed' setting must be an integer in [0, 2**63). Got "
+                             f"{self.seed!r} instead.")
+        setattr_("seed", int(self.seed))
+        if not _is_number(self.min_train_accuracy):
+            raise _type_error("min_train_accuracy", "a number in (0, 1]",
+                              self.min_train_accuracy)
         if not 0.0 < self.min_train_accuracy <= 1.0:
             raise ValueError("The 'min_train_accuracy' setting must be in (0, 1]. Got "
                              f"{self.min_train_accuracy!r} instead.")
         if self.optimizer not in (None, "adam", "sgd"):
             raise ValueError(f"The 'optimizer' setting must be 'adam' or 'sgd'. Got "
                              f"{self.optimizer!r} instead.")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"The 'lr' setting must be > 0. Got {self.lr!r} instead.")
+        if self.lr is not None:
+            if not _is_number(self.lr):
+                raise _type_error("lr", "a number > 0 (or left out)", self.lr)
+            if not (self.lr > 0 and math.isfinite(self.lr)):
+                raise ValueError(f"The 'lr' setting must be a finite number > 0. Got "
+                                 f"{self.lr!r} instead.")
+        if not isinstance(self.stream, (bool, np.bool_)):
+            raise _type_error("stream", "true or false (a boolean, not a string)", self.stream)
+        setattr_("stream", bool(self.stream))
+        if self.device is not None:
+            if not isinstance(self.device, str):
+                raise _type_error("device", _DEVICES, self.device)
+            if not _DEVICE.fullmatch(self.device):
+                raise ValueError(f"The 'device' setting must be {_DEVICES}, or left out for "
+                                 f"CUDA when available. Got {self.device!r} instead.")
 
     # ------------------------------------------------------------------ building
 
@@ -193,25 +290,63 @@ class RunConfig:
 
         Raises
         ------
-        FileNotFoundError, ValueError
-            For a missing file, invalid TOML or unknown keys.
+        FileNotFoundError
+            For a missing file.
+        ValueError
+            For a file that is not UTF-8 TOML, unknown keys, or bad values.
+        SettingTypeError
+            A ``TypeError`` for a value of the wrong type (a string for a
+            number, a float for an integer...); the message names the key.
         """
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"Config file '{path}' does not exist.")
+        if not path.is_file():
+            raise ValueError(f"Config file '{path}' is not a file; pass a TOML file with a "
+                             "[run] table.")
         try:
-            doc = tomllib.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"Config file '{path}' is not valid TOML: it is not UTF-8 text "
+                             f"(byte {err.object[err.start]:#04x} at position {err.start}). "
+                             "Pass a TOML text file with a [run] table.") from None
+        except OSError as err:
+            raise ValueError(f"Cannot read config file '{path}': "
+                             f"{err.strerror or err}.") from None
+        try:
+            doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"Config file '{path}' is not valid TOML: {err}") from err
-        values = doc.get("run", doc)
-        quick = bool(values.pop("quick", False)) or quick
+            raise ValueError(f"Config file '{path}' is not valid TOML: {err}.") from None
+        if "run" in doc:
+            values = doc["run"]
+            if not isinstance(values, dict):
+                raise _type_error("run", f"a table in '{path}' ([run] on a line of its own, "
+                                  "then key = value lines)", values)
+            outside = sorted(set(doc) - {"run"})
+            if outside:
+                raise ValueError(f"Config file '{path}' has key(s) {outside} outside its [run] "
+                                 "table; put every setting under [run].")
+        else:
+            values = doc
+        values = dict(values)
+        in_file = values.pop("quick", False)
+        if not isinstance(in_file, bool):
+            raise _type_error("quick", f"true or false in '{path}' (a TOML boolean, not a "
+                              "string)", in_file)
+        quick = in_file or quick
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Config file '{path}' has unknown key(s) {unknown}. Known keys: "
-                             f"{sorted(known)}.")
-        merged = {**values, **overrides}
-        return cls.quick(**merged) if quick else cls(**merged)
+                             f"{sorted(known | {'quick'})}.")
+        build = cls.quick if quick else cls
+        try:  # the file's values alone first, so that an error names the file
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", QuantusRoarWarning)
+                build(**values)
+        except (SettingTypeError, ValueError) as err:
+            raise type(err)(f"{err} (in config file '{path}')") from None
+        return build(**{**values, **overrides})
 
     # ------------------------------------------------------------------ identity
 

@@ -18,12 +18,14 @@ Plain PyTorch; Ray is imported only by :class:`RayExecutor` (the ``ray`` extra).
 from __future__ import annotations
 
 import logging
+import socket
 import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "TaskResult", "get_executor"]
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "TaskResult", "check_ray_address",
+           "get_executor"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,74 @@ def _import_ray() -> Any:
     return ray
 
 
+def _no_cluster(where: str, reason: str) -> ConnectionError:
+    return ConnectionError(f"No Ray cluster answers at {where} ({reason}); start one with "
+                           "`ray start --head` or check the address.")
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``host:port`` or ``ray://host:port`` address; ``None`` for
+    addresses Ray resolves itself (``auto``, ``local``, no port)."""
+    rest = address.strip()
+    default_port = None
+    if rest.startswith("ray://"):
+        rest, default_port = rest[len("ray://"):], 10001
+    elif "://" in rest:
+        return None
+    rest = rest.split("/", 1)[0]
+    if rest.startswith("["):  # [IPv6]:port
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    elif rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    else:
+        host, port_text = rest, ""
+    if not host or host in ("auto", "local"):
+        return None
+    if not port_text:
+        return None if default_port is None else (host, default_port)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"The Ray address {address!r} has no valid port; use HOST:PORT, such "
+                         "as 127.0.0.1:6379, or 'auto'.") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"The Ray address {address!r} has port {port}, outside 1-65535; use "
+                         "HOST:PORT, such as 127.0.0.1:6379.")
+    return host, port
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Raise at once unless something listens at the ``host:port`` of ``address``.
+
+    ``ray.init`` retries an address that does not answer for many minutes; a
+    TCP connection tells within ``timeout`` seconds. Addresses without a port
+    (``auto``) are left to Ray.
+
+    Raises
+    ------
+    ConnectionError
+        Nothing listens there (refused, unreachable, unknown host, timed out).
+    ValueError
+        The address is not ``HOST:PORT``.
+    """
+    target = _host_port(address)
+    if target is None:
+        return
+    host, port = target
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except socket.gaierror as err:
+        raise _no_cluster(f"{host}:{port}", f"unknown host: {err.strerror or err}") from None
+    except TimeoutError:
+        raise _no_cluster(f"{host}:{port}", f"no answer within {timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise _no_cluster(f"{host}:{port}", "connection refused") from None
+    except OSError as err:
+        raise _no_cluster(f"{host}:{port}", err.strerror or str(err)) from None
+
+
 def _run_task(fn: Callable[..., Any], num_threads: int, *args: Any) -> Any:
     """Worker side: fix torch's thread count to the task's CPUs, then call ``fn``."""
     import torch
@@ -144,6 +214,10 @@ class RayExecutor(Executor):
     ------
     ImportError
         If Ray is not installed; the message says how to install it.
+    ConnectionError
+        If no cluster answers at ``address`` (checked with a TCP connection
+        before ``ray.init``, which would retry for many minutes), or, for
+        ``"auto"``, if Ray finds no running cluster; one line.
     """
 
     def __init__(self, address: str | None = None, *, max_retries: int = 3,
@@ -155,10 +229,17 @@ class RayExecutor(Executor):
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                       **init_kwargs}
             if address is not None:
+                check_ray_address(address)
                 kwargs["address"] = address
             elif num_cpus is not None:
                 kwargs["num_cpus"] = num_cpus
-            self.ray.init(**kwargs)
+            try:
+                self.ray.init(**kwargs)
+            except ConnectionError as err:
+                if address is None:
+                    raise
+                reason = str(err).splitlines()[0] if str(err) else "no running cluster found"
+                raise _no_cluster(f"address {address!r}", reason) from None
             self._started = True
         self._remote = self.ray.remote(_run_task)
         self._refs: dict[Any, Hashable] = {}

@@ -10,15 +10,20 @@ identical tables.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from quantus_roar._io import disk_error, write_text, write_with
 from quantus_roar.benchmark.store import ResultStore
 from quantus_roar.curves import normalised_auc
+
+logger = logging.getLogger("quantus_roar.benchmark")
 
 __all__ = ["accuracies", "build_report", "curve_table", "noretrain_comparison",
            "randomisation_table", "spearman_text"]
@@ -289,6 +294,16 @@ def _style(estimator: str) -> dict[str, Any]:
     return style
 
 
+def _save_figure(fig: Any, path: Path) -> None:
+    """Write ``fig`` as PNG atomically (a link at ``path`` is replaced, never followed)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        write_with(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
 def _curves_figure(df: pd.DataFrame, estimators: list[str], path: Path) -> bool:
     import matplotlib
 
@@ -324,8 +339,7 @@ def _curves_figure(df: pd.DataFrame, estimators: list[str], path: Path) -> bool:
                frameon=False)
     fig.tight_layout(rect=(0, (0.3 + 0.18 * math.ceil(len(labels) / 4)) / fig.get_figheight(),
                            1, 1))
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save_figure(fig, path)
     return True
 
 
@@ -366,8 +380,7 @@ def _randomisation_figure(df: pd.DataFrame, estimators: list[str], steps: list[s
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(labels) / 4), 1, 1))
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save_figure(fig, path)
     return True
 
 
@@ -381,13 +394,24 @@ def _examples_figure(out: Path, estimators: list[str], run: dict[str, Any], path
     ex = out / "cache" / "examples.npz"
     if not ex.is_file():
         return False
-    with np.load(ex, allow_pickle=False) as f:
-        x, index, ids, stats = f["x"], f["index"], f["ids"], f["stats"]
+    unreadable = (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile)
+    try:
+        with np.load(ex, allow_pickle=False) as f:
+            x, index, ids, stats = f["x"], f["index"], f["ids"], f["stats"]
+    except unreadable as err:
+        logger.warning("No example figure: '%s' cannot be read (%s: %s); the next run "
+                       "writes it again.", ex, type(err).__name__, err)
+        return False
     rows = []
     for e in estimators:
         a_path = out / "attributions" / f"{e}.test.npy"
         if a_path.is_file():
-            a = np.asarray(np.load(a_path, mmap_mode="r")[index])
+            try:
+                a = np.asarray(np.load(a_path, mmap_mode="r")[index])
+            except unreadable as err:
+                logger.warning("The example figure leaves out %s: '%s' cannot be read (%s: "
+                               "%s).", e, a_path, type(err).__name__, err)
+                continue
             rows.append((e, a))
     if not rows:
         return False
@@ -417,8 +441,7 @@ def _examples_figure(out: Path, estimators: list[str], run: dict[str, Any], path
                               va="center")
     fig.suptitle("ROAR: a test image with the top-ranked features removed", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save_figure(fig, path)
     return True
 
 
@@ -444,10 +467,17 @@ def build_report(out: str | Path) -> Path:
     pathlib.Path
         The path of ``report.md``.
 
+    Every file is written atomically inside ``out`` (a temporary file renamed
+    over the target), so a link planted at a target is replaced, never
+    followed, and a reader never sees half a report.
+
     Raises
     ------
     FileNotFoundError
         If ``out`` holds no result store.
+    quantus_roar.exceptions.StorageError
+        If the store is damaged or the folder cannot be written; the message
+        names the file and the way out.
     """
     out = Path(out)
     with ResultStore.open_existing(out) as store:
@@ -456,10 +486,16 @@ def build_report(out: str | Path) -> Path:
         layers = store.get_meta("layers") or []
         layer_types = store.get_meta("layer_types") or {}
         expected = store.get_meta("expected_cells")
-    df.drop(columns=["fingerprint", "finished_at"]).to_csv(out / "results.csv", index=False)
+    write_text(out / "results.csv",
+               df.drop(columns=["fingerprint", "finished_at"]).to_csv(index=False))
     estimators = _estimators(df, run)
     figures = out / "figures"
-    figures.mkdir(exist_ok=True)
+    try:
+        if figures.is_symlink():  # a link in place of the folder: replaced, never followed
+            figures.unlink()
+        figures.mkdir(exist_ok=True)
+    except OSError as err:
+        raise disk_error(err, figures, "create the folder") from err
     similarities = [s for s in run.get("similarities", []) if s in set(df["quantity"])]
     order = layers[::-1] if run.get("layer_order", "top_down") == "top_down" else layers
     steps = [*order, "floor", "ceiling"]
@@ -545,5 +581,5 @@ def build_report(out: str | Path) -> Path:
         for sim, table in dr:
             lines += [f"### {sim}", "", _md(table)]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path

@@ -23,6 +23,7 @@ import importlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,10 +36,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from quantus_roar._io import disk_error, open_memmap, remove_quietly, write_text, write_with
 from quantus_roar._validation import as_tensor
 from quantus_roar.benchmark.config import RunConfig, fingerprint
 from quantus_roar.benchmark.datasets import BenchmarkData, load_dataset
-from quantus_roar.benchmark.store import Cell, Key, ResultStore
+from quantus_roar.benchmark.store import STAGING_PREFIX, Cell, Key, OutputFolder, ResultStore
 from quantus_roar.curves import (
     deletion_curve,
     retrain_group_task,
@@ -107,6 +109,51 @@ class _Unit:
 # --------------------------------------------------------------------------- models
 
 
+_BUILTIN_MODELS = ("smallcnn", "smallresnet")
+_FACTORY_CONTRACT = ("a callable taking the keywords in_channels, n_classes and image_size and "
+                     "returning a torch.nn.Module")
+
+
+def import_factory(spec: str) -> Callable[..., Any] | None:
+    """The callable of a ``package.module:factory`` spec (``None`` for the built-in models).
+
+    Importing runs the module's code, as any Python import does; it happens only
+    for such a spec, never for ``smallcnn`` or ``smallresnet``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, a module that cannot be imported, or a missing or
+        non-callable attribute; one line naming the spec.
+    """
+    if spec.lower() in _BUILTIN_MODELS:
+        return None
+    module_name, _, attr = spec.partition(":")
+    if not module_name.strip() or not attr.strip():
+        raise ValueError(f"Unknown model {spec!r}. Use 'smallcnn', 'smallresnet' or "
+                         f"'package.module:factory' ({_FACTORY_CONTRACT}).")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"Cannot import the module of the model factory {spec!r}: {err}. "
+                         "Check the spelling and that the module is on the import path "
+                         "(PYTHONPATH).") from err
+    except Exception as err:  # the module's own code failed
+        raise ValueError(f"Importing the module of the model factory {spec!r} failed: "
+                         f"{type(err).__name__}: {err}") from err
+    factory: Any = module
+    try:
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+    except AttributeError:
+        raise ValueError(f"The module {module_name!r} has no {attr!r} (model {spec!r}); name "
+                         f"{_FACTORY_CONTRACT}.") from None
+    if not callable(factory):
+        raise ValueError(f"The model factory {spec!r} is a {type(factory).__name__}, not "
+                         f"{_FACTORY_CONTRACT}.")
+    return factory
+
+
 def model_factory(spec: str, data: BenchmarkData) -> Callable[[], nn.Module]:
     """Zero-argument factory of fresh models for ``spec`` sized for ``data``."""
     c, h = data.shape[0], data.shape[-1]
@@ -119,23 +166,39 @@ def model_factory(spec: str, data: BenchmarkData) -> Callable[[], nn.Module]:
         return lambda: SmallCNN(in_channels=c, n_classes=k, image_size=h)
     if name == "smallresnet":
         return lambda: SmallResNet(in_channels=c, n_classes=k)
-    module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise ValueError(f"Unknown model {spec!r}. Use 'smallcnn', 'smallresnet' or "
-                         "'package.module:factory' (a callable taking in_channels, n_classes and "
-                         "image_size keywords).")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"Cannot import the model factory {spec!r}: {err}.") from err
+    factory = import_factory(spec)
+    assert factory is not None
     return lambda: factory(in_channels=c, n_classes=k, image_size=h)
+
+
+def checked_model_factory(spec: str, data: BenchmarkData) -> Callable[[], nn.Module]:
+    """:func:`model_factory`, after building one model to check the factory (RNG untouched).
+
+    Raises
+    ------
+    ValueError
+        If the factory raises (a wrong signature, a bug in it) or returns no
+        ``torch.nn.Module``; one line naming the spec and the call.
+    """
+    factory = model_factory(spec, data)
+    c, h, k = data.shape[0], data.shape[-1], data.n_classes
+    call = f"{spec}(in_channels={c}, n_classes={k}, image_size={h})"
+    with torch.random.fork_rng(devices=[]):
+        try:
+            model = factory()
+        except Exception as err:
+            raise ValueError(f"The model factory failed when called as {call}: "
+                             f"{type(err).__name__}: {err}. A factory is "
+                             f"{_FACTORY_CONTRACT}.") from err
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"The model factory returned a {type(model).__name__} when called as "
+                         f"{call}, not a torch.nn.Module. A factory is {_FACTORY_CONTRACT}.")
+    return factory
 
 
 def _save_model(model: nn.Module, path: Path) -> None:
     arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(".partial.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    write_with(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_model(model: nn.Module, path: Path) -> nn.Module:
@@ -152,17 +215,17 @@ class _Context:
     """Shared, lazily built state of a run: data, models, attributions."""
 
     def __init__(self, config: RunConfig, out: Path, data: BenchmarkData, device: torch.device,
-                 progress: bool, executor: Executor):
+                 progress: bool, executor: Executor,
+                 factory: Callable[[], nn.Module] | None = None):
         self.config = config
         self.executor = executor
         self.out = out
         self.data = data
         self.device = device
         self.progress = progress
-        self.cache = out / "cache"
-        self.cache.mkdir(parents=True, exist_ok=True)
-        (out / "attributions").mkdir(exist_ok=True)
-        self.factory = model_factory(config.model, data)
+        self.cache = _own_dir(out / "cache")
+        _own_dir(out / "attributions")
+        self.factory = factory if factory is not None else model_factory(config.model, data)
         recipe = {k: v for k, v in (("epochs", config.epochs), ("batch_size", config.batch_size),
                                     ("lr", config.lr), ("optimizer", config.optimizer))
                   if v is not None}
@@ -214,10 +277,11 @@ class _Context:
     def save_examples(self, k: int = 4) -> None:
         """The first ``k`` test images, their ids and the channel means, for the report."""
         path = self.cache / "examples.npz"
-        if not path.is_file():
+        if not path.is_file() or path.is_symlink():
             index = np.arange(min(k, self.n_test))
-            np.savez(path, x=np.asarray(self.data.x_test[index]), index=index,
-                     ids=self.test_ids[index].numpy(), stats=self.stats.numpy())
+            arrays = dict(x=np.asarray(self.data.x_test[index]), index=index,
+                          ids=self.test_ids[index].numpy(), stats=self.stats.numpy())
+            write_with(path, lambda f: np.savez(f, **arrays))
 
     # ------------------------------------------------------------------ models
 
@@ -236,8 +300,13 @@ class _Context:
         """The model whose attributions are evaluated (trained once, weights cached)."""
         def build() -> nn.Module:
             path = self.cache / "model.npz"
-            if path.is_file():
-                return _load_model(self.factory(), path).to(self.device)
+            if path.is_file() and not path.is_symlink():
+                try:
+                    return _load_model(self.factory(), path).to(self.device)
+                except Exception as err:  # a damaged cache: the same weights are trained again
+                    logger.warning("The cached model weights '%s' cannot be read (%s: %s); "
+                                   "training the model again (same seed, same weights).", path,
+                                   type(err).__name__, err)
             model = self.fit(self.data.x_train, self.data.y_train,
                              derived_seed(self.config.seed, _BASE))
             _save_model(model, path)
@@ -294,39 +363,63 @@ class _Context:
 
     def _explain_to(self, path: Path, model: nn.Module, x: np.ndarray, y: np.ndarray,
                     estimator: str) -> None:
-        """Explain ``x`` chunk by chunk into a ``.npy`` file, atomically."""
+        """Explain ``x`` chunk by chunk into a ``.npy`` file, atomically.
+
+        The chunks go into ``<name>.partial.npy`` (its disk space allocated up front,
+        so a full disk is an error here, not a crash), renamed to ``path`` when
+        complete; on any error the partial file is removed.
+        """
         n = len(x)
         tmp = path.with_suffix(".partial.npy")
+        remove_quietly(tmp)  # a stale one from a killed run (or a link: never followed)
         out = None
         step = 8 * self.config.explain_batch_size
         bar = tqdm(total=n, desc=f"explaining {path.stem}", unit="sample", leave=False,
                    disable=not self.progress)
-        for start in range(0, n, step):
-            rows = slice(start, start + step)
-            x_rows = self.tensor(x[rows])
-            targets = explanation_targets(model, x_rows, self.tensor(y[rows]),
-                                          self.config.target, device=self.device,
-                                          batch_size=self.config.explain_batch_size)
-            a = explain(model, x_rows, targets, **ESTIMATORS[estimator], seed=self.config.seed,
-                        device=self.device, batch_size=self.config.explain_batch_size)
-            if out is None:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                                shape=(n, *a.shape[1:]))
-            out[start : start + len(a)] = a
-            bar.update(len(a))
-        bar.close()
-        assert out is not None
-        out.flush()
-        del out
-        os.replace(tmp, path)
+        try:
+            for start in range(0, n, step):
+                rows = slice(start, start + step)
+                x_rows = self.tensor(x[rows])
+                targets = explanation_targets(model, x_rows, self.tensor(y[rows]),
+                                              self.config.target, device=self.device,
+                                              batch_size=self.config.explain_batch_size)
+                a = explain(model, x_rows, targets, **ESTIMATORS[estimator],
+                            seed=self.config.seed, device=self.device,
+                            batch_size=self.config.explain_batch_size)
+                if out is None:
+                    out = open_memmap(tmp, np.float32, (n, *a.shape[1:]))
+                out[start : start + len(a)] = a
+                bar.update(len(a))
+            assert out is not None
+            out.flush()
+            out = None  # closes the memory map
+            try:
+                os.replace(tmp, path)
+            except OSError as err:
+                raise disk_error(err, path) from err
+        except BaseException:
+            del out  # the memory map, before its file goes
+            remove_quietly(tmp)
+            raise
+        finally:
+            bar.close()
 
     def attributions(self, estimator: str, split: str) -> np.ndarray:
         """Attributions of ``split`` by the model, computed once and cached as ``.npy``."""
         def build() -> np.ndarray:
             path = self.out / "attributions" / f"{estimator}.{split}.npy"
-            if not path.is_file():
-                x, y = self.split(split)
-                self._explain_to(path, self.model, x, y, estimator)
+            x, y = self.split(split)
+            if path.is_file() and not path.is_symlink():
+                try:
+                    a = np.load(path, mmap_mode="r" if self.data.streamed else None)
+                    if len(a) == len(x):
+                        return a
+                    reason = f"{len(a)} rows for {len(x)} samples"
+                except (OSError, ValueError, EOFError) as err:
+                    reason = f"{type(err).__name__}: {err}"
+                logger.warning("The cached attributions '%s' cannot be used (%s); computing "
+                               "them again.", path, reason)
+            self._explain_to(path, self.model, x, y, estimator)
             return np.load(path, mmap_mode="r" if self.data.streamed else None)
         return self.memo(("a", estimator, split), build)
 
@@ -537,11 +630,59 @@ def _plan(ctx: _Context) -> Iterator[_Unit]:
 def _resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"The 'device' setting must be 'cpu', 'cuda' or 'cuda:N'. Got "
+                         f"{device!r} ({err}).") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device} was asked for, but torch sees no CUDA device. Use "
                          "--device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device} was asked for, but torch sees "
+                         f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}).")
     return dev
+
+
+def _own_dir(path: Path) -> Path:
+    """``path`` as a folder of the run: created if missing; a link in its place is removed
+    (never followed), so every file the run writes stays inside the output folder."""
+    try:
+        if path.is_symlink():
+            path.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise disk_error(err, path, "create the folder") from err
+    return path
+
+
+def _load_streamed(config: RunConfig, out: Path) -> tuple[BenchmarkData, Path]:
+    """Streamed data written into a new staging folder of ``out`` (moved into ``cache/data``
+    once every check passed, so a failing load leaves the folder as it was)."""
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    except OSError as err:
+        raise disk_error(err, out, "create a folder in") from err
+    try:
+        data = load_dataset(config.dataset, seed=config.seed, cache=staging,
+                            image_size=config.image_size)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return data, staging
+
+
+def _move_staged(data: BenchmarkData, staging: Path, out: Path) -> None:
+    """Move the streamed data from ``staging`` to ``out/cache/data`` and reopen it there."""
+    target = _own_dir(out / "cache" / "data")
+    try:
+        for name in ("x_train.npy", "x_test.npy"):
+            os.replace(staging / name, target / name)
+    except OSError as err:
+        raise disk_error(err, target) from err
+    data.x_train = np.load(target / "x_train.npy", mmap_mode="r")
+    data.x_test = np.load(target / "x_test.npy", mmap_mode="r")
 
 
 def _summary_lines(cells: list[Cell]) -> list[str]:
@@ -574,9 +715,13 @@ def run(
     config : RunConfig
     out : path, default "roar-results"
         Output folder: ``results.sqlite``, cached attributions and model
-        weights, and the report.
+        weights, and the report. It must be missing, empty, or a run's (marked
+        by a ``.quantus-roar`` file); while the run works it holds an exclusive
+        lock on ``out/.lock``.
     fresh : bool, default False
-        Delete the folder's stored results, caches and report first.
+        Delete the files runs write in the folder (store, caches, report,
+        figures) first, once every setting, the data and the model factory
+        have been checked; files that runs do not write stay.
     progress : bool, default True
         Progress bars (stderr).
     verbose : bool, default False
@@ -604,60 +749,86 @@ def run(
     ------
     quantus_roar.benchmark.ConfigMismatchError
         If ``out`` holds results of another configuration (and not ``fresh``).
+    quantus_roar.benchmark.store.OutputFolderError
+        A ``ValueError``: ``out`` is a file or a folder of other files.
+    quantus_roar.benchmark.store.FolderInUseError
+        Another process runs into ``out``.
+    quantus_roar.exceptions.StorageError
+        The folder or its store cannot be read or written (damaged store,
+        read-only folder, full disk); the message names the file.
     ValueError
         For streamed data on Ray (the memory-mapped files are local to this
-        machine).
+        machine), an unknown device, or a model factory that cannot be imported
+        or built.
     """
     t0 = time.perf_counter()
     out = Path(out)
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"run() takes a RunConfig. Got {type(config).__name__} instead.")
     if config.stream and executor not in (None, "local") and not isinstance(executor,
                                                                             LocalExecutor):
         raise ValueError("Streamed data (--stream) is read from memory-mapped files on this "
                          "machine and cannot be retrained on Ray; run it with the local "
                          "executor, or without --stream.")
-    if fresh and out.exists():
-        for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm",
-                     "report.md", "results.csv"):
-            (out / name).unlink(missing_ok=True)
-        for name in ("cache", "attributions", "figures"):
-            shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything that can be checked without writing is checked before the folder is
+    # touched: the device, the folder, the data and the model factory (streamed data is
+    # loaded into the folder, so only its factory's import is checked here).
     device = _resolve_device(config.device)
-    data = load_dataset(config.dataset, seed=config.seed,
-                        cache=out / "cache" / "data" if config.stream else None,
-                        image_size=config.image_size)
-    fp, description = fingerprint(config, data.digest, device.type)
+    folder = OutputFolder(out)
+    folder.check()
+    data: BenchmarkData | None = None
+    factory: Callable[[], nn.Module] | None = None
+    if config.stream:
+        import_factory(config.model)
+    else:
+        data = load_dataset(config.dataset, seed=config.seed, image_size=config.image_size)
+        factory = checked_model_factory(config.model, data)
     summary = RunSummary(out)
-    with ResultStore(out) as store:
-        store.claim(fp, description)
-        ex = get_executor(executor, address=ray_address)
-        try:
-            (out / "config.toml").write_text(config.to_toml())
-            ctx = _Context(config, out, data, device, progress, ex)
-            done = store.done()
-            units = list(_plan(ctx))
-            if "model-randomisation" in config.metrics:
-                modules = dict(ctx.model.named_modules())
-                store.set_meta("layers", ctx.layers)
-                store.set_meta("layer_types", {n: type(modules[n]).__name__ for n in ctx.layers})
-            store.set_meta("classes", data.classes)
-            store.set_meta("expected_cells", sum(len(u.keys) for u in units))
-            ctx.save_examples()
-            bar = tqdm(units, desc="benchmark", unit="unit", disable=not progress)
-            loggers = [logging.root, logging.getLogger("quantus_roar")]
+    ex = get_executor(executor, address=ray_address)
+    try:
+        with folder.lock():
+            staging = None
             try:
-                with logging_redirect_tqdm(loggers=loggers):
-                    _work(ctx, units, bar, store, fp, done, summary, verbose, after_commit)
+                if data is None:
+                    data, staging = _load_streamed(config, out)
+                    factory = checked_model_factory(config.model, data)
+                if fresh:
+                    folder.clear(keep=[staging] if staging is not None else ())
+                if staging is not None:
+                    _move_staged(data, staging, out)
             finally:
-                bar.close()
-        finally:
-            if ex is not executor:
-                ex.close()
-    summary.wall_s = time.perf_counter() - t0
-    if report:
-        from quantus_roar.benchmark.report import build_report
+                if staging is not None:
+                    shutil.rmtree(staging, ignore_errors=True)
+            fp, description = fingerprint(config, data.digest, device.type)
+            with ResultStore(out) as store:
+                store.claim(fp, description)
+                write_text(out / "config.toml", config.to_toml())
+                ctx = _Context(config, out, data, device, progress, ex, factory)
+                done = store.done()
+                units = list(_plan(ctx))
+                if "model-randomisation" in config.metrics:
+                    modules = dict(ctx.model.named_modules())
+                    store.set_meta("layers", ctx.layers)
+                    store.set_meta("layer_types",
+                                   {n: type(modules[n]).__name__ for n in ctx.layers})
+                store.set_meta("classes", data.classes)
+                store.set_meta("expected_cells", sum(len(u.keys) for u in units))
+                ctx.save_examples()
+                bar = tqdm(units, desc="benchmark", unit="unit", disable=not progress)
+                loggers = [logging.root, logging.getLogger("quantus_roar")]
+                try:
+                    with logging_redirect_tqdm(loggers=loggers):
+                        _work(ctx, units, bar, store, fp, done, summary, verbose, after_commit)
+                finally:
+                    bar.close()
+            summary.wall_s = time.perf_counter() - t0
+            if report:
+                from quantus_roar.benchmark.report import build_report
 
-        build_report(out)
+                build_report(out)
+    finally:
+        if ex is not executor:
+            ex.close()
     return summary
 
 

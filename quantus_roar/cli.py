@@ -29,12 +29,12 @@ def _percentages(value: str) -> tuple[float, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="quantus-roar",
+        prog="quantus-roar", allow_abbrev=False,
         description="ROAR, KAR, no-retrain deletion and sanity checks of attribution methods.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="run (or resume) a benchmark into an output folder",
+        "run", help="run (or resume) a benchmark into an output folder", allow_abbrev=False,
         description="Run the benchmark grid (estimators x metrics x percentages x seeds). With "
                     "no arguments: digits, SmallCNN, every estimator, all six metrics, 5 "
                     "percentages, 5 retrains, into ./roar-results. Finished cells are stored "
@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
                      "flags given on the command line override it")
     run.add_argument("--dataset", help="digits | synthetic | mnist:ROOT | cifar10:ROOT | "
                      "imagefolder:ROOT (local files, never downloaded)")
-    run.add_argument("--model", help="smallcnn | smallresnet | package.module:factory")
+    run.add_argument("--model", help="smallcnn | smallresnet | package.module:factory (a "
+                     "callable taking in_channels, n_classes and image_size keywords). "
+                     "package.module:factory imports that module and runs its code, like any "
+                     "Python import: name only your own code (python -m puts the current "
+                     "folder first on the import path)")
     run.add_argument("--estimators", type=_csv, help="comma-separated names of "
                      "quantus_roar.ESTIMATORS (default: all)")
     run.add_argument("--metrics", type=_csv, help="comma-separated: roar,kar,roar-noretrain,"
@@ -69,18 +73,21 @@ def _parser() -> argparse.ArgumentParser:
                      help="address of a running Ray cluster, e.g. 127.0.0.1:6379 (default with "
                           "--executor ray: start a local one)")
     run.add_argument("--out", type=Path, default=Path("roar-results"),
-                     help="output folder (default ./roar-results)")
+                     help="output folder (default ./roar-results): new, empty, or one a run "
+                          "created; locked while a run works in it")
     run.add_argument("--quick", action="store_true",
                      help="a small run (4 estimators, 3 percentages, 2 retrains): about 30 s "
                           "on two CPU cores")
     run.add_argument("--fresh", action="store_true",
-                     help="delete the folder's stored results and start anew")
+                     help="delete the folder's stored results, caches and report (only files "
+                          "runs write) and start anew")
     run.add_argument("--verbose", "-v", action="store_true",
                      help="one line per finished cell: its key, values and compute time")
     run.add_argument("--no-progress", action="store_true", dest="no_progress",
                      help="hide progress bars")
     report = sub.add_parser("report", help="rebuild report.md, results.csv and figures from "
-                                           "the stored results, without computing anything")
+                                           "the stored results, without computing anything",
+                            allow_abbrev=False)
     report.add_argument("out", type=Path, help="output folder of a run")
     return parser
 
@@ -98,64 +105,92 @@ def _config(args: argparse.Namespace) -> Any:
     return RunConfig.quick(**overrides) if args.quick else RunConfig(**overrides)
 
 
+_INTERRUPTED = ("quantus-roar: interrupted; finished cells are stored, run the same command "
+                "again to resume.")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+    """Entry point; returns the process exit status.
+
+    0: done; 1: some retraining failed on every retry (a rerun computes it);
+    2: bad input (settings, data, model, output folder, store, Ray address),
+    reported in one line; 130: interrupted. Other exceptions are bugs and
+    propagate with their traceback.
+    """
     args = _parser().parse_args(argv)
-    # The package's own messages (per-cell lines with --verbose, warnings, errors) to stderr,
-    # whatever logging the host process set up.
-    log = logging.getLogger("quantus_roar")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
-    log.propagate = False
     try:
-        return _main(args)
-    finally:
-        log.removeHandler(handler)
-        log.propagate = True
-        log.setLevel(logging.NOTSET)
+        # The package's own messages (per-cell lines with --verbose, warnings, errors) to
+        # stderr, whatever logging the host process set up.
+        log = logging.getLogger("quantus_roar")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+        log.propagate = False
+        try:
+            return _main(args)
+        finally:
+            log.removeHandler(handler)
+            log.propagate = True
+            log.setLevel(logging.NOTSET)
+    except KeyboardInterrupt:
+        print(_INTERRUPTED, file=sys.stderr)
+        return 130
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that report bad input (settings, data, folder, store, cluster), not bugs."""
+    from quantus_roar.benchmark.config import SettingTypeError
+    from quantus_roar.benchmark.datasets import DatasetError
+    from quantus_roar.benchmark.store import ConfigMismatchError
+    from quantus_roar.exceptions import StorageError
+
+    return (ConfigMismatchError, DatasetError, StorageError, FileNotFoundError, ImportError,
+            ValueError, SettingTypeError, ConnectionError)
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror and err.filename is None:
+        return err.strerror  # StorageError(errno, message): the message without "[Errno N]"
+    return str(err) or type(err).__name__
 
 
 def _main(args: argparse.Namespace) -> int:
-    from quantus_roar.benchmark.datasets import DatasetError
-    from quantus_roar.benchmark.store import ConfigMismatchError
-
     try:
-        if args.command == "report":
-            from quantus_roar.benchmark.report import build_report
-
-            path = build_report(args.out)
-            print(f"report: {path}")
-            return 0
-        from quantus_roar.benchmark.runner import run
-        from quantus_roar.retrain import keep_freed_memory
-
-        config = _config(args)
-        keep_freed_memory()  # CPU training reuses freed blocks (see retrain.allocator)
-        if args.ray_address is not None and args.executor != "ray":
-            raise ValueError("--ray-address needs --executor ray.")
-        summary = run(config, args.out, fresh=args.fresh, progress=not args.no_progress,
-                      verbose=args.verbose, executor=args.executor,
-                      ray_address=args.ray_address)
-        print(f"{len(summary.computed)} cells computed, {summary.skipped} already stored, "
-              f"{summary.wall_s:.1f} s. Report: {args.out / 'report.md'}")
-        if summary.failed:
-            for metric, estimator, error in summary.failed:
-                print(f"quantus-roar: {metric} {estimator} failed on every retry: {error}",
-                      file=sys.stderr)
-            print("quantus-roar: run the same command again to compute the missing cells.",
-                  file=sys.stderr)
-            return 1
-        return 0
-    except (ConfigMismatchError, DatasetError, FileNotFoundError, ImportError,
-            ValueError) as err:
-        print(f"quantus-roar: error: {err}", file=sys.stderr)
+        return _command(args)
+    except Exception as err:
+        if not isinstance(err, _input_errors()):
+            raise
+        print(f"quantus-roar: error: {_message(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("quantus-roar: interrupted; finished cells are stored, run the same command "
-              "again to resume.", file=sys.stderr)
-        return 130
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "report":
+        from quantus_roar.benchmark.report import build_report
+
+        path = build_report(args.out)
+        print(f"report: {path}")
+        return 0
+    if args.ray_address is not None and args.executor != "ray":
+        raise ValueError("--ray-address needs --executor ray.")
+    config = _config(args)
+    from quantus_roar.benchmark.runner import run
+    from quantus_roar.retrain import keep_freed_memory
+
+    keep_freed_memory()  # CPU training reuses freed blocks (see retrain.allocator)
+    summary = run(config, args.out, fresh=args.fresh, progress=not args.no_progress,
+                  verbose=args.verbose, executor=args.executor, ray_address=args.ray_address)
+    print(f"{len(summary.computed)} cells computed, {summary.skipped} already stored, "
+          f"{summary.wall_s:.1f} s. Report: {args.out / 'report.md'}")
+    if summary.failed:
+        for metric, estimator, error in summary.failed:
+            print(f"quantus-roar: {metric} {estimator} failed on every retry: {error}",
+                  file=sys.stderr)
+        print("quantus-roar: run the same command again to compute the missing cells.",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
+from quantus_roar._validation import _msg
+
 __all__ = ["RetrainJob", "Retrainer", "RetrainerBase", "fit_score_many", "fit_task"]
 
 
@@ -58,11 +60,49 @@ class RetrainerBase:
         self, jobs: Sequence[RetrainJob | tuple], *, progress: bool = False
     ) -> list[float]:
         """Test accuracy of every job, in order, one ``fit`` and ``score`` at a time."""
-        return _loop(self, jobs, progress)
+        return _loop(self, jobs, progress, f"{type(self).__name__}.fit_score_many")
 
 
-def _loop(retrainer: Any, jobs: Iterable[Any], progress: bool) -> list[float]:
-    jobs = [RetrainJob(*job) for job in jobs]
+def _check_instance(retrainer: Any, owner: str) -> None:
+    """Refuse a retrainer class where an instance belongs."""
+    if isinstance(retrainer, type):
+        name = retrainer.__name__
+        example = ("TorchRetrainer(model)"
+                   if any(c.__name__ == "TorchRetrainer" for c in retrainer.__mro__)
+                   else f"{name}(...)")
+        raise TypeError(_msg("retrainer", owner, "a retrainer instance", f"the class {name}")
+                        + f" Pass an instance, e.g. {example}, not the class itself.")
+
+
+_JOB = "a RetrainJob or a 5-tuple (x_train, y_train, x_test, y_test, seed)"
+
+
+def _as_jobs(jobs: Any, owner: str) -> list[RetrainJob]:
+    """``jobs`` as a list of :class:`RetrainJob`, refusing anything that is not one or a 5-tuple."""
+    expected = "a sequence of RetrainJob or 5-tuples (x_train, y_train, x_test, y_test, seed)"
+    if isinstance(jobs, RetrainJob):
+        raise TypeError(_msg("jobs", owner, expected, "a single RetrainJob")
+                        + " Wrap it in a list: [job].")
+    if isinstance(jobs, (str, bytes, dict)) or not isinstance(jobs, Iterable):
+        raise TypeError(_msg("jobs", owner, expected, type(jobs).__name__))
+    out = []
+    for i, job in enumerate(jobs):
+        if isinstance(job, RetrainJob):
+            out.append(job)
+        elif not isinstance(job, (tuple, list)):
+            raise TypeError(_msg(f"jobs[{i}]", owner, _JOB, f"a {type(job).__name__}"))
+        elif len(job) != 5:
+            raise ValueError(_msg(f"jobs[{i}]", owner, _JOB,
+                                  f"a {type(job).__name__} of length {len(job)}")
+                             + " With torch Datasets as data, pass y_train=None and y_test=None.")
+        else:
+            out.append(RetrainJob(*job))
+    return out
+
+
+def _loop(retrainer: Any, jobs: Iterable[Any], progress: bool,
+          owner: str = "fit_score_many") -> list[float]:
+    jobs = _as_jobs(jobs, owner)
     scores = []
     for job in tqdm(jobs, desc="retraining", disable=not progress, leave=False):
         model = retrainer.fit(job.x_train, job.y_train, seed=job.seed)
@@ -81,8 +121,14 @@ def fit_score_many(
     Raises
     ------
     TypeError
-        If ``retrainer`` has neither ``fit_score_many`` nor ``fit`` and ``score``.
+        If ``retrainer`` is a class rather than an instance, has neither
+        ``fit_score_many`` nor ``fit`` and ``score``, or a job is not a
+        :class:`RetrainJob` or tuple.
+    ValueError
+        If a job tuple does not have five entries.
     """
+    _check_instance(retrainer, "fit_score_many")
+    jobs = _as_jobs(jobs, "fit_score_many")
     method = getattr(retrainer, "fit_score_many", None)
     if callable(method):
         try:
@@ -110,7 +156,19 @@ def fit_task(retrainer: Any, x: Any, y: Any, seed: int, min_accuracy: float | No
     Returns
     -------
     model, train_accuracy
+
+    Raises
+    ------
+    TypeError
+        If ``retrainer`` is a class rather than an instance, or has no ``fit``
+        and ``score`` methods.
     """
+    _check_instance(retrainer, "fit_task")
+    if not (callable(getattr(retrainer, "fit", None))
+            and callable(getattr(retrainer, "score", None))):
+        raise TypeError(_msg("retrainer", "fit_task",
+                             "an object with fit(x, y, *, seed) -> nn.Module and "
+                             "score(model, x, y) -> float methods", type(retrainer).__name__))
     fit_until = getattr(retrainer, "fit_until", None)
     if min_accuracy is not None and callable(fit_until):
         model, acc = fit_until(x, y, seed=seed, min_accuracy=min_accuracy,

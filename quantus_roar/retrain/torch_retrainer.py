@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm.auto import tqdm
 
-from quantus_roar._validation import check_choice, model_device
+from quantus_roar._validation import _msg, check_choice, model_device
 from quantus_roar.exceptions import NotResettableError
-from quantus_roar.retrain.base import RetrainerBase, RetrainJob
+from quantus_roar.retrain.base import RetrainerBase, RetrainJob, _as_jobs
 from quantus_roar.retrain.grouped import grouped_forward, supports_grouped
 
 __all__ = ["TorchRetrainer"]
@@ -28,6 +30,10 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 # Stacked training data of one ensemble group stays below this many bytes on
 # the device unless max_ensemble says otherwise.
 _ENSEMBLE_DATA_BUDGET = 2 * 1024**3
+
+# Seeds are in [0, _SEED_END): the derived seeds (seed + small offsets) stay
+# within the unsigned 64-bit range torch's generators accept.
+_SEED_END = 2**63
 
 
 @dataclass
@@ -41,6 +47,8 @@ class _Group:
     y_val: torch.Tensor | None
     dataset: Dataset | None = None  # the DataLoader path (M == 1)
     val_dataset: Dataset | None = None
+    owner: str = "TorchRetrainer"  # the public method, for errors found in Dataset batches
+    n_classes: int | None = None  # outputs of the model, for labels read from a Dataset
 
     @property
     def n(self) -> int:
@@ -54,6 +62,208 @@ def _is_dataset(v: Any) -> bool:
 def _to_tensor(v: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
     return t.to(device=device, dtype=dtype if dtype is not None else t.dtype)
+
+
+# ---------------------------------------------------------------------- argument checks
+# Each raises with the template of quantus_roar._validation; data checks are
+# one vectorised pass (a sum, min/max or isfinite) over the data.
+
+
+def _check_int(value: Any, name: str, owner: str, minimum: int, *,
+               none_ok: bool = False) -> int | None:
+    if value is None and none_ok:
+        return None
+    expected = ("a positive integer" if minimum == 1 else f"an integer >= {minimum}") + (
+        " or None" if none_ok else "")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(_msg(name, owner, expected, repr(value)))
+    if value < minimum:
+        raise ValueError(_msg(name, owner, expected, repr(value)))
+    return int(value)
+
+
+def _check_real(value: Any, name: str, owner: str, expected: str,
+                ok: Callable[[float], bool]) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) for which ``ok`` holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(_msg(name, owner, expected, repr(value)))
+    v = float(value)
+    if not (math.isfinite(v) and ok(v)):
+        raise ValueError(_msg(name, owner, expected, repr(value)))
+    return v
+
+
+def _check_seed(seed: Any, name: str, owner: str) -> int:
+    expected = "an integer in [0, 2**63)"
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(_msg(name, owner, expected, repr(seed))
+                        + " Pass a whole number, e.g. int(seed) if rounding is intended.")
+    if not 0 <= int(seed) < _SEED_END:
+        raise ValueError(_msg(name, owner, expected, repr(seed))
+                         + " Map a larger or negative seed into range, e.g. seed % 2**63.")
+    return int(seed)
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+_DATA = "a torch.Tensor, a numpy.ndarray, a numeric sequence or a map-style torch Dataset"
+
+
+def _as_view(v: Any, name: str, owner: str, expected: str = _DATA) -> torch.Tensor:
+    """``v`` as a tensor, sharing memory with numpy input where torch can (no copy)."""
+    if isinstance(v, torch.Tensor):
+        t = v
+    else:
+        if v is None or isinstance(v, (str, bytes, dict, set)):
+            raise TypeError(_msg(name, owner, expected,
+                                 "None" if v is None else type(v).__name__))
+        try:
+            arr = np.asarray(v)
+        except (TypeError, ValueError) as err:
+            raise TypeError(_msg(name, owner, expected, f"a {type(v).__name__} that numpy "
+                                 f"cannot read as one array ({err})")) from None
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(_msg(name, owner, expected,
+                                 f"a {type(v).__name__} of dtype {arr.dtype}"))
+        with warnings.catch_warnings():  # read-only arrays are only ever read
+            warnings.filterwarnings("ignore", message=".*not writable", category=UserWarning)
+            try:
+                t = torch.as_tensor(arr)
+            except (TypeError, ValueError, RuntimeError):  # negative strides, byte order
+                t = torch.as_tensor(np.ascontiguousarray(arr, arr.dtype.newbyteorder("=")))
+    if t.is_complex() or t.is_quantized:
+        raise TypeError(_msg(name, owner, "real-valued", f"dtype {t.dtype}"))
+    if t.ndim == 0:
+        raise ValueError(_msg(name, owner, "batch-first, of shape (N, ...)",
+                              f"a scalar ({t.item()!r})"))
+    return t
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if math.isfinite(v) and v == int(v) else repr(v)
+
+
+def _check_labels(y: torch.Tensor, name: str, owner: str, where: str = "",
+                  of: str = "") -> None:
+    """Refuse boolean labels and float labels that are not whole numbers.
+
+    ``of`` starts the expectation when ``name`` is not the labels themselves
+    (``"a Dataset with "``); ``where`` ends what was got (the batch).
+    """
+    if y.dtype == torch.bool:
+        raise TypeError(_msg(name, owner, f"{of}integer class labels", f"boolean labels{where}")
+                        + " Convert them with y.long() if False and True are classes 0 and 1.")
+    if y.is_floating_point():
+        bad = y != y.trunc()  # also NaN
+        if bool(bad.any()):
+            examples = [float(v) for v in y[bad][:5].tolist()]
+            raise ValueError(
+                _msg(name, owner, f"{of}integer class labels",
+                     f"{int(bad.sum())} float label(s) that are not whole numbers{where}, e.g. "
+                     f"{examples}")
+                + " Labels are class indices 0..K-1 for cross-entropy; they would be truncated. "
+                "Pass integer labels (soft labels and regression targets are not supported).")
+
+
+def _check_label_range(y: torch.Tensor, n_classes: int, name: str, owner: str,
+                       where: str = "", of: str = "") -> None:
+    lo, hi = torch.aminmax(y if y.dtype != torch.uint64 else y.to(torch.float64))
+    lo, hi = float(lo), float(hi)
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(
+            _msg(name, owner,
+                 f"{of}labels in [0, {n_classes}) for a model with {n_classes} outputs",
+                 f"labels from {_fmt(lo)} to {_fmt(hi)}{where}")
+            + f" Give the model's last layer one output per class, or map the labels to "
+            f"0..{n_classes - 1}.")
+
+
+def _check_finite(x: torch.Tensor, name: str, owner: str, where: str = "",
+                  items: Callable[[list[int]], list[int]] | None = None) -> None:
+    """Refuse NaN or inf in ``x`` (after the cast to float32 used for training)."""
+    if not x.is_floating_point():
+        return
+    if bool(torch.isfinite(x.sum(dtype=torch.float32))):  # one reduction, no allocation
+        return
+    x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
+    bad = ~torch.isfinite(x32)
+    if not bool(bad.any()):  # the sum overflowed; every value is finite
+        return
+    bad_rows = torch.nonzero(bad.reshape(len(bad), -1).any(dim=1)).flatten()
+    rows = bad_rows[:5].tolist()
+    note = ""
+    if x.dtype == torch.float64 and bool(torch.isfinite(x[bad_rows]).all()):
+        note = " (finite in float64 but beyond the float32 range used for training)"
+    raise ValueError(
+        _msg(name, owner, "finite (no NaN or inf)",
+             f"{int(bad.sum())} non-finite value(s) in {len(bad_rows)} sample(s){where}{note}, "
+             f"first in sample(s) {items(rows) if items else rows}")
+        + " One such input turns every weight of a model trained on it into NaN; drop or "
+        "repair those samples (e.g. torch.nan_to_num) first.")
+
+
+def _check_data(x: Any, y: Any, owner: str, x_name: str = "x",
+                y_name: str = "y") -> tuple[Any, torch.Tensor | None]:
+    """``x`` (as a tensor, or the Dataset) and ``y`` as a tensor, after every check that
+    needs no model: types, shapes, lengths, label values and finite inputs."""
+    if _is_dataset(x):
+        if isinstance(x, IterableDataset):
+            raise TypeError(_msg(x_name, owner, "a map-style torch Dataset (with __len__ and "
+                                 "__getitem__)", f"an IterableDataset ({type(x).__name__})"))
+        if y is not None:
+            raise ValueError(_msg(y_name, owner, "None when '" + x_name + "' is a torch Dataset",
+                                  f"a {type(y).__name__}")
+                             + " The Dataset yields (input, label) pairs: pass y=None.")
+        if len(x) == 0:
+            raise ValueError(_msg(x_name, owner, "a non-empty Dataset", "an empty Dataset"))
+        return x, None
+    x_t = _as_view(x, x_name, owner)
+    n = len(x_t)
+    if n == 0:
+        raise ValueError(_msg(x_name, owner, "non-empty", f"0 samples (shape {tuple(x_t.shape)})")
+                         + " Check the split or filter that produced it.")
+    if y is None:
+        raise TypeError(_msg(y_name, owner, "integer class labels of shape (N,)", "None")
+                        + f" Pass y=None only with a torch Dataset as '{x_name}'.")
+    y_t = _as_view(y, y_name, owner, "integer class labels (a torch.Tensor, numpy.ndarray or "
+                   "sequence) of shape (N,)")
+    if y_t.ndim != 1:
+        hint = (" For one-hot labels pass y.argmax(1)." if y_t.ndim == 2 and y_t.shape[1] > 1
+                else " Flatten it to one label per sample." if y_t.ndim == 2 else "")
+        raise ValueError(_msg(y_name, owner, f"of shape (N,) = ({n},), one label per sample",
+                              f"shape {tuple(y_t.shape)}") + hint)
+    if len(y_t) != n:
+        raise ValueError(_msg(y_name, owner, f"one label per sample of '{x_name}' ({n} labels)",
+                              f"{len(y_t)} labels for {n} inputs")
+                         + " Pass as many labels as inputs; nothing is dropped silently.")
+    _check_labels(y_t, y_name, owner)
+    _check_finite(x_t, x_name, owner)
+    return x_t, y_t
+
+
+def _root_index(ds: Dataset, i: int) -> int:
+    """Index ``i`` of ``ds`` as an index of the Dataset a (nested) Subset was made from."""
+    while isinstance(ds, Subset):
+        i, ds = int(ds.indices[i]), ds.dataset
+    return i
+
+
+def _check_batch(xb: Any, yb: Any, n_classes: int | None, owner: str, x_name: str,
+                 where: str, ds: Dataset, positions: Sequence[int]) -> None:
+    """The checks of :func:`_check_data` on one mini-batch read from ``ds`` at ``positions``."""
+    if not isinstance(yb, torch.Tensor) or yb.ndim != 1 or not isinstance(xb, torch.Tensor):
+        labels = (f"shape {tuple(yb.shape)}" if isinstance(yb, torch.Tensor)
+                  else type(yb).__name__)
+        raise ValueError(_msg(x_name, owner, "a Dataset of (input, label) pairs with one integer "
+                              "label per input", f"batches of {type(xb).__name__} inputs and "
+                              f"labels of {labels}{where}"))
+    _check_labels(yb, x_name, owner, where, "a Dataset with ")
+    if n_classes is not None:
+        _check_label_range(yb, n_classes, x_name, owner, where, "a Dataset with ")
+    _check_finite(xb, x_name, owner, where,
+                  lambda rows: [_root_index(ds, positions[r]) for r in rows])
 
 
 class TorchRetrainer(RetrainerBase):
@@ -71,24 +281,32 @@ class TorchRetrainer(RetrainerBase):
     Parameters
     ----------
     model : torch.nn.Module, optional
-        Template whose architecture is copied. Its weights are not used.
+        Template whose architecture is copied. Its weights are not used, but
+        it must hold data (not be on the ``meta`` device). Its outputs are the
+        class logits, one per class.
     model_fn : callable, optional
         Zero-argument factory of a fresh model; use it when a module of the
         template has parameters but no ``reset_parameters``.
     epochs : int, default 12
-        Passes over the training data.
+        Passes over the training data (a positive integer, not a bool).
     batch_size : int, default 64
     optimizer : {"adam", "sgd"}, default "adam"
         Adam (``weight_decay`` as L2, as torch's Adam) or SGD with ``momentum``.
     lr : float, default 1e-2
-        (Peak) learning rate.
+        (Peak) learning rate, finite and > 0.
     weight_decay : float, default 0.0
+        Finite and >= 0.
     momentum : float, default 0.9
-        SGD momentum (ignored by Adam).
+        SGD momentum in [0, 1), constant through every schedule (ignored by
+        Adam).
     schedule : {None, "onecycle", "cosine", "step"}, default "onecycle"
         Learning-rate schedule, stepped after every mini-batch. ``"step"``
-        divides the rate by 10 after each third of training.
+        divides the rate by 10 after each third of training. ``"onecycle"``
+        is torch's ``OneCycleLR``; with Adam it also cycles Adam's ``beta1``
+        between 0.95 and 0.85 (torch's default ``cycle_momentum=True``, part of
+        the default recipe), while SGD keeps its ``momentum`` as given.
     label_smoothing : float, default 0.0
+        In [0, 1).
     augment : callable, optional
         ``augment(x_batch, generator) -> x_batch`` on whole mini-batches on the
         device. In the ensemble path it receives the batches of all models
@@ -103,11 +321,24 @@ class TorchRetrainer(RetrainerBase):
         Most models trained at once. Default: all jobs with the same data
         shapes, as long as their stacked training data stays below 2 GiB.
     validation_split : float, default 0.0
-        Fraction of each job's training data held out (seeded by the job's
-        seed) to select the epoch with the best validation accuracy. The test
-        data is never used for any choice.
+        Fraction in [0, 1) of each job's training data held out (seeded by the
+        job's seed) to select the epoch with the best validation accuracy. The
+        test data is never used for any choice.
     num_workers : int, default 0
         DataLoader workers for training data given as a torch ``Dataset``.
+
+    Raises
+    ------
+    TypeError
+        If a number parameter has the wrong type (bools are not integers) or
+        ``augment`` is not callable.
+    ValueError
+        If a number parameter is out of range or not finite, the model is on
+        the ``meta`` device, or it is not given exactly one of ``model`` and
+        ``model_fn``.
+    NotResettableError
+        If a module of the template has parameters but no
+        ``reset_parameters``.
 
     Notes
     -----
@@ -127,6 +358,16 @@ class TorchRetrainer(RetrainerBase):
     :meth:`fit`, :meth:`score` and in jobs: it is read through a
     ``DataLoader`` one mini-batch at a time, in the same seeded order as
     in-memory data, one model at a time.
+
+    Inputs and seeds are checked before any training, with one vectorised
+    pass over the data: one label per input, labels whole numbers in
+    ``[0, K)`` for a model with ``K`` outputs (found by one forward pass of a
+    fresh model on two inputs, once per input shape), finite inputs (after
+    the cast to float32), non-empty data and seeds in ``[0, 2**63)``.
+    :meth:`fit_many` and :meth:`fit_score_many` check every job first. A
+    Dataset cannot be checked up front: each of its mini-batches is checked
+    as it is read, so a bad sample stops training at its batch, with the
+    Dataset's index of the sample in the message.
 
     References
     ----------
@@ -165,42 +406,47 @@ class TorchRetrainer(RetrainerBase):
         if model_fn is not None and not callable(model_fn):
             raise TypeError(f"The 'model_fn' parameter of {owner} must be callable. Got "
                             f"{type(model_fn).__name__} instead.")
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"The '{name}' parameter of {owner} must be a positive integer. "
-                                 f"Got {value!r} instead.")
-        if max_ensemble is not None and (not isinstance(max_ensemble, int) or max_ensemble < 1):
-            raise ValueError(f"The 'max_ensemble' parameter of {owner} must be a positive integer "
-                             f"or None. Got {max_ensemble!r} instead.")
-        if not lr > 0:
-            raise ValueError(f"The 'lr' parameter of {owner} must be > 0. Got {lr!r} instead.")
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"The 'validation_split' parameter of {owner} must be in [0, 1). Got "
-                             f"{validation_split!r} instead.")
+        if model is not None and _on_meta(model):
+            raise ValueError(_msg("model", owner, "a model with data",
+                                  "a model with tensors on the meta device (no data)")
+                             + " Materialise it first, e.g. model.to_empty(device='cpu') (its "
+                             "weights are re-initialised anyway), or build it on a real device.")
+        self.epochs = _check_int(epochs, "epochs", owner, 1)
+        self.batch_size = _check_int(batch_size, "batch_size", owner, 1)
+        self.max_ensemble = _check_int(max_ensemble, "max_ensemble", owner, 1, none_ok=True)
+        self.num_workers = _check_int(num_workers, "num_workers", owner, 0)
+        self.lr = _check_real(lr, "lr", owner, "a finite number > 0", lambda v: v > 0)
+        self.weight_decay = _check_real(weight_decay, "weight_decay", owner,
+                                        "a finite number >= 0", lambda v: v >= 0)
+        self.momentum = _check_real(momentum, "momentum", owner, "a number in [0, 1)",
+                                    lambda v: 0 <= v < 1)
+        self.label_smoothing = _check_real(label_smoothing, "label_smoothing", owner,
+                                           "a number in [0, 1)", lambda v: 0 <= v < 1)
+        self.validation_split = _check_real(validation_split, "validation_split", owner,
+                                            "a number in [0, 1)", lambda v: 0 <= v < 1)
         check_choice(optimizer, "optimizer", owner, ("adam", "sgd"))
         check_choice(schedule, "schedule", owner, (None, "onecycle", "cosine", "step"))
         check_choice(ensemble, "ensemble", owner, ("auto", True, False))
+        if augment is not None and not callable(augment):
+            raise TypeError(_msg("augment", owner, "callable (x_batch, generator) -> x_batch, "
+                                 "or None", type(augment).__name__))
         self.model = model
         self.model_fn = model_fn
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
         self.optimizer = optimizer
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.momentum = float(momentum)
         self.schedule = schedule
-        self.label_smoothing = float(label_smoothing)
         self.augment = augment
         self.ensemble = ensemble
-        self.max_ensemble = max_ensemble
-        self.validation_split = float(validation_split)
-        self.num_workers = int(num_workers)
         self.device = (model_device(model, device) if model is not None
                        else torch.device(device if device is not None else "cpu"))
+        if self.device.type == "meta":
+            raise ValueError(_msg("device", owner, "a device that holds data (e.g. 'cpu', "
+                                  "'cuda')", "'meta'"))
         if model is not None:
             self._check_resettable(model)
         # Probe results per per-sample input shape (None: no input tried).
         self._batchable: dict[tuple[int, ...] | None, tuple[bool, str]] = {}
+        # Outputs (classes) of a fresh model per per-sample input shape.
+        self._outputs: dict[tuple[int, ...], int] = {}
 
     # ------------------------------------------------------------------ models
 
@@ -218,6 +464,7 @@ class TorchRetrainer(RetrainerBase):
 
     def new_model(self, seed: int) -> nn.Module:
         """A freshly initialised model on the retrainer's device; same seed, same weights."""
+        seed = _check_seed(seed, "seed", "TorchRetrainer.new_model")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if self.model_fn is not None:
@@ -225,6 +472,12 @@ class TorchRetrainer(RetrainerBase):
                 if not isinstance(model, nn.Module):
                     raise TypeError("The 'model_fn' of TorchRetrainer must return a "
                                     f"torch.nn.Module. Got {type(model).__name__} instead.")
+                if _on_meta(model):
+                    raise ValueError(
+                        "The 'model_fn' of TorchRetrainer must return a model with data. Got a "
+                        "model with tensors on the meta device (no data) instead. Build it on a "
+                        "real device in model_fn, or materialise it there, e.g. "
+                        "model.to_empty(device='cpu') followed by reset_parameters().")
             else:
                 model = copy.deepcopy(self.model).cpu()  # type: ignore[union-attr]
                 for module in model.modules():
@@ -269,6 +522,63 @@ class TorchRetrainer(RetrainerBase):
             return False, f"torch.func.vmap cannot run it ({type(err).__name__}: {err})"
         return True, ""
 
+    def _n_outputs(self, x: Any, owner: str, x_name: str) -> int:
+        """Outputs (classes) of a fresh model: one forward pass in eval mode on two samples of
+        ``x`` (a tensor or Dataset), cached per sample shape."""
+        if _is_dataset(x):
+            batch = next(iter(DataLoader(x, batch_size=min(2, len(x)))))
+            if not (isinstance(batch, (list, tuple)) and len(batch) == 2
+                    and isinstance(batch[0], torch.Tensor)):
+                raise ValueError(_msg(x_name, owner, "a Dataset of (input, label) pairs",
+                                      f"a {type(x).__name__} whose first items collate to a "
+                                      f"{type(batch).__name__}"
+                                      + (f" of {len(batch)}" if isinstance(batch, (list, tuple))
+                                         else "")))
+            xb = batch[0]
+        else:
+            xb = x[:2]
+        key = tuple(xb.shape[1:])
+        if key not in self._outputs:
+            model = self.new_model(0).eval()
+            devices = [self.device] if self.device.type == "cuda" else []
+            try:
+                with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                    out = model(xb.to(self.device, torch.float32))
+            except Exception as err:
+                raise ValueError(f"{owner} could not run a fresh model on {len(xb)} sample(s) of "
+                                 f"'{x_name}' of shape {tuple(xb.shape)}: {type(err).__name__}: "
+                                 f"{err}. Check that the data has the input shape the model "
+                                 "expects.") from err
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 or len(out) != len(xb):
+                got = (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+                       else f"a {type(out).__name__}")
+                raise ValueError(f"TorchRetrainer trains classifiers with cross-entropy: the model "
+                                 f"must return logits of shape (batch, n_classes). On {len(xb)} "
+                                 f"sample(s) of '{x_name}' of shape {tuple(xb.shape)} it returned "
+                                 f"{got}.")
+            self._outputs[key] = int(out.shape[1])
+        return self._outputs[key]
+
+    def _checked(self, x: Any, y: Any, owner: str, x_name: str = "x", y_name: str = "y", *,
+                 train: bool) -> tuple[Any, torch.Tensor | None, int]:
+        """One ``(x, y)`` pair checked for ``owner``: :func:`_check_data`, room for training
+        data after ``validation_split`` (``train``), and labels against the model's outputs.
+
+        Returns ``x`` (a tensor view or the Dataset), ``y`` and the number of classes.
+        """
+        x, y = _check_data(x, y, owner, x_name, y_name)
+        if train and self.validation_split:
+            n = len(x)
+            if n - round(self.validation_split * n) < 1:
+                raise ValueError(_msg(x_name, owner, "large enough to keep training samples after "
+                                      f"validation_split={self.validation_split}",
+                                      f"{n} sample(s), all held out for validation")
+                                 + " Pass more samples or a smaller validation_split.")
+        n_classes = self._n_outputs(x, owner, x_name)
+        if y is not None:
+            _check_label_range(y, n_classes, y_name, owner)
+        return x, y, n_classes
+
     # ------------------------------------------------------------------ training
 
     def _optimizer(self, params: Sequence[torch.Tensor], steps: int):
@@ -280,7 +590,11 @@ class TorchRetrainer(RetrainerBase):
                                   weight_decay=self.weight_decay)
         sched: Any = None
         if self.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps)
+            # Adam: torch's default cycles beta1 between 0.95 and 0.85 (the published recipe).
+            # SGD: the momentum stays as given; cycling would overwrite it.
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=self.lr, total_steps=steps,
+                cycle_momentum=self.optimizer == "adam")
         elif self.schedule == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         elif self.schedule == "step":
@@ -296,7 +610,7 @@ class TorchRetrainer(RetrainerBase):
         perm = torch.randperm(len(x), generator=g).to(x.device)
         return x[perm[n_val:]], y[perm[n_val:]], x[perm[:n_val]], y[perm[:n_val]]
 
-    def _prepare_dataset(self, job: RetrainJob) -> _Group:
+    def _prepare_dataset(self, job: RetrainJob, owner: str, n_classes: int | None) -> _Group:
         ds = job.x_train
         if job.y_train is not None:
             raise ValueError("TorchRetrainer: with a torch Dataset as training data, pass "
@@ -309,7 +623,8 @@ class TorchRetrainer(RetrainerBase):
             g = torch.Generator().manual_seed(job.seed + 7919)
             perm = torch.randperm(len(ds), generator=g).tolist()
             ds, val = Subset(ds, perm[n_val:]), Subset(ds, perm[:n_val])
-        return _Group([job], None, None, None, None, dataset=ds, val_dataset=val)
+        return _Group([job], None, None, None, None, dataset=ds, val_dataset=val, owner=owner,
+                      n_classes=n_classes)
 
     def _loader(self, ds: Dataset, batch_size: int, order: list[int] | None = None) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, sampler=order, shuffle=False,
@@ -318,7 +633,11 @@ class TorchRetrainer(RetrainerBase):
     def _batches(self, group: _Group, perms: torch.Tensor):
         """One epoch of mini-batches (M, B, ...), (M, B) in the order of ``perms``."""
         if group.dataset is not None:
-            for xb, yb in self._loader(group.dataset, self.batch_size, perms[0].tolist()):
+            ds, order, b = group.dataset, perms[0].tolist(), self.batch_size
+            for k, (xb, yb) in enumerate(self._loader(ds, b, order)):
+                _check_batch(xb, yb, group.n_classes, group.owner, "x",
+                             f" in training batch {k} read from the Dataset", ds,
+                             order[k * b : k * b + len(yb)])
                 yield (xb.to(self.device, torch.float32, non_blocking=True)[None],
                        yb.to(self.device, torch.long, non_blocking=True)[None])
             return
@@ -327,9 +646,10 @@ class TorchRetrainer(RetrainerBase):
             idx = perms[:, start : start + self.batch_size]
             yield group.x[rows, idx], group.y[rows, idx]  # type: ignore[index]
 
-    def _prepare(self, jobs: list[RetrainJob]) -> _Group:
+    def _prepare(self, jobs: list[RetrainJob], owner: str = "TorchRetrainer",
+                 n_classes: int | None = None) -> _Group:
         if _is_dataset(jobs[0].x_train):
-            return self._prepare_dataset(jobs[0])
+            return self._prepare_dataset(jobs[0], owner, n_classes)
         xs, ys, xvs, yvs = [], [], [], []
         for job in jobs:
             x = _to_tensor(job.x_train, self.device, torch.float32)
@@ -394,9 +714,10 @@ class TorchRetrainer(RetrainerBase):
                     if stacked:
                         self._unstack(params, buffers, models)
                     for i, model in enumerate(models):
-                        acc = (self.score(model, group.val_dataset, None)
+                        acc = (self._score(model, group.val_dataset, None, group.owner)
                                if group.val_dataset is not None
-                               else self.score(model, group.x_val[i], group.y_val[i]))  # type: ignore[index]
+                               else self._score(model, group.x_val[i], group.y_val[i],  # type: ignore[index]
+                                                group.owner, checked=True))
                         model.train()
                         if acc > best_acc[i]:
                             best_acc[i] = acc
@@ -427,13 +748,35 @@ class TorchRetrainer(RetrainerBase):
         ----------
         x : tensor or array of shape (N, ...), or torch Dataset
             Inputs, or a Dataset of (input, label) pairs read through a DataLoader.
+            Any real dtype; trained in float32.
         y : tensor or array of shape (N,), integer class labels
+            In [0, K) for a model with K outputs; floats only if whole numbers.
             ``None`` when ``x`` is a Dataset.
         seed : int
-            Seeds initialisation, batch order, dropout and the validation split.
+            In [0, 2**63). Seeds initialisation, batch order, dropout and the
+            validation split.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` or ``y`` is not numeric data, ``y`` is boolean, or
+            ``seed`` is not an integer.
+        ValueError
+            If ``x`` is empty or holds NaN/inf, ``y`` does not have one label
+            per input, holds non-integer values or labels outside [0, K), the
+            model does not run on ``x``, or ``seed`` is out of range. All
+            raised before any training; a Dataset's batches are checked as
+            they are read.
         """
-        job = RetrainJob(x, y, None, None, int(seed))
-        return self._train(self._prepare([job]), [self.new_model(job.seed)], stacked=False)[0]
+        owner = "TorchRetrainer.fit"
+        seed = _check_seed(seed, "seed", owner)
+        x, y, n_classes = self._checked(x, y, owner, train=True)
+        return self._fit(x, y, seed, n_classes, owner)
+
+    def _fit(self, x: Any, y: Any, seed: int, n_classes: int, owner: str) -> nn.Module:
+        job = RetrainJob(x, y, None, None, seed)
+        return self._train(self._prepare([job], owner, n_classes), [self.new_model(job.seed)],
+                           stacked=False)[0]
 
     def fit_until(self, x: Any, y: Any, *, seed: int, min_accuracy: float,
                   max_epochs: int) -> tuple[nn.Module, float]:
@@ -448,29 +791,56 @@ class TorchRetrainer(RetrainerBase):
         -------
         model, train_accuracy
             The last model trained and its accuracy on ``(x, y)``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`fit`, and if ``min_accuracy`` is not in [0, 1] or
+            ``max_epochs`` is not a positive integer.
         """
-        if not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
-            raise ValueError("The 'max_epochs' parameter of TorchRetrainer.fit_until must be a "
-                             f"positive integer. Got {max_epochs!r} instead.")
-        epochs = min(self.epochs, int(max_epochs))
+        owner = "TorchRetrainer.fit_until"
+        seed = _check_seed(seed, "seed", owner)
+        # 0 is allowed: it keeps the first model trained with the recipe's epochs
+        min_accuracy = _check_real(min_accuracy, "min_accuracy", owner,
+                                   "a training accuracy in [0, 1]", lambda v: 0 <= v <= 1)
+        max_epochs = _check_int(max_epochs, "max_epochs", owner, 1)  # type: ignore[assignment]
+        x, y, n_classes = self._checked(x, y, owner, train=True)
+        epochs = min(self.epochs, max_epochs)
         while True:
             attempt = copy.copy(self)
             attempt.epochs = epochs
-            model = attempt.fit(x, y, seed=seed)
-            accuracy = attempt.score(model, x, y)
+            model = attempt._fit(x, y, seed, n_classes, owner)
+            accuracy = attempt._score(model, x, y, owner, checked=True)
             if accuracy >= min_accuracy or epochs >= max_epochs:
                 return model, accuracy
-            epochs = min(int(max_epochs), 2 * epochs)
+            epochs = min(max_epochs, 2 * epochs)
+
+    def score(self, model: nn.Module, x: Any, y: Any) -> float:
+        """Accuracy of ``model`` on ``(x, y)`` (or a Dataset ``x`` with ``y=None``), in batches.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For the data as :meth:`fit`, with ``K`` the number of outputs of
+            ``model``; a Dataset's batches are checked as they are read.
+        """
+        owner = "TorchRetrainer.score"
+        x, y = _check_data(x, y, owner)
+        return self._score(model, x, y, owner)
 
     @torch.no_grad()
-    def score(self, model: nn.Module, x: Any, y: Any) -> float:
-        """Accuracy of ``model`` on ``(x, y)`` (or a Dataset ``x`` with ``y=None``), in batches."""
+    def _score(self, model: nn.Module, x: Any, y: Any, owner: str, x_name: str = "x",
+               y_name: str = "y", *, checked: bool = False) -> float:
+        """:meth:`score` of data :func:`_check_data` passed; ``checked``: the labels' range too."""
         model.eval()
         if _is_dataset(x):
-            correct, total = 0, 0
-            for xb, yb in self._loader(x, max(self.batch_size, 256)):
-                pred = model(xb.to(self.device, torch.float32)).argmax(1)
-                correct += int((pred == yb.to(self.device)).sum())
+            correct, total, b = 0, 0, max(self.batch_size, 256)
+            for k, (xb, yb) in enumerate(self._loader(x, b)):
+                where = f" in batch {k} read from the Dataset"
+                _check_batch(xb, yb, None, owner, x_name, where, x, range(k * b, k * b + len(yb)))
+                logits = model(xb.to(self.device, torch.float32))
+                _check_label_range(yb, logits.shape[1], x_name, owner, where, "a Dataset with ")
+                correct += int((logits.argmax(1) == yb.to(self.device)).sum())
                 total += len(yb)
             return correct / max(1, total)
         x_t = _to_tensor(x, self.device, torch.float32)
@@ -478,13 +848,48 @@ class TorchRetrainer(RetrainerBase):
         correct = 0
         for start in range(0, len(x_t), 1024):
             logits = model(x_t[start : start + 1024])
+            if start == 0 and not checked:
+                _check_label_range(y, logits.shape[1], y_name, owner)
             correct += int((logits.argmax(1) == y_t[start : start + 1024]).sum())
         return correct / max(1, len(x_t))
 
+    def _check_jobs(self, jobs: Any, owner: str, *,
+                    with_test: bool) -> tuple[list[RetrainJob], list[int]]:
+        """Every job checked as :meth:`fit` checks its data, before any is trained; the test
+        data too when ``with_test``. Returns the jobs with tensor data and their class counts."""
+        out, classes = [], []
+        for i, job in enumerate(_as_jobs(jobs, owner)):
+            name = f"jobs[{i}]"
+            seed = _check_seed(job.seed, f"{name}.seed", owner)
+            x, y, n_classes = self._checked(job.x_train, job.y_train, owner, f"{name}.x_train",
+                                            f"{name}.y_train", train=True)
+            x_te, y_te = job.x_test, job.y_test
+            if with_test:
+                x_te, y_te = _check_data(x_te, y_te, owner, f"{name}.x_test", f"{name}.y_test")
+                if (isinstance(x, torch.Tensor) and isinstance(x_te, torch.Tensor)
+                        and x_te.shape[1:] != x.shape[1:]):
+                    raise ValueError(_msg(f"{name}.x_test", owner, "samples of the shape of "
+                                          f"{name}.x_train's, {tuple(x.shape[1:])}",
+                                          f"samples of shape {tuple(x_te.shape[1:])}"))
+                if y_te is not None:
+                    _check_label_range(y_te, n_classes, f"{name}.y_test", owner)
+            out.append(RetrainJob(x, y, x_te, y_te, seed))
+            classes.append(n_classes)
+        return out, classes
+
     def fit_many(self, jobs: Sequence[RetrainJob | tuple], *,
                  progress: bool = False) -> list[nn.Module]:
-        """Train one model per job (its test data is not used); ensemble path when possible."""
-        jobs = [RetrainJob(*job) for job in jobs]
+        """Train one model per job (its test data is not used); ensemble path when possible.
+
+        Every job's training data and seed are checked as in :meth:`fit` before
+        the first model is trained.
+        """
+        owner = "TorchRetrainer.fit_many"
+        checked, classes = self._check_jobs(jobs, owner, with_test=False)
+        return self._fit_many(checked, classes, progress, owner)
+
+    def _fit_many(self, jobs: list[RetrainJob], classes: list[int], progress: bool,
+                  owner: str) -> list[nn.Module]:
         streamed = any(_is_dataset(job.x_train) for job in jobs)
         stacked = len(jobs) > 1 and not streamed and self._use_ensemble(jobs[0].x_train)
         out: list[nn.Module | None] = [None] * len(jobs)
@@ -493,7 +898,8 @@ class TorchRetrainer(RetrainerBase):
         for group in groups:
             sub = [jobs[i] for i in group]
             models = [self.new_model(job.seed) for job in sub]
-            trained = self._train(self._prepare(sub), models, stacked=stacked and len(sub) > 1)
+            trained = self._train(self._prepare(sub, owner, classes[group[0]]), models,
+                                  stacked=stacked and len(sub) > 1)
             for i, model in zip(group, trained, strict=True):
                 out[i] = model
             bar.update(len(group))
@@ -502,11 +908,18 @@ class TorchRetrainer(RetrainerBase):
 
     def fit_score_many(self, jobs: Sequence[RetrainJob | tuple], *,
                        progress: bool = False) -> list[float]:
-        """Test accuracy of every job, in order, training many models at once when possible."""
-        jobs = [RetrainJob(*job) for job in jobs]
-        models = self.fit_many(jobs, progress=progress)
-        return [self.score(model, job.x_test, job.y_test)
-                for model, job in zip(models, jobs, strict=True)]
+        """Test accuracy of every job, in order, training many models at once when possible.
+
+        Every job's training and test data and seed are checked as in
+        :meth:`fit` before the first model is trained (a Dataset's batches as
+        they are read).
+        """
+        owner = "TorchRetrainer.fit_score_many"
+        checked, classes = self._check_jobs(jobs, owner, with_test=True)
+        models = self._fit_many(checked, classes, progress, owner)
+        return [self._score(model, job.x_test, job.y_test, owner, f"jobs[{i}].x_test",
+                            f"jobs[{i}].y_test", checked=True)
+                for i, (model, job) in enumerate(zip(models, checked, strict=True))]
 
     def _use_ensemble(self, x_example: Any) -> bool:
         if self.ensemble is False:

@@ -43,9 +43,8 @@ from quantus_roar.removal import (
     IMPUTERS,
     ORDERS,
     REDUCES,
+    Removal,
     channel_means,
-    impute,
-    removal_masks,
 )
 from quantus_roar.retrain.base import RetrainJob, fit_score_many
 
@@ -173,26 +172,6 @@ def _check_removal_args(order: str, granularity: str, reduce: str, imputer: str,
     check_choice(imputer, "imputer", owner, IMPUTERS)
 
 
-def _removal_layout(x: torch.Tensor, a: torch.Tensor, owner: str
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Views of ``x`` and ``a`` in the removal engine's layout (time series as height-1 images)."""
-    if x.ndim not in (2, 3, 4):
-        raise ValueError(f"The 'x' parameter of {owner} must have shape (N, F), (N, C, T) or "
-                         f"(N, C, H, W). Got shape {tuple(x.shape)} instead.")
-    if a.ndim == x.ndim - 1 and x.ndim >= 3:
-        a = a.unsqueeze(1)
-    ok = a.shape[0] == x.shape[0] and a.ndim == x.ndim and a.shape[2:] == x.shape[2:] and (
-        a.shape[1] in (1, x.shape[1]))
-    if not ok:
-        raise ValueError(
-            f"The attributions given to {owner} must have the shape of the inputs "
-            f"{tuple(x.shape)}, or a single channel. Got shape {tuple(a.shape)} instead."
-        )
-    if x.ndim == 3:
-        return x.unsqueeze(2), a.unsqueeze(2)
-    return x, a
-
-
 def removed_inputs(
     x: torch.Tensor | np.ndarray,
     a: torch.Tensor | np.ndarray,
@@ -227,19 +206,9 @@ def removed_inputs(
     removed_fraction : torch.Tensor
         Shape (P,): the share of input values actually replaced, per percentage.
     """
-    owner = "removed_inputs"
-    x_t = as_tensor(x, "x", owner)
-    a_t = as_tensor(a, "a", owner).to(x_t.device)
-    x_r, a_r = _removal_layout(x_t, a_t, owner)
-    masks = removal_masks(a_r, percentages, order=order, granularity=granularity,
-                          reduce=reduce, seed=seed, sample_ids=sample_ids)
-    out = impute(x_r, masks, imputer, stats=stats, seed=seed, sample_ids=sample_ids,
-                 **(imputer_kwargs or {}))
-    n_values = x_r[0].numel() * x_r.shape[0]
-    per_p = masks.reshape(masks.shape[0], masks.shape[1], -1).sum(dim=(1, 2))
-    scale = x_r.shape[1] // masks.shape[2] if masks.ndim == x_r.ndim + 1 else 1
-    fraction = per_p.double() * scale / n_values
-    return out.reshape(out.shape[0], *x_t.shape), fraction
+    rule = Removal.ensure(order=order, granularity=granularity, reduce=reduce, imputer=imputer,
+                          imputer_kwargs=imputer_kwargs, seed=seed, owner="removed_inputs")
+    return rule.apply(x, a, percentages, stats=stats, sample_ids=sample_ids)
 
 
 # --------------------------------------------------------------------------- curves

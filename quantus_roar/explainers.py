@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from quantus_roar._hashing import STREAM_RANDOM, content_keys, hash_keys, mix32
 from quantus_roar._validation import (
     INPUT_HINT,
     check_batch_size,
@@ -37,7 +38,6 @@ from quantus_roar._validation import (
     check_seed,
     model_device,
 )
-from quantus_roar.removal import _hash_keys, _mix32
 
 __all__ = [
     "BASE_METHODS", "CONTROLS", "ESTIMATORS", "NOISE_TYPES", "QUANTUS_ALIASES", "TARGETS",
@@ -74,7 +74,6 @@ QUANTUS_ALIASES: dict[str, str] = {
 #: :func:`explanation_targets`).
 TARGETS: tuple[str, ...] = ("predicted", "label")
 
-_STREAM_RANDOM = 0x2A4D0F17
 # Integrated Gradients options the other methods ignore, so that one
 # explain_func_kwargs dict can serve every estimator of a benchmark.
 _IG_ONLY = frozenset({"n_steps", "baselines", "internal_batch_size"})
@@ -92,13 +91,6 @@ class FunctionalReLUError(TypeError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _content_keys(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit key per sample computed from its values: the same image gets the same key."""
-    bits = x.detach().float().reshape(len(x), -1).contiguous().view(torch.int32).to(torch.int64)
-    pos = _mix32(torch.arange(bits.shape[1], device=x.device, dtype=torch.int64) + 0x9E3779B9)
-    return _mix32((bits & 0xFFFFFFFF) ^ pos).sum(dim=1) & 0xFFFFFFFF
 
 
 class _ReluSpy(TorchFunctionMode):
@@ -165,11 +157,11 @@ def noisy_inputs(x: torch.Tensor, n_samples: int, stdev: float, seed: int) -> to
     """
     dims = tuple(range(1, x.ndim))
     spread = (x.amax(dim=dims, keepdim=True) - x.amin(dim=dims, keepdim=True)) * float(stdev)
-    batch_key = int(_mix32(_content_keys(x).sum() & 0xFFFFFFFF))
+    batch_key = int(mix32(content_keys(x).sum() & 0xFFFFFFFF))
     seed = int(seed)
     # CPU generators use 32 bits of the seed: fold seed and batch key into them.
-    mixed = _mix32(_mix32((seed & 0xFFFFFFFF) ^ 0x51ED5EED) ^ ((seed >> 32) & 0xFFFFFFFF))
-    gen = torch.Generator(device=x.device).manual_seed(int(_mix32(mixed ^ batch_key)))
+    mixed = mix32(mix32((seed & 0xFFFFFFFF) ^ 0x51ED5EED) ^ ((seed >> 32) & 0xFFFFFFFF))
+    gen = torch.Generator(device=x.device).manual_seed(int(mix32(mixed ^ batch_key)))
     noise = torch.randn((n_samples, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
     return x[None] + noise * spread[None]
 
@@ -191,7 +183,7 @@ def _sobel(x: torch.Tensor) -> torch.Tensor:
 
 
 def _random(x: torch.Tensor, seed: int) -> torch.Tensor:
-    keys = _hash_keys(seed, _STREAM_RANDOM, _content_keys(x), x[0].numel())
+    keys = hash_keys(seed, STREAM_RANDOM, content_keys(x), x[0].numel())
     return ((keys.double() + 0.5) / 2.0**32).to(torch.float32).reshape(x.shape)
 
 

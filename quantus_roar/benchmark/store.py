@@ -537,7 +537,11 @@ class OutputFolder:
                 continue
             if not where.is_dir():
                 continue
-            for entry in sorted(os.scandir(where), key=lambda e: e.name):
+            try:
+                entries = sorted(os.scandir(where), key=lambda e: e.name)
+            except OSError as err:
+                raise disk_error(err, where, "read the folder") from err
+            for entry in entries:
                 if entry.name in kept or not pattern.fullmatch(entry.name):
                     continue
                 if entry.is_symlink() or entry.is_file(follow_symlinks=False):

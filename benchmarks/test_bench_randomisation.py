@@ -14,6 +14,7 @@ import quantus
 import torch
 
 import quantus_roar as qr
+from quantus_roar.sanity import SanitySeeds
 
 KW = {"explain_func": qr.explain, "explain_func_kwargs": {"method": "Gradient"}}
 
@@ -35,7 +36,8 @@ def test_model_randomisation_vs_mprt(benchmark, batch_size):
         return ours(model, x, y, a, batch_size=batch_size, **KW)
 
     def run_mprt():
-        mprt = quantus.MPRT(seed=41, abs=False, normalise=False, disable_warnings=True)
+        mprt = quantus.MPRT(seed=SanitySeeds.derive(42).layers - 1, abs=False, normalise=False,
+                            disable_warnings=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return mprt(model=model, x_batch=x, y_batch=y, a_batch=a, device="cpu",

@@ -16,6 +16,7 @@ from torch import nn
 
 import quantus_roar as qr
 from quantus_roar.randomisation import execution_order, fresh_model, randomised_models
+from quantus_roar.sanity import SanitySeeds
 from quantus_roar.similarity import average_ranks, hog, spearman, spearman_abs, ssim
 
 GRADIENT = {"explain_func": qr.explain, "explain_func_kwargs": {"method": "Gradient"}}
@@ -161,7 +162,8 @@ def test_not_resettable_and_missing_explain_func():
 def test_matches_quantus_mprt_per_layer(trained):
     model, _, _, _, x, y = trained
     a = qr.explain(model, x, y, method="Gradient")
-    mprt = quantus.MPRT(seed=41, abs=False, normalise=False, disable_warnings=True)
+    mprt = quantus.MPRT(seed=SanitySeeds.derive(42).layers - 1, abs=False, normalise=False,
+                        disable_warnings=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = mprt(model=model, x_batch=x, y_batch=y, a_batch=a, device="cpu", **GRADIENT)

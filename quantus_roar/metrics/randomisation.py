@@ -13,7 +13,7 @@ from quantus.helpers.enums import DataType, EvaluationCategory, ScoreDirection
 from tqdm.auto import tqdm
 
 from quantus_roar._validation import check_batch_size, check_choice, model_device
-from quantus_roar.curves import retrain_seeds, stratified_split, task_resources
+from quantus_roar.curves import stratified_split, task_resources
 from quantus_roar.executors import LocalExecutor, get_executor
 from quantus_roar.explainers import explanation_targets
 from quantus_roar.metrics._base import (
@@ -27,13 +27,9 @@ from quantus_roar.metrics._base import (
     explain_kwargs,
     retrainer_or_default,
 )
-from quantus_roar.randomisation import (
-    LAYER_ORDERS,
-    execution_order,
-    fresh_model,
-    randomised_models,
-)
+from quantus_roar.randomisation import LAYER_ORDERS, execution_order, fresh_model
 from quantus_roar.retrain.base import fit_task
+from quantus_roar.sanity import SanitySeeds, compare, model_randomisation_steps, permuted_labels
 from quantus_roar.similarity import SIMILARITIES
 
 __all__ = ["DataRandomisation", "ModelRandomisation"]
@@ -103,8 +99,7 @@ class _RandomisationMetric(QuantusRoarMetric):
 
     def _compare(self, step: str, original: torch.Tensor, other: torch.Tensor,
                  rows: list[dict[str, Any]], **info: Any) -> None:
-        for name in self._similarities:
-            values = SIMILARITIES[name](original, other).cpu().numpy()
+        for name, values in compare(original, other, self._similarities).items():
             self.scores.setdefault(name, {})[step] = values
             rows.extend({"similarity": name, "step": step, "sample": i, "value": float(v), **info}
                         for i, v in enumerate(values))
@@ -169,10 +164,12 @@ class ModelRandomisation(_RandomisationMetric):
         The class explained, the same for every model compared: the original
         model's prediction (as the removal metrics), or the label ``y_batch``.
     seed : int, default 0
-        Seeds the re-initialisation: every layer is reset under a forked RNG
-        seeded with ``seed`` (so ``quantus.MPRT(seed=s)`` draws the same
-        weights as ``seed=s + 1``). The ``"floor"`` model and the ceiling's
-        training use seeds derived from it.
+        Every seed of the check derives from it
+        (:class:`quantus_roar.sanity.SanitySeeds`, as the runner's first
+        repeat): each layer is reset under a forked RNG seeded with
+        ``SanitySeeds.derive(seed).layers`` (``quantus.MPRT(seed=L - 1)``
+        draws the same weights as layer seed ``L``); the floor model and the
+        ceiling's training have their own derived seeds.
     abs, normalise, normalise_func, normalise_func_kwargs
         Quantus' preprocessing, applied to every explanation.
     return_aggregate : bool, default False
@@ -303,28 +300,23 @@ class ModelRandomisation(_RandomisationMetric):
         shape = tuple(original.shape)
         self.scores, rows = {}, []
         steps = []
-        models = randomised_models(model, self.layers, self.layer_order, self.seed)
-        bar = tqdm(models, total=len(self.layers), desc="randomising layers",
-                   disable=not self.display_progressbar, leave=False)
-        for i, (layer, changed) in enumerate(bar):
+        seeds = SanitySeeds.derive(self.seed)
+        ceiling = (None if self.retrainer is None
+                   else self.retrainer.fit(train.x, train.y, seed=seeds.ceiling))
+        what = {"floor": "freshly initialised model", "ceiling": "model trained with another seed"}
+        bar = tqdm(model_randomisation_steps(model, self.layers, self.layer_order, seeds,
+                                             ceiling),
+                   total=len(self.layers) + 1 + (ceiling is not None),
+                   desc="randomising layers", disable=not self.display_progressbar, leave=False)
+        for i, (step, changed) in enumerate(bar):
             start = time.perf_counter()
-            a = self._explain(changed, x, y, *ctx, f"model with layer '{layer}' randomised",
+            a = self._explain(changed, x, y, *ctx,
+                              what.get(step, f"model with layer '{step}' randomised"),
                               inputs.channel_last, shape)
-            self._compare(layer, original, a, rows, position=i,
+            position = i if step not in what else (-1 if step == "floor" else -2)
+            self._compare(step, original, a, rows, position=position,
                           time_s=time.perf_counter() - start)
-            steps.append(layer)
-        floor_seed, ceiling_seed = retrain_seeds(self.seed, 2)
-        fresh = fresh_model(model, self.layers, floor_seed)
-        a = self._explain(fresh, x, y, *ctx, "freshly initialised model", inputs.channel_last,
-                          shape)
-        self._compare("floor", original, a, rows, position=-1, time_s=float("nan"))
-        steps.append("floor")
-        if self.retrainer is not None:
-            other = self.retrainer.fit(train.x, train.y, seed=ceiling_seed)
-            a = self._explain(other, x, y, *ctx, "model trained with another seed",
-                              inputs.channel_last, shape)
-            self._compare("ceiling", original, a, rows, position=-2, time_s=float("nan"))
-            steps.append("ceiling")
+            steps.append(step)
         self.results = pd.DataFrame(rows)
         return self._summary(steps)
 
@@ -359,7 +351,9 @@ class DataRandomisation(_RandomisationMetric):
     test_size : float, default 0.2
         Stratified test share of ``x_batch`` when no ``x_test`` is given.
     seed : int, default 0
-        Seeds the permutation, the split and the training seeds.
+        Seeds the split and, through :class:`quantus_roar.sanity.SanitySeeds`
+        (as the runner's first repeat), the permutation, the floor model and
+        the training seeds.
     target : {"predicted", "label"}, default "predicted"
         The class explained by all three models: the true-label model's
         prediction, or the test label.
@@ -537,15 +531,15 @@ class DataRandomisation(_RandomisationMetric):
         else:
             original = self._prepare_attributions(a_orig, x_te, "a_test", cl)
         shape = tuple(original.shape)
-        perm_seed, fit_seed, floor_seed, ceiling_seed = retrain_seeds(self.seed, 4)
-        y_perm = torch.from_numpy(np.random.default_rng(perm_seed).permutation(y_tr.numpy()))
+        seeds = SanitySeeds.derive(self.seed)
+        y_perm = torch.from_numpy(permuted_labels(y_tr, seeds))
         self.scores, rows = {}, []
-        random_model, ceiling_model = self._fit_models(retrainer, x_tr, y_perm, y_tr, fit_seed,
-                                                       ceiling_seed)
+        random_model, ceiling_model = self._fit_models(retrainer, x_tr, y_perm, y_tr, seeds.fit,
+                                                       seeds.ceiling)
         self.test_accuracy = float(retrainer.score(random_model, x_te, y_te))
         a = self._explain(random_model, x_te, t_te, *ctx, "random-label model", cl, shape)
         self._compare("random_labels", original, a, rows)
-        a = self._explain(fresh_model(model, layers, floor_seed), x_te, t_te, *ctx,
+        a = self._explain(fresh_model(model, layers, seeds.floor), x_te, t_te, *ctx,
                           "freshly initialised model", cl, shape)
         self._compare("floor", original, a, rows)
         a = self._explain(ceiling_model, x_te, t_te, *ctx, "model trained with another seed",

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
 import os
-import pickle
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
@@ -20,11 +17,9 @@ import pytest
 from quantus_roar import explain
 from quantus_roar.benchmark import (
     ConfigMismatchError,
-    DatasetError,
     ResultStore,
     RunConfig,
     build_report,
-    load_dataset,
     run,
 )
 from quantus_roar.benchmark.runner import derived_seed
@@ -319,129 +314,6 @@ def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "quantus_roar", "run", "--help"],
                           capture_output=True, text=True, check=True)
     assert "--quick" in done.stdout and "--fresh" in done.stdout
-
-
-# --------------------------------------------------------------------------- datasets
-
-
-def _write_idx(path: Path, array: np.ndarray, gz: bool = False) -> None:
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    if gz:
-        with gzip.open(str(path) + ".gz", "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def test_mnist_from_local_idx_files(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    images = {"train": rng.integers(0, 256, (12, 28, 28)),
-              "t10k": rng.integers(0, 256, (6, 28, 28))}
-    labels = {"train": np.arange(12) % 10, "t10k": np.arange(6) % 10}
-    for split in ("train", "t10k"):
-        _write_idx(raw / f"{split}-images-idx3-ubyte", images[split])
-        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels[split])
-    data = load_dataset(f"mnist:{tmp_path}")
-    assert data.x_train.shape == (12, 1, 28, 28) and data.x_test.shape == (6, 1, 28, 28)
-    np.testing.assert_allclose(data.x_train[:, 0], images["train"] / 255.0, rtol=1e-6)
-    np.testing.assert_array_equal(data.y_test, labels["t10k"])
-    assert data.n_classes == 10 and not data.streamed
-    streamed = load_dataset(f"mnist:{tmp_path}", cache=tmp_path / "cache")
-    assert streamed.streamed and streamed.digest == data.digest
-    np.testing.assert_array_equal(streamed.x_train, data.x_train)
-
-
-def test_mnist_with_missing_files_names_the_layout(tmp_path):
-    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
-    with pytest.raises(DatasetError, match=r"No readable mnist files.*t10k-labels-idx1-ubyte"):
-        load_dataset(f"mnist:{tmp_path}")
-
-
-def _write_cifar(root: Path, n_per_batch: int = 4) -> dict[str, np.ndarray]:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    out = {"train": [], "test": []}
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
-        data = rng.integers(0, 256, (n_per_batch, 3 * 32 * 32), dtype=np.uint8)
-        labels = list(rng.integers(0, 10, n_per_batch))
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": labels}, f)
-        out["test" if name == "test_batch" else "train"].append((data, labels))
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
-    return {k: (np.concatenate([d for d, _ in v]), np.concatenate([lab for _, lab in v]))
-            for k, v in out.items()}
-
-
-def test_cifar10_from_local_python_batches(tmp_path):
-    written = _write_cifar(tmp_path)
-    data = load_dataset(f"cifar10:{tmp_path}")
-    assert data.x_train.shape == (20, 3, 32, 32) and data.x_test.shape == (4, 3, 32, 32)
-    np.testing.assert_allclose(data.x_train.reshape(20, -1), written["train"][0] / 255.0,
-                               rtol=1e-6)
-    np.testing.assert_array_equal(data.y_train, written["train"][1])
-    assert data.classes[0] == "class0"
-
-
-def test_cifar10_malformed_batch_is_a_clear_error(tmp_path):
-    _write_cifar(tmp_path)
-    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
-    with pytest.raises(DatasetError, match=r"malformed.*cifar-10-batches-py"):
-        load_dataset(f"cifar10:{tmp_path}")
-
-
-def _write_folder(root: Path, classes: int = 3, per_class: int = 5, size: int = 6) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(2)
-    for c in range(classes):
-        d = root / f"c{c}"
-        d.mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-                d / f"{i}.png")
-
-
-def test_imagefolder_with_train_and_test_folders(tmp_path):
-    from PIL import Image
-
-    _write_folder(tmp_path / "train")
-    _write_folder(tmp_path / "test", per_class=2)
-    data = load_dataset(f"imagefolder:{tmp_path}")
-    assert data.x_train.shape == (15, 3, 6, 6) and data.x_test.shape == (6, 3, 6, 6)
-    assert data.classes == ["c0", "c1", "c2"]
-    np.testing.assert_array_equal(data.y_test, [0, 0, 1, 1, 2, 2])
-    first = np.asarray(Image.open(tmp_path / "train" / "c0" / "0.png"), dtype=np.float32) / 255
-    np.testing.assert_allclose(data.x_train[0], first.transpose(2, 0, 1))
-    resized = load_dataset(f"imagefolder:{tmp_path}", image_size=4)
-    assert resized.x_train.shape == (15, 3, 4, 4)
-
-
-def test_imagefolder_without_split_is_split_stratified(tmp_path):
-    _write_folder(tmp_path, per_class=10)
-    data = load_dataset(f"imagefolder:{tmp_path}", seed=3)
-    assert len(data.y_train) == 24 and np.bincount(data.y_test).tolist() == [2, 2, 2]
-
-
-def test_imagefolder_errors(tmp_path):
-    with pytest.raises(DatasetError, match=r"does not exist.*ROOT/train/<class>"):
-        load_dataset(f"imagefolder:{tmp_path / 'missing'}")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="not an image folder"):
-        load_dataset(f"imagefolder:{tmp_path / 'empty'}")
-    from PIL import Image
-
-    _write_folder(tmp_path / "mixed", per_class=2)
-    Image.new("RGB", (9, 9)).save(tmp_path / "mixed" / "c1" / "big.png")
-    with pytest.raises(DatasetError, match="Pass image_size"):
-        load_dataset(f"imagefolder:{tmp_path / 'mixed'}")
-    with pytest.raises(ValueError, match="Unknown dataset spec"):
-        load_dataset("imagenet")
 
 
 def test_store_never_duplicates_and_rolls_back_a_failed_transaction(tmp_path):

@@ -52,11 +52,17 @@ from quantus_roar.curves import (
 from quantus_roar.executors import Executor, LocalExecutor, get_executor
 from quantus_roar.explainers import ESTIMATORS, explain, explanation_targets
 from quantus_roar.models import SmallCNN, SmallResNet
-from quantus_roar.randomisation import execution_order, fresh_model, randomised_models
+from quantus_roar.randomisation import execution_order
 from quantus_roar.removal import channel_means
 from quantus_roar.retrain import RetrainJob, TorchRetrainer
 from quantus_roar.retrain.base import fit_score_many
-from quantus_roar.similarity import SIMILARITIES
+from quantus_roar.sanity import (
+    SanitySeeds,
+    compare,
+    derived_seed,
+    model_randomisation_steps,
+    permuted_labels,
+)
 from quantus_roar.streaming import RemovedDataset, chunked_channel_means
 
 __all__ = ["RunSummary", "derived_seed", "run"]
@@ -65,12 +71,9 @@ logger = logging.getLogger("quantus_roar.benchmark")
 
 _CHUNK = 4096
 # Spawn keys of the run's derived seeds.
-_BASE, _LAYERS, _FLOOR, _CEILING, _PERMUTATION, _RANDOM_FIT, _SANITY_SAMPLES = range(1, 8)
-
-
-def derived_seed(seed: int, *key: int) -> int:
-    """A 32-bit seed drawn from ``SeedSequence(seed, spawn_key=(0x5EED, *key))``."""
-    return int(np.random.SeedSequence(int(seed), spawn_key=(0x5EED, *key)).generate_state(1)[0])
+# Spawn keys of the run's own derived seeds; the sanity checks' (2 to 6) are
+# quantus_roar.sanity.SanitySeeds.
+_BASE, _SANITY_SAMPLES = 1, 7
 
 
 @dataclass
@@ -320,19 +323,23 @@ class _Context:
             return [name for name, _ in execution_order(self.model, x)]
         return self.memo("layers", build)
 
+    def sanity_seeds(self, s: int) -> SanitySeeds:
+        """The seeds of sanity-check repeat ``s`` (repeat 0: the metrics' seeds)."""
+        return SanitySeeds.derive(self.config.seed, s)
+
     def ceiling_model(self, s: int) -> nn.Module:
         """A model trained on the true labels with another seed (the sanity checks' ceiling)."""
         return self.memo(("ceiling", s), lambda: self.fit(
-            self.data.x_train, self.data.y_train, derived_seed(self.config.seed, _CEILING, s)))
+            self.data.x_train, self.data.y_train, self.sanity_seeds(s).ceiling))
 
     def floor_model(self, s: int) -> nn.Module:
-        return self.memo(("floor", s), lambda: fresh_model(
-            self.model, self.layers, derived_seed(self.config.seed, _FLOOR, s)))
+        return dict(self.randomised(s))["floor"]
 
     def randomised(self, s: int) -> list[tuple[str, nn.Module]]:
+        """Every model model randomisation compares, by step: the layers, then "floor"."""
         def build() -> list[tuple[str, nn.Module]]:
-            steps = randomised_models(self.model, self.layers, self.config.layer_order,
-                                      derived_seed(self.config.seed, _LAYERS, s))
+            steps = model_randomisation_steps(self.model, self.layers, self.config.layer_order,
+                                              self.sanity_seeds(s))
             return [(name, copy.deepcopy(m)) for name, m in steps]
         return self.memo(("randomised", s), build)
 
@@ -340,10 +347,8 @@ class _Context:
         """A model fitted to permuted training labels, its train and test accuracy."""
         def build() -> tuple[nn.Module, float, float]:
             cfg = self.config
-            y = self.data.y_train
-            rng = np.random.default_rng(derived_seed(cfg.seed, _PERMUTATION, s))
-            y_perm = rng.permutation(y)
-            seed = derived_seed(cfg.seed, _RANDOM_FIT, s)
+            y_perm = permuted_labels(self.data.y_train, self.sanity_seeds(s))
+            seed = self.sanity_seeds(s).fit
             x = self.data.x_train
             if self.data.streamed:
                 model = self.fit(x, y_perm, seed)
@@ -537,8 +542,9 @@ def _deletion_unit(ctx: _Context, metric: str, estimator: str, keys: list[Key]) 
 
 
 def _compare(ctx: _Context, original: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
-    return {name: float(np.nanmean(SIMILARITIES[name](original, other).cpu().numpy()))
-            for name in ctx.config.similarities}
+    """Mean similarity over the sanity samples, per similarity of the run."""
+    return {name: float(np.nanmean(values))
+            for name, values in compare(original, other, ctx.config.similarities).items()}
 
 
 def _model_randomisation_unit(ctx: _Context, metric: str, estimator: str,

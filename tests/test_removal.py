@@ -314,14 +314,13 @@ def test_noisy_linear_batch_mixing_untouched_partial_and_fully_removed_planes():
 
 def test_noisy_linear_chunks_equal_one_solve(monkeypatch):
     """Chunks of 4 and 5 planes give what one batched solve gives."""
-    import quantus_roar.removal._solver  # noqa: F401  (the module patched)
-    import quantus_roar.removal as removal
+    from quantus_roar.removal import _solver
 
     rng = np.random.default_rng(11)
     x = rng.random((7, 3, 10, 9))
     masks = removal_masks(rng.random((7, 1, 10, 9)), [30, 80])
     whole = impute(x, masks, "noisy_linear", noise=0.0)
-    monkeypatch.setattr(removal._solver, "_CHUNK_VALUES", 5 * 12 * 11)  # 42 planes in 9 chunks
+    monkeypatch.setattr(_solver, "_CHUNK_VALUES", 5 * 12 * 11)  # 42 planes in 9 chunks
     chunked = impute(x, masks, "noisy_linear", noise=0.0)
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-9)
     for i in (0, 6):

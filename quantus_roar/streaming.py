@@ -5,7 +5,7 @@
 returns samples with features removed, computing masks and imputation per
 batch when read through a ``torch.utils.data.DataLoader``. Ties and noise are
 keyed by each sample's id, so a streamed sample is exactly the sample that
-:func:`quantus_roar.curves.removed_inputs` produces in memory.
+:meth:`quantus_roar.removal.Removal.apply` produces in memory.
 
 Plain PyTorch and numpy, no Quantus import.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from quantus_roar.curves import removed_inputs
+from quantus_roar.removal import Removal
 
 __all__ = ["RemovedDataset", "chunked_channel_means"]
 
@@ -60,10 +60,13 @@ class RemovedDataset(Dataset):
         Required with ``a``: share removed (``remove_top``) or kept (``keep_top``).
     first_id : int, default 0
         Sample id of ``x[0]``; sample ``i`` has id ``first_id + i``.
-    order, granularity, reduce, imputer, imputer_kwargs, stats, seed
-        As :func:`quantus_roar.curves.removed_inputs`. ``stats`` (the training
-        set's channel means) is required for ``"channel_mean"``: a batch's
-        own mean is not the paper's imputation.
+    removal : Removal, optional
+        The removal rule (default ``Removal()``); the keywords ``order``,
+        ``granularity``, ``reduce``, ``imputer``, ``imputer_kwargs`` and
+        ``seed`` build one instead.
+    stats : array-like
+        The training set's channel means, required for ``"channel_mean"``: a
+        batch's own mean is not the paper's imputation.
 
     Notes
     -----
@@ -74,9 +77,7 @@ class RemovedDataset(Dataset):
 
     def __init__(self, x: np.ndarray, y: np.ndarray, a: np.ndarray | None = None,
                  percentage: float | None = None, *, first_id: int = 0,
-                 order: str = "remove_top", granularity: str = "pixel", reduce: str = "sum_abs",
-                 imputer: str = "channel_mean", imputer_kwargs: dict | None = None,
-                 stats: Any = None, seed: int = 0):
+                 removal: Removal | None = None, stats: Any = None, **rule: Any):
         if len(x) != len(y) or (a is not None and len(a) != len(x)):
             got = f"{len(x)} inputs, {len(y)} labels" + (
                 "" if a is None else f", {len(a)} attributions")
@@ -84,14 +85,14 @@ class RemovedDataset(Dataset):
                              f"{got}.")
         if a is not None and percentage is None:
             raise ValueError("RemovedDataset needs a 'percentage' when attributions are given.")
-        if a is not None and imputer == "channel_mean" and stats is None:
+        self.removal = Removal.ensure(removal, owner="RemovedDataset", **rule)
+        if a is not None and self.removal.imputer.name == "channel_mean" and stats is None:
             raise ValueError("RemovedDataset with imputer='channel_mean' needs stats=<per-channel "
                              "means of the training set> (see chunked_channel_means).")
         self.x, self.y, self.a = x, y, a
         self.percentage = percentage
         self.first_id = int(first_id)
-        self.kwargs = dict(order=order, granularity=granularity, reduce=reduce, imputer=imputer,
-                           imputer_kwargs=imputer_kwargs, stats=stats, seed=seed)
+        self.stats = stats
 
     def __len__(self) -> int:
         return len(self.y)
@@ -105,8 +106,8 @@ class RemovedDataset(Dataset):
         y = torch.from_numpy(np.asarray(self.y[sorted_idx], dtype=np.int64))
         if self.a is not None:
             a = torch.from_numpy(np.ascontiguousarray(self.a[sorted_idx], dtype=np.float32))
-            x = removed_inputs(x, a, [self.percentage], sample_ids=sorted_idx + self.first_id,
-                               **self.kwargs)[0][0]
+            x = self.removal.apply(x, a, [self.percentage], stats=self.stats,
+                                   sample_ids=sorted_idx + self.first_id)[0][0]
         inverse = torch.from_numpy(np.argsort(order))
         return x[inverse], y[inverse]
 

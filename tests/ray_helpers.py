@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from quantus_roar.curves import retrain_group_task
+from quantus_roar.tasks import retrain_group_task
 
 
 def kill_worker_once(marker: str, *args: Any) -> dict:

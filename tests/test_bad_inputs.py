@@ -20,7 +20,8 @@ from torch import nn
 import quantus_roar as qr
 from quantus_roar.curves import deletion_curve, removed_inputs, retrain_curve
 from quantus_roar.explainers import explain, predicted_classes
-from quantus_roar.removal import feature_ranks, impute, removal_masks
+from quantus_roar.removal import Removal, feature_ranks, impute, removal_masks
+from quantus_roar.splits import Split
 
 PACKAGE = str(Path(qr.__file__).parent)
 
@@ -111,9 +112,9 @@ def test_one_class_data_randomisation_is_refused(data):
 
 def test_retrain_curve_refuses_one_class(data):
     _, x, _, a = data
-    with pytest.raises(ValueError, match=r"'y_train'.*at least 2 classes"):
-        retrain_curve(NoTraining(), x, np.zeros(12, int), a, x, np.zeros(12, int), a, (50,),
-                      n_retrains=1)
+    with pytest.raises(ValueError, match=r"'train'.*at least 2 classes"):
+        retrain_curve(NoTraining(), Split(x, np.zeros(12, int), a),
+                      Split(x, np.zeros(12, int), a), (50,), n_retrains=1)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -318,13 +319,15 @@ def _entry_points(model, x, y, a):
         "removed_inputs": (lambda v: removed_inputs(v["x"], v["a"], v["percentages"],
                                                     seed=v["seed"]),
                            {"x", "a", "percentages", "seed"}),
-        "deletion_curve": (lambda v: deletion_curve(model, v["x"], v["y"], v["a"],
-                                                    v["percentages"], seed=v["seed"],
+        "deletion_curve": (lambda v: deletion_curve(model, Split(v["x"], v["y"], v["a"]),
+                                                    v["percentages"],
+                                                    removal=Removal(seed=v["seed"]),
                                                     batch_size=v["batch_size"]),
                            {"x", "y", "a", "percentages", "seed", "batch_size"}),
-        "retrain_curve": (lambda v: retrain_curve(NoTraining(), v["x"], v["y"], v["a"], x, y,
-                                                  a, v["percentages"], n_retrains=1,
-                                                  seed=v["seed"]),
+        "retrain_curve": (lambda v: retrain_curve(NoTraining(), Split(v["x"], v["y"], v["a"]),
+                                                  Split(x, y, a), v["percentages"],
+                                                  removal=Removal(seed=v["seed"]),
+                                                  n_retrains=1),
                           {"x", "y", "a", "percentages", "seed"}),
         "explain": (lambda v: explain(model, v["x"], v["y"], seed=v["seed"],
                                       batch_size=v["batch_size"]),

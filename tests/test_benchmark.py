@@ -28,8 +28,9 @@ from quantus_roar.curves import deletion_curve, retrain_curve, unmodified_point
 from quantus_roar.data import load_digits_data
 from quantus_roar.explainers import predicted_classes
 from quantus_roar.models import SmallCNN
-from quantus_roar.removal import channel_means
+from quantus_roar.removal import Removal, channel_means
 from quantus_roar.retrain import TorchRetrainer
+from quantus_roar.splits import Split
 
 pytestmark = pytest.mark.slow
 
@@ -226,8 +227,8 @@ def test_runner_cells_equal_the_core_procedures_with_the_same_seeds(tmp_path):
     # One model at a time: the ensemble groups of the two procedures differ in size.
     for metric, order in (("roar", "remove_top"), ("kar", "keep_top")):
         sequential = TorchRetrainer(SmallCNN(), ensemble=False)
-        curve = retrain_curve(sequential, x_tr, y_tr, a_tr, x_te, y_te, a_te, (30, 70),
-                              order=order, n_retrains=2)
+        curve = retrain_curve(sequential, Split(x_tr, y_tr, a_tr), Split(x_te, y_te, a_te),
+                              (30, 70), removal=Removal(order=order), n_retrains=2)
         unmodified = unmodified_point(order)  # 0 % removed, 100 % kept
         for row in curve[curve.percentage != unmodified].itertuples():
             stored = values[(metric, "Gradient", str(row.percentage), row.retrain, "accuracy")]
@@ -237,8 +238,9 @@ def test_runner_cells_equal_the_core_procedures_with_the_same_seeds(tmp_path):
         for row in base.itertuples():
             assert values[("baseline", "-", "0", row.retrain, "accuracy")] == pytest.approx(
                 row.accuracy, abs=0.02)
-    ref = deletion_curve(model, x_te, y_te, a_te, (30, 70), order="keep_top",
-                         stats=channel_means(x_tr), first_id=len(x_tr), batch_size=256)
+    ref = deletion_curve(model, Split(x_te, y_te, a_te, len(x_tr)), (30, 70),
+                         removal=Removal(order="keep_top"), stats=channel_means(x_tr),
+                         batch_size=256)
     for row in ref.itertuples():
         assert values[("kar-noretrain", "Gradient", str(row.percentage), 0, "accuracy")] == (
             pytest.approx(row.accuracy, abs=1e-12))

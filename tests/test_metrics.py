@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import quantus_roar as qr
-from quantus_roar.curves import normalised_auc, retrain_seeds, stratified_split
+from quantus_roar.curves import normalised_auc
 from quantus_roar.removal import removal_counts
+from quantus_roar.splits import retrain_seeds, stratified_split
 
 
 @pytest.fixture(scope="module")

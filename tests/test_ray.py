@@ -19,6 +19,7 @@ from quantus_roar.benchmark import runner as runner_module  # noqa: E402
 from quantus_roar.curves import retrain_curve  # noqa: E402
 from quantus_roar.data import load_digits_data  # noqa: E402
 from quantus_roar.executors import RayExecutor  # noqa: E402
+from quantus_roar.splits import Split  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -71,7 +72,7 @@ def test_roar_and_kar_on_ray_equal_the_local_executor(digits, ensemble):
 
 
 def test_tasks_follow_the_retrainers_batching(digits):
-    from quantus_roar.curves import task_groups, task_resources
+    from quantus_roar.tasks import task_groups, task_resources
 
     _, x_tr, *_ = digits
     jobs = list(range(6))
@@ -108,8 +109,9 @@ def test_a_task_failing_on_every_retry_is_named(digits):
     with RayExecutor(max_retries=1) as ex:
         with pytest.raises(RuntimeError, match=r"1 of 1 retraining task\(s\) failed.*"
                                                r"\(50.0, \d+\).*injected failure"):
-            retrain_curve(Broken(SmallCNN(), epochs=1), x_tr, y_tr, a, x_te, y_te,
-                          np.ones_like(x_te), (50,), n_retrains=1, executor=ex)
+            retrain_curve(Broken(SmallCNN(), epochs=1), Split(x_tr, y_tr, a),
+                          Split(x_te, y_te, np.ones_like(x_te)), (50,), n_retrains=1,
+                          executor=ex)
 
 
 def test_runner_on_ray_equals_local_and_resumes_across_executors(tmp_path):

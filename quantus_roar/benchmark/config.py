@@ -20,7 +20,7 @@ from quantus_roar._validation import MAX_SEED, check_percentages
 from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.explainers import ESTIMATORS, TARGETS
 from quantus_roar.randomisation import LAYER_ORDERS
-from quantus_roar.removal import GRANULARITIES, IMPUTERS, REDUCES
+from quantus_roar.removal import GRANULARITIES, IMPUTERS, REDUCES, Removal
 from quantus_roar.similarity import SIMILARITIES
 
 if sys.version_info >= (3, 11):
@@ -349,6 +349,13 @@ class RunConfig:
         return build(**{**values, **overrides})
 
     # ------------------------------------------------------------------ identity
+
+    def removal(self, order: str) -> Removal:
+        """The run's removal rule for ``order`` (``"remove_top"``: ROAR and deletion,
+        ``"keep_top"``: KAR)."""
+        return Removal(order=order, granularity=self.granularity,  # type: ignore[arg-type]
+                       reduce=self.reduce, imputer=self.imputer,  # type: ignore[arg-type]
+                       seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

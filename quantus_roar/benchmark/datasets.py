@@ -554,7 +554,7 @@ def _decode(files: list[str], image_size: int | None, mode: str,
 
 
 def _imagefolder(root: str, seed: int, cache: Path | None, image_size: int | None) -> tuple:
-    from quantus_roar.curves import stratified_split
+    from quantus_roar.splits import stratified_split
 
     path = _require_dir(root, "imagefolder", _FOLDER_LAYOUT)
     if (path / "train").is_dir() and (path / "test").is_dir():
@@ -630,8 +630,8 @@ def load_dataset(spec: str, *, seed: int = 0, cache: str | Path | None = None,
         x_tr, y_tr, x_te, y_te = load_digits_data(seed=seed)
         classes = [str(i) for i in range(10)]
     elif kind == "synthetic" and not root:
-        from quantus_roar.curves import stratified_split
         from quantus_roar.data import make_synthetic
+        from quantus_roar.splits import stratified_split
 
         x, y, _ = make_synthetic(n_samples=1200, seed=seed)
         tr, te = stratified_split(y, 0.2, seed, owner="synthetic")

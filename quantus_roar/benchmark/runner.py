@@ -8,7 +8,7 @@ check). Each unit's cells go into the :class:`~.store.ResultStore` in one
 transaction as soon as the unit finishes, and a unit whose cells are all
 stored is skipped, so an interrupted run resumes where it stopped.
 
-Seeds: the ROAR and KAR retrains use :func:`quantus_roar.curves.retrain_seeds`
+Seeds: the ROAR and KAR retrains use :func:`quantus_roar.splits.retrain_seeds`
 of the run's seed (the seeds :class:`quantus_roar.ROAR` uses), shared by every
 estimator and percentage; the unmodified baseline (0 % removed for ROAR,
 100 % kept for KAR) is trained once with them and shared by both. All other seeds (the explained
@@ -41,14 +41,7 @@ from quantus_roar._validation import as_tensor
 from quantus_roar.benchmark.config import RunConfig, fingerprint
 from quantus_roar.benchmark.datasets import BenchmarkData, load_dataset
 from quantus_roar.benchmark.store import STAGING_PREFIX, Cell, Key, OutputFolder, ResultStore
-from quantus_roar.curves import (
-    deletion_curve,
-    retrain_group_task,
-    retrain_seeds,
-    task_groups,
-    task_resources,
-    unmodified_point,
-)
+from quantus_roar.curves import deletion_curve, unmodified_point
 from quantus_roar.executors import Executor, LocalExecutor, get_executor
 from quantus_roar.explainers import ESTIMATORS, explain, explanation_targets
 from quantus_roar.models import SmallCNN, SmallResNet
@@ -63,7 +56,9 @@ from quantus_roar.sanity import (
     model_randomisation_steps,
     permuted_labels,
 )
+from quantus_roar.splits import Split, retrain_seeds
 from quantus_roar.streaming import RemovedDataset, chunked_channel_means
+from quantus_roar.tasks import retrain_group_task, task_groups, task_resources
 
 __all__ = ["RunSummary", "derived_seed", "run"]
 
@@ -454,9 +449,8 @@ class _Context:
         x, y = self.split(split)
         ids = self.train_ids if split == "train" else self.test_ids
         return RemovedDataset(x, y, self.attributions(estimator, split), p,
-                              first_id=int(ids[0]), order=order, granularity=cfg.granularity,
-                              reduce=cfg.reduce, imputer=cfg.imputer, stats=self.stats,
-                              seed=cfg.seed)
+                              first_id=int(ids[0]), removal=cfg.removal(order),
+                              stats=self.stats)
 
 
 # --------------------------------------------------------------------------- units
@@ -470,7 +464,7 @@ def _retrain_task(ctx: _Context, ex: Executor, metric: str, estimator: str, keys
                   ) -> tuple[Callable[..., Any], tuple, Callable[[dict], list[Cell]]]:
     """The missing (percentage, seed) retrains of one estimator's ROAR or KAR curve (or of
     the shared baseline) as one executor task: the unmodified data and the attributions go
-    by handle, the task computes its masks (:func:`quantus_roar.curves.retrain_group`)."""
+    by handle, the task computes its masks (:func:`quantus_roar.tasks.retrain_group`)."""
     cfg = ctx.config
     jobs = [(float(key[2]), ctx.seeds[key[3]]) for key in keys]
     if metric == "baseline":
@@ -478,14 +472,13 @@ def _retrain_task(ctx: _Context, ex: Executor, metric: str, estimator: str, keys
     else:
         a_tr = ctx.handle(("a", estimator, "train"), lambda: ctx.attributions(estimator, "train"))
         a_te = ctx.handle(("a", estimator, "test"), lambda: ctx.attributions(estimator, "test"))
-    kw = dict(order=_order(metric), granularity=cfg.granularity, reduce=cfg.reduce,
-              imputer=cfg.imputer, imputer_kwargs=None, stats=ctx.stats, seed=cfg.seed,
-              train_ids=ctx.train_ids, test_ids=ctx.test_ids, channel_last=False)
-    args = (ctx.retrainer, ctx.handle("x_train", lambda: ctx.data.x_train),
+    options = {"removal": cfg.removal(_order(metric)), "stats": ctx.stats,
+               "train_ids": ctx.train_ids, "test_ids": ctx.test_ids,
+               "progress": ctx.progress and isinstance(ex, LocalExecutor)}
+    args = (ctx.retrainer, jobs, options, ctx.handle("x_train", lambda: ctx.data.x_train),
             ctx.handle("y_train", lambda: ctx.data.y_train), a_tr,
             ctx.handle("x_test", lambda: ctx.data.x_test),
-            ctx.handle("y_test", lambda: ctx.data.y_test), a_te, jobs, kw,
-            ctx.progress and isinstance(ex, LocalExecutor))
+            ctx.handle("y_test", lambda: ctx.data.y_test), a_te)
 
     def finish(out: dict) -> list[Cell]:
         per_job = out["retrain_time_s"] / max(1, len(keys))
@@ -521,14 +514,15 @@ def _deletion_unit(ctx: _Context, metric: str, estimator: str, keys: list[Key]) 
     start = time.perf_counter()
     x, y = ctx.data.x_test, ctx.data.y_test
     a = ctx.attributions(estimator, "test")
-    kw = dict(order=order, granularity=cfg.granularity, reduce=cfg.reduce, imputer=cfg.imputer,
-              stats=ctx.stats, seed=cfg.seed, device=ctx.device, batch_size=256)
+    rule = cfg.removal(order)
     # Chunks of _CHUNK samples, so memory-mapped data is never read whole; sample ids
     # keep every chunk's masks those of the whole set.
     starts = range(0, len(x), _CHUNK)
-    frames = [deletion_curve(ctx.model, ctx.tensor(x[lo : lo + _CHUNK]),
-                             ctx.tensor(y[lo : lo + _CHUNK]), ctx.tensor(a[lo : lo + _CHUNK]),
-                             cfg.percentages, first_id=int(ctx.test_ids[0]) + lo, **kw)
+    frames = [deletion_curve(ctx.model, Split(ctx.tensor(x[lo : lo + _CHUNK]),
+                                              ctx.tensor(y[lo : lo + _CHUNK]),
+                                              ctx.tensor(a[lo : lo + _CHUNK]),
+                                              int(ctx.test_ids[0]) + lo),
+                             cfg.percentages, removal=rule, stats=ctx.stats, batch_size=256)
               for lo in starts]
     sizes = [min(_CHUNK, len(x) - lo) for lo in starts]
     wall = (time.perf_counter() - start) / (len(cfg.percentages) + 1)

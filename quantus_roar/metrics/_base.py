@@ -27,7 +27,7 @@ from quantus_roar._validation import (
 from quantus_roar.curves import normalised_auc
 from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.explainers import TARGETS, explanation_targets
-from quantus_roar.removal import GRANULARITIES, IMPUTER_KWARGS, IMPUTERS, REDUCES
+from quantus_roar.removal import GRANULARITIES, IMPUTER_KWARGS, IMPUTERS, REDUCES, Imputer, Removal
 
 __all__ = [
     "Inputs",
@@ -400,13 +400,15 @@ class RemovalMetric(QuantusRoarMetric):
         self.percentages = check_percentages(percentages, owner)
         self.granularity = check_choice(granularity, "granularity", owner, GRANULARITIES)
         self.reduce = check_choice(reduce, "reduce", owner, REDUCES)
-        self.imputer = check_choice(imputer, "imputer", owner, IMPUTERS)
+        self.imputer = imputer if isinstance(imputer, Imputer) else check_choice(
+            imputer, "imputer", owner, IMPUTERS)
         self.imputer_kwargs = dict(imputer_kwargs or {})
-        unknown = sorted(set(self.imputer_kwargs) - IMPUTER_KWARGS[imputer])
+        name = self.imputer.name if isinstance(self.imputer, Imputer) else self.imputer
+        unknown = sorted(set(self.imputer_kwargs) - IMPUTER_KWARGS[name])
         if unknown:
             raise ValueError(f"The 'imputer_kwargs' parameter of {owner} has key(s) {unknown} "
-                             f"that imputer={imputer!r} does not accept; it accepts "
-                             f"{sorted(IMPUTER_KWARGS[imputer]) or 'none'}.")
+                             f"that imputer={name!r} does not accept; it accepts "
+                             f"{sorted(IMPUTER_KWARGS[name]) or 'none'}.")
         super().__init__(
             seed=seed, target=target, abs=abs, normalise=normalise,
             normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
@@ -414,6 +416,11 @@ class RemovalMetric(QuantusRoarMetric):
             default_plot_func=default_plot_func, disable_warnings=disable_warnings,
             display_progressbar=display_progressbar, **kwargs,
         )
+        #: The removal rule every call applies (quantus_roar.removal.Removal).
+        self.removal = Removal.ensure(order=self.order, granularity=self.granularity,
+                                      reduce=self.reduce, imputer=self.imputer,
+                                      imputer_kwargs=self.imputer_kwargs, seed=self.seed,
+                                      owner=owner)
         if max(self.percentages) <= 1.0:
             intended = ", ".join(f"{p * 100:g}" for p in self.percentages)
             self._warn(f"{owner}(percentages={list(self.percentages)}) removes at most 1 % of "
@@ -421,10 +428,6 @@ class RemovalMetric(QuantusRoarMetric):
                        f"{intended} %, pass percentages=({intended}).")
 
     # ------------------------------------------------------------------ helpers
-
-    def _removal_kwargs(self) -> dict[str, Any]:
-        return dict(order=self.order, granularity=self.granularity, reduce=self.reduce,
-                    imputer=self.imputer, imputer_kwargs=self.imputer_kwargs, seed=self.seed)
 
     def _aggregate(self, curve: dict) -> float:
         keys = sorted(curve)

@@ -8,7 +8,7 @@ from typing import Any, final
 import torch
 from quantus.helpers.enums import ScoreDirection
 
-from quantus_roar._validation import check_batch_size, model_device
+from quantus_roar._validation import check_batch_size
 from quantus_roar.curves import deletion_curve
 from quantus_roar.metrics._base import (
     RemovalMetric,
@@ -16,6 +16,7 @@ from quantus_roar.metrics._base import (
     check_inputs,
     compute_attributions,
 )
+from quantus_roar.splits import Split
 
 __all__ = ["KARNoRetrain", "ROARNoRetrain"]
 
@@ -55,7 +56,9 @@ class _DeletionMetric(RemovalMetric):
             true class; with False the raw output (for models ending in a
             softmax).
         device : str or torch.device, optional
-            Default: the model's device.
+            Where ``explain_func`` computes missing attributions (added to
+            its kwargs unless they name one); the deletion itself runs on the
+            model's device.
         batch_size : int, default 64
             Samples modified and scored together (times the number of
             percentages per forward pass).
@@ -81,10 +84,9 @@ class _DeletionMetric(RemovalMetric):
                                            target=self.target, device=device)
         a = self._prepare_attributions(a_batch, inputs.x, "a_batch", inputs.channel_last)
         results = deletion_curve(
-            model, inputs.x, inputs.y, a, self.percentages, batch_size=batch_size,
-            device=model_device(model, device), softmax=softmax is not False,
-            channel_last=inputs.channel_last, progress=self.display_progressbar,
-            **self._removal_kwargs(),
+            model, Split(inputs.x, inputs.y, a, channel_last=inputs.channel_last),
+            self.percentages, removal=self.removal, batch_size=batch_size,
+            softmax=softmax is not False, progress=self.display_progressbar,
         )
         curve = dict(zip(results["percentage"], results["accuracy"].astype(float), strict=True))
         return self._finish(curve, results)

@@ -13,7 +13,6 @@ from quantus.helpers.enums import DataType, EvaluationCategory, ScoreDirection
 from tqdm.auto import tqdm
 
 from quantus_roar._validation import check_batch_size, check_choice, model_device
-from quantus_roar.curves import stratified_split, task_resources
 from quantus_roar.executors import LocalExecutor, get_executor
 from quantus_roar.explainers import explanation_targets
 from quantus_roar.metrics._base import (
@@ -31,6 +30,8 @@ from quantus_roar.randomisation import LAYER_ORDERS, execution_order, fresh_mode
 from quantus_roar.retrain.base import fit_task
 from quantus_roar.sanity import SanitySeeds, compare, model_randomisation_steps, permuted_labels
 from quantus_roar.similarity import SIMILARITIES
+from quantus_roar.splits import stratified_split
+from quantus_roar.tasks import task_resources
 
 __all__ = ["DataRandomisation", "ModelRandomisation"]
 

@@ -10,7 +10,7 @@ import torch
 from quantus.helpers.enums import ScoreDirection
 
 from quantus_roar._validation import check_batch_size
-from quantus_roar.curves import retrain_curve, stratified_split
+from quantus_roar.curves import retrain_curve
 from quantus_roar.metrics._base import (
     RemovalMetric,
     check_call_kwargs,
@@ -21,6 +21,7 @@ from quantus_roar.metrics._base import (
     compute_attributions,
     retrainer_or_default,
 )
+from quantus_roar.splits import Split, stratified_split
 
 __all__ = ["KAR", "ROAR"]
 
@@ -185,11 +186,11 @@ class _RetrainMetric(RemovalMetric):
             x_tr, y_tr, a_tr = inputs.x, inputs.y, a
             x_te, y_te = test.x, test.y
             train_ids, test_ids = None, None
+        cl = inputs.channel_last
         results = retrain_curve(
-            retrainer, x_tr, y_tr, a_tr, x_te, y_te, a_te, self.percentages,
-            n_retrains=self.n_retrains, train_ids=train_ids, test_ids=test_ids,
-            channel_last=inputs.channel_last, progress=progress, executor=self.executor,
-            **self._removal_kwargs(),
+            retrainer, Split(x_tr, y_tr, a_tr, train_ids, cl),
+            Split(x_te, y_te, a_te, test_ids, cl), self.percentages, removal=self.removal,
+            n_retrains=self.n_retrains, executor=self.executor, progress=progress,
         )
         curve = results.groupby("percentage", sort=True)["accuracy"].mean().to_dict()
         return self._finish({k: float(v) for k, v in curve.items()}, results)

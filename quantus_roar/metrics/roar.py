@@ -273,8 +273,11 @@ class ROAR(_RetrainMetric):
 
     Examples
     --------
-    >>> roar = quantus_roar.ROAR(percentages=(50, 90), n_retrains=3,
-    ...                          retrainer=quantus_roar.TorchRetrainer(model))
+    >>> retrainer = quantus_roar.TorchRetrainer(quantus_roar.SmallCNN(), epochs=12)
+    >>> roar = quantus_roar.ROAR(percentages=(50, 90), n_retrains=3, retrainer=retrainer)
+    >>> roar.removal
+    Removal(order='remove_top', granularity='pixel', reduce='sum_abs',
+            imputer=ChannelMean(), seed=0)
     >>> roar(model, x, y, a)                               # doctest: +SKIP
     {0: 0.97, 50: 0.71, 90: 0.35}
     """

@@ -49,12 +49,28 @@ def _parser() -> argparse.ArgumentParser:
                      "Python import: name only your own code (python -m puts the current "
                      "folder first on the import path)")
     run.add_argument("--estimators", type=_csv, help="comma-separated names of "
-                     "quantus_roar.ESTIMATORS (default: all)")
+                     "quantus_roar.ESTIMATORS and package.module:function specs of your own "
+                     "explain functions (Quantus' signature; imported like --model) (default: "
+                     "every built-in)")
     run.add_argument("--metrics", type=_csv, help="comma-separated: roar,kar,roar-noretrain,"
                      "kar-noretrain,model-randomisation,data-randomisation (default: all)")
     run.add_argument("--percentages", type=_percentages, help="e.g. 10,30,50,70,90")
     run.add_argument("--retrains", type=int, help="retrains per percentage (default 5)")
     run.add_argument("--epochs", type=int, help="training epochs of every retrain")
+    recipe = run.add_argument_group(
+        "training recipe", "of every model the run trains (quantus_roar.TorchRetrainer); "
+        "unset: its default")
+    recipe.add_argument("--batch-size", type=int, dest="batch_size")
+    recipe.add_argument("--lr", type=float, help="(peak) learning rate")
+    recipe.add_argument("--optimizer", choices=("adam", "sgd"))
+    recipe.add_argument("--weight-decay", type=float, dest="weight_decay")
+    recipe.add_argument("--momentum", type=float, help="SGD momentum")
+    recipe.add_argument("--schedule", choices=("onecycle", "cosine", "step", "none"))
+    recipe.add_argument("--label-smoothing", type=float, dest="label_smoothing")
+    recipe.add_argument("--validation-split", type=float, dest="validation_split",
+                        help="share of each training set held out to pick the best epoch")
+    recipe.add_argument("--augment", help="package.module:function called as "
+                        "augment(x_batch, generator) on every mini-batch (imported code)")
     run.add_argument("--target", choices=("predicted", "label"),
                      help="class each attribution explains: the model's prediction (default, "
                           "as Hooker et al.) or the true label (lets a test mask encode its "
@@ -93,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _FLAGS = ("dataset", "model", "estimators", "metrics", "percentages", "retrains", "epochs",
-          "target", "device", "seed", "stream", "image_size")
+          "target", "device", "seed", "stream", "image_size", "batch_size", "lr", "optimizer",
+          "weight_decay", "momentum", "schedule", "label_smoothing", "validation_split",
+          "augment")
 
 
 def _config(args: argparse.Namespace) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -102,6 +101,98 @@ def _percentages(value: Any) -> tuple[float, ...]:
     return tuple(ps)
 
 
+class _EstimatorNames(tuple):
+    """Built-in and user names, and any ``package.module:function`` spec."""
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or _is_spec(name)
+
+
+def _is_spec(name: object) -> bool:
+    module, _, attr = str(name).partition(":")
+    return isinstance(name, str) and bool(module.strip()) and bool(attr.strip())
+
+
+def _is_data(value: Any) -> bool:
+    from quantus_roar.benchmark.datasets import BenchmarkData
+
+    return isinstance(value, BenchmarkData)
+
+
+def object_name(obj: Any) -> str:
+    """``module:qualname`` of a function or class: how Python objects enter a fingerprint."""
+    target = obj if callable(obj) and hasattr(obj, "__qualname__") else type(obj)
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', '?')}"
+
+
+def _describe(value: Any) -> Any:
+    """A JSON-able description of a setting (Python objects by name and public settings)."""
+    from quantus_roar.benchmark.datasets import BenchmarkData
+
+    if isinstance(value, BenchmarkData):
+        return f"arrays:{value.name}"
+    if isinstance(value, dict):
+        return {k: _describe(v) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    if callable(value) and hasattr(value, "__qualname__"):
+        return object_name(value)
+    settings = {k: v for k, v in sorted(vars(value).items()) if not k.startswith("_")
+                and isinstance(v, (str, int, float, bool, type(None)))}
+    return {"object": object_name(value), **settings}
+
+
+_SCHEDULES = ("onecycle", "cosine", "step", "none")
+
+
+def _check_user_work(config: RunConfig) -> None:
+    """Type and range checks of the settings that bring the user's own code and recipe."""
+    ex = config.explainers
+    if ex is not None:
+        if not isinstance(ex, dict) or not all(isinstance(k, str) and k and callable(v)
+                                               for k, v in ex.items()):
+            raise _type_error("explainers", "a dict of names to explain functions", ex)
+        clash = sorted(set(ex) & set(ESTIMATORS))
+        if clash:
+            raise ValueError(f"The 'explainers' setting reuses the built-in name(s) {clash}; "
+                             "give your explain functions other names.")
+    if config.retrainer is not None:
+        r = config.retrainer
+        if isinstance(r, type) or not (callable(getattr(r, "fit", None))
+                                       and callable(getattr(r, "score", None))):
+            raise _type_error("retrainer", "a retrainer instance with fit(x, y, *, seed) and "
+                              "score(model, x, y) (see quantus_roar.Retrainer)", r)
+        recipe = [k for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay",
+                              "momentum", "schedule", "label_smoothing", "validation_split",
+                              "augment") if getattr(config, k) is not None]
+        if recipe:
+            raise ValueError(f"The 'retrainer' setting replaces the recipe, but {recipe} "
+                             "is set too; set the recipe on your retrainer instead.")
+    for name, low, high in (("weight_decay", 0.0, None), ("momentum", 0.0, 1.0),
+                            ("label_smoothing", 0.0, 1.0), ("validation_split", 0.0, 1.0)):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if not _is_number(value):
+            raise _type_error(name, "a number (or left out)", value)
+        if not math.isfinite(value) or value < low or (high is not None and value >= high):
+            where = f">= {low:g}" if high is None else f"in [{low:g}, {high:g})"
+            raise ValueError(f"The '{name}' setting must be a finite number {where}. Got "
+                             f"{value!r} instead.")
+    if config.schedule is not None and config.schedule not in _SCHEDULES:
+        raise ValueError(f"The 'schedule' setting must be one of {list(_SCHEDULES)}. Got "
+                         f"{config.schedule!r} instead.")
+    if _is_data(config.dataset) and config.stream:
+        raise ValueError("The 'stream' setting streams a dataset read from files; arrays "
+                         "given as a BenchmarkData are already in memory. Leave stream off.")
+    aug = config.augment
+    if aug is not None and not callable(aug) and not _is_spec(aug):
+        raise _type_error("augment", "a 'package.module:function' spec (or, from Python, a "
+                          "function)", aug)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides the numbers of a benchmark run.
@@ -112,28 +203,50 @@ class RunConfig:
 
     Attributes
     ----------
-    dataset : str
+    dataset : str or BenchmarkData
         ``digits``, ``synthetic``, ``mnist:ROOT``, ``cifar10:ROOT`` or
-        ``imagefolder:ROOT`` (see :mod:`quantus_roar.benchmark.datasets`).
-    model : str
+        ``imagefolder:ROOT`` (see :mod:`quantus_roar.benchmark.datasets`); from
+        Python also your own arrays as a
+        :class:`~quantus_roar.benchmark.datasets.BenchmarkData`
+        (``BenchmarkData.from_arrays``).
+    model : str or callable
         ``smallcnn``, ``smallresnet`` or ``package.module:factory``, a callable
-        taking ``in_channels``, ``n_classes`` and ``image_size`` keywords.
+        taking ``in_channels``, ``n_classes`` and ``image_size`` keywords (from
+        Python the callable itself).
         ``package.module:factory`` imports that module and so runs its code, as
         any Python import does: name only your own code. The module is looked
         up on the import path, which with ``python -m quantus_roar`` starts
         with the current folder. ``smallcnn`` and ``smallresnet`` import
         nothing.
     estimators : tuple of str
-        Names of :data:`quantus_roar.ESTIMATORS`.
+        Names of :data:`quantus_roar.ESTIMATORS`, names of ``explainers``, and
+        ``package.module:function`` specs of your own explain functions
+        (imported like model factories). Default: every built-in estimator,
+        then every one of ``explainers``.
+    explainers : dict of str to callable, optional
+        From Python: your own explain functions by name, with Quantus'
+        signature ``f(model=..., inputs=..., targets=..., **kwargs)`` returning
+        attributions of the shape of ``inputs`` (or one channel); a ``device``
+        keyword is passed when the function takes one. The name (and the
+        function's ``module:qualname``) enters the fingerprint.
+    retrainer : Retrainer, optional
+        From Python: the object that trains every model of the run (any
+        :class:`~quantus_roar.Retrainer`), in place of a
+        :class:`~quantus_roar.TorchRetrainer` with the recipe settings below.
+        Its class and public settings enter the fingerprint.
     metrics : tuple of str
         Any of :data:`METRICS`.
     percentages : tuple of float
         Removed (ROAR) or kept (KAR) shares, each in (0, 100].
     retrains : int
         Retrains per (estimator, metric, percentage).
-    epochs, batch_size, lr, optimizer
-        The training recipe (:class:`~quantus_roar.TorchRetrainer`); ``None``
-        keeps its default.
+    epochs, batch_size, lr, optimizer, weight_decay, momentum, schedule
+        The training recipe, with ``label_smoothing``, ``validation_split``
+        and ``augment`` (:class:`~quantus_roar.TorchRetrainer`); ``None``
+        keeps its default. ``schedule`` is ``"onecycle"``, ``"cosine"``,
+        ``"step"`` or ``"none"``; ``augment`` a ``package.module:function``
+        spec (or, from Python, the function) called as ``augment(x_batch,
+        generator)``.
     target : {"predicted", "label"}
         The class every attribution explains: the explained model's predicted
         class (default, as the original ROAR code), or the true label. With
@@ -175,7 +288,7 @@ class RunConfig:
 
     dataset: str = "digits"
     model: str = "smallcnn"
-    estimators: tuple[str, ...] = tuple(ESTIMATORS)
+    estimators: tuple[str, ...] | None = None
     metrics: tuple[str, ...] = METRICS
     percentages: tuple[float, ...] = (10, 30, 50, 70, 90)
     retrains: int = 5
@@ -198,18 +311,34 @@ class RunConfig:
     explain_batch_size: int = 256
     stream: bool = False
     image_size: int | None = None
+    explainers: Any = None
+    retrainer: Any = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    schedule: str | None = None
+    label_smoothing: float | None = None
+    validation_split: float | None = None
+    augment: Any = None
 
     def __post_init__(self) -> None:
         def setattr_(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
+        _check_user_work(self)
         for name in ("dataset", "model"):
             value = getattr(self, name)
+            if (name == "model" and callable(value)) or (name == "dataset"
+                                                         and _is_data(value)):
+                continue
             if not isinstance(value, str) or not value.strip():
                 raise _type_error(name, "a non-empty string" + (
                     " such as 'digits' or 'imagefolder:/data/images'" if name == "dataset"
                     else " such as 'smallcnn' or 'package.module:factory'"), value)
-        setattr_("estimators", _names("estimators", self.estimators, ESTIMATORS, "estimator"))
+        user = tuple(self.explainers or {})
+        if self.estimators is None:
+            setattr_("estimators", (*ESTIMATORS, *user))
+        allowed = _EstimatorNames((*ESTIMATORS, *user))
+        setattr_("estimators", _names("estimators", self.estimators, allowed, "estimator"))
         setattr_("metrics", _names("metrics", self.metrics, METRICS, "metric"))
         setattr_("similarities", _names("similarities", self.similarities, SIMILARITIES,
                                         "similarity"))
@@ -357,18 +486,50 @@ class RunConfig:
                        reduce=self.reduce, imputer=self.imputer,  # type: ignore[arg-type]
                        seed=self.seed)
 
+    def recipe(self) -> dict[str, Any]:
+        """The recipe settings given, as keyword arguments of :class:`~quantus_roar.TorchRetrainer`
+        (an ``augment`` spec still as its string)."""
+        names = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum",
+                 "schedule", "label_smoothing", "validation_split", "augment")
+        out = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        if out.get("schedule") == "none":
+            out["schedule"] = None
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        """Every setting as plain values; Python objects by ``module:qualname`` (and a
+        retrainer's public settings). Settings added later are left out while unset, so
+        the fingerprints of earlier runs stay valid."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k in _LATER:
+            if d[k] is None:
+                del d[k]
+        return {k: _describe(v) for k, v in d.items()}
 
     def to_toml(self) -> str:
-        """The configuration as a ``[run]`` table that :meth:`from_toml` reads back."""
+        """The configuration as a ``[run]`` table that :meth:`from_toml` reads back.
+
+        Python objects (explain functions, a retrainer, a model factory or a
+        dataset given from Python) cannot be written; they are listed as
+        comments by name, and must be passed again.
+        """
         lines = ["[run]"]
+        objects = []
         for key, value in self.to_dict().items():
+            raw = getattr(self, key)
             if value is None:
                 continue
+            if key in ("explainers", "retrainer") or (
+                    key in ("model", "dataset", "augment") and not isinstance(raw, str)):
+                objects.append(f"# {key}: {json.dumps(value)} (a Python object)")
+                continue
             lines.append(f"{key} = {json.dumps(value)}")
-        return "\n".join(lines) + "\n"
+        return "\n".join([*objects, *lines]) + "\n"
+
+
+# Settings added after the first release: absent from to_dict while unset.
+_LATER = ("explainers", "retrainer", "weight_decay", "momentum", "schedule", "label_smoothing",
+          "validation_split", "augment")
 
 
 def fingerprint(config: RunConfig, data_digest: str, device_type: str) -> tuple[str, dict]:

@@ -111,6 +111,64 @@ class BenchmarkData:
         """Shape of one input, (C, H, W)."""
         return tuple(self.x_train.shape[1:])
 
+    @classmethod
+    def from_arrays(cls, name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any,
+                    classes: list[str] | None = None) -> BenchmarkData:
+        """Your own train and test arrays as a benchmark dataset.
+
+        Inputs become float32 (N, C, H, W) arrays, labels int64; they are
+        checked as every dataset is (finite inputs, integer labels, at least
+        two training classes, every test class seen in training).
+
+        Parameters
+        ----------
+        name : str
+            How the report and the fingerprint name the data (with its digest).
+        x_train, y_train, x_test, y_test : array-like or tensor
+        classes : list of str, optional
+            Class names (default ``"0"``, ``"1"``, ...).
+
+        Raises
+        ------
+        DatasetError
+            For inputs that are not (N, C, H, W), labels that are not one
+            integer per sample, NaN or inf, or fewer than two classes.
+        """
+        def arr(v: Any) -> np.ndarray:
+            return np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+
+        x_tr, x_te = arr(x_train), arr(x_test)
+        y_tr, y_te = arr(y_train), arr(y_test)
+        for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+            if x.ndim != 4 or len(x) == 0 or not np.issubdtype(x.dtype, np.number):
+                raise DatasetError(f"The {split} inputs of dataset '{name}' must be a non-empty "
+                                   f"numeric array (N, C, H, W). Got shape {x.shape}, dtype "
+                                   f"{x.dtype}.")
+            if y.shape != (len(x),) or not (np.issubdtype(y.dtype, np.integer) or (
+                    np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))) \
+                    or (len(y) and y.min() < 0):
+                raise DatasetError(f"The {split} labels of dataset '{name}' must be one integer "
+                                   f"class >= 0 per input, shape ({len(x)},). Got shape "
+                                   f"{y.shape}, dtype {y.dtype}.")
+        if x_te.shape[1:] != x_tr.shape[1:]:
+            raise DatasetError(f"The test inputs of dataset '{name}' have per-sample shape "
+                               f"{x_te.shape[1:]}, the training inputs {x_tr.shape[1:]}.")
+        x_tr, x_te = x_tr.astype(np.float32), x_te.astype(np.float32)
+        y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
+        present = np.unique(y_tr)
+        unseen = sorted(set(np.unique(y_te).tolist()) - set(present.tolist()))
+        if len(present) < 2 or unseen:
+            raise DatasetError(f"Dataset '{name}' needs at least two training classes and no "
+                               f"test class without training samples. Training classes: "
+                               f"{present.tolist()}; test-only classes: {unseen}.")
+        n_classes = int(max(y_tr.max(), y_te.max())) + 1
+        names = classes if classes is not None else [str(i) for i in range(n_classes)]
+        if len(names) != n_classes:
+            raise DatasetError(f"Dataset '{name}' has {n_classes} classes but {len(names)} "
+                               "class names.")
+        digest = _digest(name, train=x_tr, train_labels=y_tr, test=x_te, test_labels=y_te)
+        return cls(name, x_tr, y_tr, x_te, y_te, n_classes, list(names), digest)
+
 
 def dataset_names() -> tuple[str, ...]:
     return ("digits", "synthetic", "mnist:ROOT", "cifar10:ROOT", "imagefolder:ROOT")

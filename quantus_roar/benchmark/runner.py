@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -124,38 +126,25 @@ def import_factory(spec: str) -> Callable[..., Any] | None:
         For an unknown name, a module that cannot be imported, or a missing or
         non-callable attribute; one line naming the spec.
     """
+    if callable(spec):
+        return spec
     if spec.lower() in _BUILTIN_MODELS:
         return None
     module_name, _, attr = spec.partition(":")
     if not module_name.strip() or not attr.strip():
         raise ValueError(f"Unknown model {spec!r}. Use 'smallcnn', 'smallresnet' or "
                          f"'package.module:factory' ({_FACTORY_CONTRACT}).")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"Cannot import the module of the model factory {spec!r}: {err}. "
-                         "Check the spelling and that the module is on the import path "
-                         "(PYTHONPATH).") from err
-    except Exception as err:  # the module's own code failed
-        raise ValueError(f"Importing the module of the model factory {spec!r} failed: "
-                         f"{type(err).__name__}: {err}") from err
-    factory: Any = module
-    try:
-        for part in attr.split("."):
-            factory = getattr(factory, part)
-    except AttributeError:
-        raise ValueError(f"The module {module_name!r} has no {attr!r} (model {spec!r}); name "
-                         f"{_FACTORY_CONTRACT}.") from None
-    if not callable(factory):
-        raise ValueError(f"The model factory {spec!r} is a {type(factory).__name__}, not "
-                         f"{_FACTORY_CONTRACT}.")
-    return factory
+    return import_callable(spec, "model factory")
 
 
-def model_factory(spec: str, data: BenchmarkData) -> Callable[[], nn.Module]:
-    """Zero-argument factory of fresh models for ``spec`` sized for ``data``."""
+def model_factory(spec: str | Callable[..., nn.Module], data: BenchmarkData
+                  ) -> Callable[[], nn.Module]:
+    """Zero-argument factory of fresh models for ``spec`` (a name, a
+    ``package.module:factory`` spec or a factory itself) sized for ``data``."""
     c, h = data.shape[0], data.shape[-1]
     k = data.n_classes
+    if callable(spec):
+        return lambda: spec(in_channels=c, n_classes=k, image_size=h)
     name = spec.lower()
     if name == "smallcnn":
         if h % 2:
@@ -169,7 +158,8 @@ def model_factory(spec: str, data: BenchmarkData) -> Callable[[], nn.Module]:
     return lambda: factory(in_channels=c, n_classes=k, image_size=h)
 
 
-def checked_model_factory(spec: str, data: BenchmarkData) -> Callable[[], nn.Module]:
+def checked_model_factory(spec: str | Callable[..., nn.Module], data: BenchmarkData
+                          ) -> Callable[[], nn.Module]:
     """:func:`model_factory`, after building one model to check the factory (RNG untouched).
 
     Raises
@@ -180,7 +170,8 @@ def checked_model_factory(spec: str, data: BenchmarkData) -> Callable[[], nn.Mod
     """
     factory = model_factory(spec, data)
     c, h, k = data.shape[0], data.shape[-1], data.n_classes
-    call = f"{spec}(in_channels={c}, n_classes={k}, image_size={h})"
+    name = spec if isinstance(spec, str) else getattr(spec, "__qualname__", repr(spec))
+    call = f"{name}(in_channels={c}, n_classes={k}, image_size={h})"
     with torch.random.fork_rng(devices=[]):
         try:
             model = factory()
@@ -206,6 +197,91 @@ def _load_model(model: nn.Module, path: Path) -> nn.Module:
     return model.eval()
 
 
+# --------------------------------------------------------------------------- your own work
+
+Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.device], np.ndarray]
+
+
+def file_name(estimator: str) -> str:
+    """A file-name-safe form of an estimator name (``pkg.mod:fn`` -> ``pkg.mod-fn``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", estimator)
+
+
+def explainer(config: RunConfig, name: str) -> Explainer:
+    """The explain function of estimator ``name``: a built-in, one of ``config.explainers``,
+    or an imported ``package.module:function``, as ``f(model, x, targets, device) -> array``.
+
+    A user's function is called with Quantus' convention, ``f(model=..., inputs=...,
+    targets=...)`` on numpy arrays (plus ``device`` when it takes one); its output
+    must be finite and of the shape of the inputs or one channel.
+    """
+    if name in ESTIMATORS:
+        def builtin(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                    device: torch.device) -> np.ndarray:
+            return explain(model, x, t, **ESTIMATORS[name], seed=config.seed, device=device,
+                           batch_size=config.explain_batch_size)
+        return builtin
+    fn = (config.explainers or {}).get(name) or import_callable(name, "explain function")
+    takes_device = _accepts(fn, "device")
+
+    def user(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+             device: torch.device) -> np.ndarray:
+        kwargs = {"device": device} if takes_device else {}
+        out = fn(model=model, inputs=x.cpu().numpy(), targets=t.cpu().numpy(), **kwargs)
+        a = np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out,
+                       dtype=np.float32)
+        ok = a.ndim in (x.ndim, x.ndim - 1) and len(a) == len(x) and (
+            a.shape[-2:] == tuple(x.shape[-2:]) if x.ndim >= 3 else a.shape == tuple(x.shape))
+        if not ok:
+            raise ValueError(f"The explain function {name!r} returned shape {a.shape} for "
+                             f"inputs of shape {tuple(x.shape)}; it must return attributions "
+                             "of the shape of the inputs, or with one channel.")
+        if not np.isfinite(a).all():
+            raise ValueError(f"The explain function {name!r} returned NaN or inf for "
+                             f"{int((~np.isfinite(a)).sum())} value(s).")
+        return a if a.ndim == x.ndim else a[:, None]
+    return user
+
+
+def _accepts(fn: Callable[..., Any], keyword: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return keyword in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def import_callable(spec: str, what: str) -> Callable[..., Any]:
+    """The callable named by ``package.module:function`` (imports that module's code)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as err:
+        raise ValueError(f"Cannot import the module of the {what} {spec!r}: {err}. Check the "
+                         "spelling and that the module is on the import path (PYTHONPATH)."
+                         ) from err
+    except AttributeError:
+        raise ValueError(f"The module {module_name!r} has no {attr!r} (the {what} "
+                         f"{spec!r}).") from None
+    except Exception as err:  # the module's own code failed
+        raise ValueError(f"Importing the module of the {what} {spec!r} failed: "
+                         f"{type(err).__name__}: {err}") from err
+    if not callable(obj):
+        raise ValueError(f"The {what} {spec!r} is a {type(obj).__name__}, not a function.")
+    return obj
+
+
+def recipe_retrainer(config: RunConfig, factory: Callable[[], nn.Module],
+                     device: torch.device) -> TorchRetrainer:
+    """A :class:`TorchRetrainer` with the recipe settings of ``config``."""
+    recipe = config.recipe()
+    if isinstance(recipe.get("augment"), str):
+        recipe["augment"] = import_callable(recipe["augment"], "augment function")
+    return TorchRetrainer(model_fn=factory, device=device, **recipe)
+
+
 # --------------------------------------------------------------------------- context
 
 
@@ -224,10 +300,9 @@ class _Context:
         self.cache = _own_dir(out / "cache")
         _own_dir(out / "attributions")
         self.factory = factory if factory is not None else model_factory(config.model, data)
-        recipe = {k: v for k, v in (("epochs", config.epochs), ("batch_size", config.batch_size),
-                                    ("lr", config.lr), ("optimizer", config.optimizer))
-                  if v is not None}
-        self.retrainer = TorchRetrainer(model_fn=self.factory, device=device, **recipe)
+        self.retrainer = (config.retrainer if config.retrainer is not None
+                          else recipe_retrainer(config, self.factory, device))
+        self.explainers = {e: explainer(config, e) for e in config.estimators}
         self.n_train, self.n_test = len(data.y_train), len(data.y_test)
         self.train_ids = torch.arange(self.n_train)
         self.test_ids = torch.arange(self.n_train, self.n_train + self.n_test)
@@ -383,9 +458,7 @@ class _Context:
                 targets = explanation_targets(model, x_rows, self.tensor(y[rows]),
                                               self.config.target, device=self.device,
                                               batch_size=self.config.explain_batch_size)
-                a = explain(model, x_rows, targets, **ESTIMATORS[estimator],
-                            seed=self.config.seed, device=self.device,
-                            batch_size=self.config.explain_batch_size)
+                a = self.explainers[estimator](model, x_rows, targets, self.device)
                 if out is None:
                     out = open_memmap(tmp, np.float32, (n, *a.shape[1:]))
                 out[start : start + len(a)] = a
@@ -407,7 +480,7 @@ class _Context:
     def attributions(self, estimator: str, split: str) -> np.ndarray:
         """Attributions of ``split`` by the model, computed once and cached as ``.npy``."""
         def build() -> np.ndarray:
-            path = self.out / "attributions" / f"{estimator}.{split}.npy"
+            path = self.out / "attributions" / f"{file_name(estimator)}.{split}.npy"
             x, y = self.split(split)
             if path.is_file() and not path.is_symlink():
                 try:
@@ -437,9 +510,8 @@ class _Context:
 
     def sanity_attributions(self, model: nn.Module, estimator: str) -> torch.Tensor:
         x = self.tensor(self.data.x_test[self.sanity_index])
-        return torch.from_numpy(explain(model, x, self.sanity_targets, **ESTIMATORS[estimator],
-                                        seed=self.config.seed, device=self.device,
-                                        batch_size=self.config.explain_batch_size))
+        return torch.from_numpy(self.explainers[estimator](model, x, self.sanity_targets,
+                                                           self.device))
 
     # ------------------------------------------------------------------ removal
 
@@ -781,8 +853,11 @@ def run(
     if config.stream:
         import_factory(config.model)
     else:
-        data = load_dataset(config.dataset, seed=config.seed, image_size=config.image_size)
+        data = (config.dataset if isinstance(config.dataset, BenchmarkData) else
+                load_dataset(config.dataset, seed=config.seed, image_size=config.image_size))
         factory = checked_model_factory(config.model, data)
+    for estimator in config.estimators:  # imports every explain function named by a spec
+        explainer(config, estimator)
     summary = RunSummary(out)
     ex = get_executor(executor, address=ray_address)
     try:

@@ -27,7 +27,7 @@ from quantus_roar._validation import (
 from quantus_roar.curves import normalised_auc
 from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.explainers import TARGETS, explanation_targets
-from quantus_roar.removal import GRANULARITIES, IMPUTER_KWARGS, IMPUTERS, REDUCES, Imputer, Removal
+from quantus_roar.removal import IMPUTER_KWARGS, Imputer, Removal
 
 __all__ = [
     "Inputs",
@@ -367,6 +367,42 @@ class QuantusRoarMetric(quantus.Metric):
                                   "metric instance instead.")
 
 
+# Keywords that build a metric's removal rule in place of ``removal=``.
+_RULE_SHORTCUTS = ("granularity", "reduce", "imputer", "imputer_kwargs")
+
+
+def metric_removal(removal: Removal | None, shortcuts: dict[str, Any], order: str, seed: int,
+                   owner: str) -> Removal:
+    """The removal rule of a metric: ``removal`` as given (its order and seed must be the
+    metric's), or one built from the ``granularity``, ``reduce``, ``imputer`` and
+    ``imputer_kwargs`` shortcuts."""
+    if removal is None:
+        imputer = shortcuts.get("imputer", "channel_mean")
+        kwargs = dict(shortcuts.get("imputer_kwargs") or {})
+        name = imputer.name if isinstance(imputer, Imputer) else imputer
+        if isinstance(name, str) and name in IMPUTER_KWARGS:
+            unknown = sorted(set(kwargs) - IMPUTER_KWARGS[name])
+            if unknown:
+                raise ValueError(f"The 'imputer_kwargs' parameter of {owner} has key(s) "
+                                 f"{unknown} that imputer={name!r} does not accept; it accepts "
+                                 f"{sorted(IMPUTER_KWARGS[name]) or 'none'}.")
+        rule = {k: v for k, v in shortcuts.items() if k in ("granularity", "reduce")}
+        return Removal.ensure(order=order, seed=check_seed(seed, owner), imputer=imputer,
+                              imputer_kwargs=kwargs, owner=owner, **rule)
+    if shortcuts:
+        raise TypeError(f"{owner} got a 'removal' rule and the keyword(s) {sorted(shortcuts)}; "
+                        "give one or the other.")
+    removal = Removal.ensure(removal, owner=owner)
+    if removal.order != order:
+        raise ValueError(f"The 'removal' parameter of {owner} must have order={order!r} (the "
+                         f"metric's). Got order={removal.order!r} instead.")
+    if removal.seed != seed:
+        raise ValueError(f"The 'removal' parameter of {owner} has seed={removal.seed}, the "
+                         f"metric seed={seed}; give the seed once (seed=...), or the same in "
+                         "both.")
+    return removal
+
+
 class RemovalMetric(QuantusRoarMetric):
     """Arguments, checks and result handling shared by the removal metrics."""
 
@@ -379,10 +415,7 @@ class RemovalMetric(QuantusRoarMetric):
         self,
         percentages: float | Iterable[float] = (10, 30, 50, 70, 90),
         *,
-        granularity: str = "pixel",
-        reduce: str = "sum_abs",
-        imputer: str = "channel_mean",
-        imputer_kwargs: dict | None = None,
+        removal: Removal | None = None,
         seed: int = 0,
         target: str = "predicted",
         abs: bool = False,
@@ -398,17 +431,12 @@ class RemovalMetric(QuantusRoarMetric):
     ):
         owner = type(self).__name__
         self.percentages = check_percentages(percentages, owner)
-        self.granularity = check_choice(granularity, "granularity", owner, GRANULARITIES)
-        self.reduce = check_choice(reduce, "reduce", owner, REDUCES)
-        self.imputer = imputer if isinstance(imputer, Imputer) else check_choice(
-            imputer, "imputer", owner, IMPUTERS)
-        self.imputer_kwargs = dict(imputer_kwargs or {})
-        name = self.imputer.name if isinstance(self.imputer, Imputer) else self.imputer
-        unknown = sorted(set(self.imputer_kwargs) - IMPUTER_KWARGS[name])
-        if unknown:
-            raise ValueError(f"The 'imputer_kwargs' parameter of {owner} has key(s) {unknown} "
-                             f"that imputer={name!r} does not accept; it accepts "
-                             f"{sorted(IMPUTER_KWARGS[name]) or 'none'}.")
+        shortcuts = {k: kwargs.pop(k) for k in _RULE_SHORTCUTS if k in kwargs}
+        #: The removal rule every call applies (quantus_roar.removal.Removal).
+        self.removal = metric_removal(removal, shortcuts, self.order, seed, owner)
+        self.granularity, self.reduce = self.removal.granularity, self.removal.reduce
+        self.imputer = self.removal.imputer.name
+        self.imputer_kwargs = self.removal.imputer.settings()
         super().__init__(
             seed=seed, target=target, abs=abs, normalise=normalise,
             normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
@@ -416,11 +444,6 @@ class RemovalMetric(QuantusRoarMetric):
             default_plot_func=default_plot_func, disable_warnings=disable_warnings,
             display_progressbar=display_progressbar, **kwargs,
         )
-        #: The removal rule every call applies (quantus_roar.removal.Removal).
-        self.removal = Removal.ensure(order=self.order, granularity=self.granularity,
-                                      reduce=self.reduce, imputer=self.imputer,
-                                      imputer_kwargs=self.imputer_kwargs, seed=self.seed,
-                                      owner=owner)
         if max(self.percentages) <= 1.0:
             intended = ", ".join(f"{p * 100:g}" for p in self.percentages)
             self._warn(f"{owner}(percentages={list(self.percentages)}) removes at most 1 % of "

@@ -105,9 +105,10 @@ class ROARNoRetrain(_DeletionMetric):
 
     Parameters
     ----------
-    percentages, granularity, reduce, imputer, imputer_kwargs, seed, target
-        As :class:`~quantus_roar.ROAR`. ``"channel_mean"`` uses the means of
-        ``x_batch`` itself.
+    percentages, removal, seed, target
+        As :class:`~quantus_roar.ROAR` (with the same ``granularity``,
+        ``reduce``, ``imputer`` and ``imputer_kwargs`` shortcuts).
+        ``"channel_mean"`` uses the means of ``x_batch`` itself.
     abs, normalise, normalise_func, normalise_func_kwargs, return_aggregate,
     aggregate_func, default_plot_func, disable_warnings, display_progressbar
         As :class:`~quantus_roar.ROAR`.

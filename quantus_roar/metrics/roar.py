@@ -21,6 +21,7 @@ from quantus_roar.metrics._base import (
     compute_attributions,
     retrainer_or_default,
 )
+from quantus_roar.removal import Removal
 from quantus_roar.splits import Split, stratified_split
 
 __all__ = ["KAR", "ROAR"]
@@ -37,10 +38,7 @@ class _RetrainMetric(RemovalMetric):
         percentages: float | Iterable[float] = (10, 30, 50, 70, 90),
         n_retrains: int = 5,
         retrainer: Any = None,
-        granularity: str = "pixel",
-        reduce: str = "sum_abs",
-        imputer: str = "channel_mean",
-        imputer_kwargs: dict | None = None,
+        removal: Removal | None = None,
         test_size: float = 0.2,
         seed: int = 0,
         target: str = "predicted",
@@ -65,8 +63,7 @@ class _RetrainMetric(RemovalMetric):
                              f"{test_size!r} instead.")
         check_retrainer(retrainer, owner)
         super().__init__(
-            percentages, granularity=granularity, reduce=reduce, imputer=imputer,
-            imputer_kwargs=imputer_kwargs, seed=seed, target=target, abs=abs,
+            percentages, removal=removal, seed=seed, target=target, abs=abs,
             normalise=normalise,
             normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
             return_aggregate=return_aggregate, aggregate_func=aggregate_func,
@@ -223,17 +220,16 @@ class ROAR(_RetrainMetric):
         ``fit_score_many`` in one call. Default: ``TorchRetrainer(model)`` with
         its default recipe (12 epochs of Adam, lr 1e-2, one-cycle), with a
         warning: set the recipe deliberately.
-    granularity : {"pixel", "value"}, default "pixel"
-        Remove whole pixels (all channels) or rank every channel value.
-    reduce : {"sum_abs", "sum", "max_abs", "l2"}, default "sum_abs"
-        How channels are combined into one score per pixel (applied to each
-        value alone for ``granularity="value"``: ``|a|`` by default).
-    imputer : {"channel_mean", "zero", "image_mean", "blur", "noisy_linear"}
-        Replacement of removed features; ``"channel_mean"`` (default, the
-        paper's) uses the means of the unmodified training split.
-    imputer_kwargs : dict, optional
-        ``sigma`` for ``"blur"``; ``noise``, ``tol``, ``max_iter`` for
-        ``"noisy_linear"``.
+    removal : quantus_roar.removal.Removal, optional
+        The removal rule: granularity (``"pixel"``: whole pixels, all
+        channels; ``"value"``: every channel value), ``reduce`` (how channels
+        become one score), and the imputer (``ChannelMean()``, the paper's,
+        uses the means of the unmodified training split; ``Zero()``,
+        ``ImageMean()``, ``Blur(sigma)``, ``NoisyLinear(noise, tol,
+        max_iter)``). Its order must be the metric's and its seed ``seed``.
+        Shortcuts in its place: ``granularity=``, ``reduce=``, ``imputer=``
+        (a name or an imputer object) and ``imputer_kwargs=``, e.g.
+        ``ROAR(imputer="noisy_linear", imputer_kwargs={"noise": 0.0})``.
     test_size : float, default 0.2
         Test share of the stratified split when no ``x_test`` is given.
     seed : int, default 0

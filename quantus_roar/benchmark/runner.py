@@ -607,7 +607,8 @@ def _deletion_unit(ctx: _Context, metric: str, estimator: str, keys: list[Key]) 
     return [c for c in cells if c.key in wanted]
 
 
-def _compare(ctx: _Context, original: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+def _mean_similarity(ctx: _Context, original: torch.Tensor, other: torch.Tensor
+                     ) -> dict[str, float]:
     """Mean similarity over the sanity samples, per similarity of the run."""
     return {name: float(np.nanmean(values))
             for name, values in compare(original, other, ctx.config.similarities).items()}
@@ -626,7 +627,7 @@ def _model_randomisation_unit(ctx: _Context, metric: str, estimator: str,
             model = ctx.ceiling_model(s)
         else:
             model = dict(ctx.randomised(s))[step]
-        values = _compare(ctx, original, ctx.sanity_attributions(model, estimator))
+        values = _mean_similarity(ctx, original, ctx.sanity_attributions(model, estimator))
         wall = time.perf_counter() - start
         cells += [Cell(*key, q, v, wall) for q, v in values.items()]
     return cells
@@ -651,7 +652,7 @@ def _data_randomisation_unit(ctx: _Context, metric: str, estimator: str,
         model = {"random_labels": lambda s=s: ctx.random_label_model(s)[0],
                  "floor": lambda s=s: ctx.floor_model(s),
                  "ceiling": lambda s=s: ctx.ceiling_model(s)}[step]()
-        values = _compare(ctx, original, ctx.sanity_attributions(model, estimator))
+        values = _mean_similarity(ctx, original, ctx.sanity_attributions(model, estimator))
         wall = time.perf_counter() - start
         cells += [Cell(*key, q, v, wall) for q, v in values.items()]
     return cells

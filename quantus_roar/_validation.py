@@ -13,9 +13,23 @@ import numpy as np
 import torch
 
 __all__ = [
-    "INPUT_HINT", "MAX_SEED", "as_tensor", "check_batch_size", "check_choice", "check_finite",
-    "check_int", "check_labels", "check_model", "check_number", "check_percentages", "check_seed",
-    "like_input", "model_device", "model_dtype",
+    "INPUT_HINT",
+    "MAX_SEED",
+    "as_tensor",
+    "check_batch_size",
+    "check_channel_first",
+    "check_choice",
+    "check_finite",
+    "check_int",
+    "check_labels",
+    "check_model",
+    "check_number",
+    "check_percentages",
+    "check_seed",
+    "like_input",
+    "model_device",
+    "model_dtype",
+    "native_array",
 ]
 
 #: Seeds are integers in [0, MAX_SEED): what numpy's and torch's generators all accept.
@@ -33,13 +47,36 @@ def as_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
     cannot guard them against writes.
     """
     if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(_msg(name, owner, "real numbers", f"dtype {value.dtype}")
+                            + " Pass the real part (or the magnitude) explicitly.")
         return value
     if isinstance(value, np.ndarray):
-        if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
-            raise TypeError(_msg(name, owner, "a numeric array", f"dtype {value.dtype}"))
-        arr = np.ascontiguousarray(value)
-        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        return torch.from_numpy(native_array(value, name, owner))
     raise TypeError(_msg(name, owner, "a torch.Tensor or numpy.ndarray", type(value).__name__))
+
+
+def native_array(value: np.ndarray, name: str, owner: str) -> np.ndarray:
+    """A contiguous, writable, native-byte-order real numeric copy or view of ``value``.
+
+    Torch reads only native byte order and cannot guard read-only memory;
+    complex, object, string and extended-precision arrays are refused.
+    """
+    dtype = value.dtype
+    if dtype.kind == "c" or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise TypeError(_msg(name, owner, "a real numeric array", f"dtype {dtype}")
+                        + (" Pass the real part (or the magnitude) explicitly."
+                           if dtype.kind == "c" else ""))
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        raise TypeError(_msg(name, owner, "float16, float32 or float64 values",
+                             f"dtype {dtype}") + " Convert it, e.g. x.astype(np.float64).")
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(_msg(name, owner, "a plain array", "a masked array")
+                        + " Fill or drop the masked entries first (x.filled(...)).")
+    if not dtype.isnative:
+        value = value.astype(dtype.newbyteorder("="))
+    arr = value if value.flags.c_contiguous else np.ascontiguousarray(value)  # keeps 0-d
+    return arr if arr.flags.writeable else arr.copy()
 
 
 def model_device(model: torch.nn.Module, device: Any = None) -> torch.device:
@@ -81,6 +118,18 @@ def check_model(model: Any, owner: str, name: str = "model") -> torch.nn.Module:
                          + " Materialise it first, e.g. model.to_empty(device='cpu') and load "
                          "or initialise its weights.")
     return model
+
+
+def check_channel_first(shape: tuple[int, ...], name: str, owner: str) -> None:
+    """Refuse a 4-d batch that is plainly channel-last, (N, H, W, C) with C in 1..4."""
+    if len(shape) == 4 and shape[-1] in (1, 2, 3, 4) and shape[1] > 4 and shape[2] > 4:
+        raise ValueError(
+            f"The '{name}' parameter of {owner} must be channel-first, (N, C, H, W). Got shape "
+            f"{tuple(shape)}, which looks channel-last (N, H, W, C) with C = {shape[-1]}: read "
+            f"as channel-first it would be {shape[1]} channels of {shape[2]}x{shape[3]} "
+            "pixels. Move the channel axis first, e.g. a.permute(0, 3, 1, 2) or "
+            "np.moveaxis(a, -1, 1)."
+        )
 
 
 def check_int(value: Any, name: str, owner: str, *, low: int = 1, high: int | None = None
@@ -140,6 +189,9 @@ def check_labels(y: torch.Tensor, n: int, name: str, owner: str, *,
     if y.dtype == torch.bool:
         raise ValueError(_msg(name, owner, "integer class labels", "booleans")
                          + " Pass them as integers 0 and 1.")
+    if y.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        y = torch.from_numpy(y.numpy().astype(np.int64)) if y.device.type == "cpu" else \
+            y.to(torch.int64)
     if y.is_complex() or (not y.is_floating_point() and y.dtype not in (
             torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
         raise TypeError(_msg(name, owner, "integer class labels", f"dtype {y.dtype}"))
@@ -190,8 +242,16 @@ def check_percentages(
     percentages: float | Iterable[float], owner: str, name: str = "percentages"
 ) -> tuple[float, ...]:
     """Return percentages as a tuple of floats, each in (0, 100]."""
-    if isinstance(percentages, (int, float, np.integer, np.floating)):
+    if isinstance(percentages, (torch.Tensor, np.ndarray)):
+        percentages = percentages.reshape(-1).tolist()
+    if isinstance(percentages, (int, float, np.integer, np.floating)) and not isinstance(
+            percentages, (bool, np.bool_)):
         percentages = (percentages,)
+    if percentages is None or isinstance(percentages, (bool, np.bool_, dict, set)) or not \
+            isinstance(percentages, Iterable):
+        raise TypeError(_msg(name, owner, "a number or a sequence of numbers in (0, 100]",
+                             repr(percentages)))
+    percentages = list(percentages)
     if isinstance(percentages, (str, bytes)) or any(
             isinstance(p, (str, bytes, bool, np.bool_)) for p in percentages):  # type: ignore[union-attr]
         raise TypeError(_msg(name, owner, "a number or a sequence of numbers in (0, 100]",

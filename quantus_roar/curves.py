@@ -38,6 +38,7 @@ from quantus_roar._validation import (
     check_model,
     check_percentages,
     model_device,
+    model_dtype,
 )
 from quantus_roar.removal import Removal
 from quantus_roar.splits import Split, retrain_seeds
@@ -113,6 +114,21 @@ def _check_split(split: Any, name: str, owner: str, *, need_a: bool = True
         raise TypeError(f"The '{name}' parameter of {owner} must be a quantus_roar.splits.Split "
                         f"(x, y, a, ids, channel_last). Got {type(split).__name__} instead.")
     x, y = _check_data(split.x, split.y, f"{name}.x", f"{name}.y", owner)
+    if not isinstance(split.channel_last, (bool, np.bool_)):
+        raise TypeError(f"The '{name}.channel_last' parameter of {owner} must be True or False. "
+                        f"Got {split.channel_last!r} instead.")
+    ids = split.ids
+    if isinstance(ids, (np.integer, int)) and not isinstance(ids, (bool, np.bool_)):
+        ids = check_int(ids, f"{name}.ids", owner, low=0)
+    elif ids is not None:
+        ids_t = as_tensor(ids if isinstance(ids, torch.Tensor) else np.asarray(ids),
+                          f"{name}.ids", owner)
+        if ids_t.shape != (len(x),) or ids_t.is_floating_point() or ids_t.dtype == torch.bool:
+            raise ValueError(f"The '{name}.ids' parameter of {owner} must be {len(x)} integer "
+                             f"sample ids, or the id of the first sample. Got shape "
+                             f"{tuple(ids_t.shape)} and dtype {ids_t.dtype} instead.")
+        ids = ids_t
+    split = split._replace(ids=ids, channel_last=bool(split.channel_last))
     if need_a:
         if split.a is None:
             raise ValueError(f"The '{name}' parameter of {owner} needs attributions (a).")
@@ -225,6 +241,10 @@ def retrain_curve(
     n_retrains = check_int(n_retrains, "n_retrains", owner, low=1)
     train, x_tr, y_tr = _check_split(train, "train", owner)
     test, x_te, y_te = _check_split(test, "test", owner)
+    if test.channel_last != train.channel_last:
+        raise ValueError(f"The 'train' and 'test' parameters of {owner} must have the same "
+                         f"layout. Got channel_last={train.channel_last} and "
+                         f"{test.channel_last}.")
     if x_te.shape[1:] != x_tr.shape[1:]:
         raise ValueError(f"The 'test' parameter of {owner} must have the per-sample shape of "
                          f"the training inputs {tuple(x_tr.shape[1:])}. Got "
@@ -344,6 +364,7 @@ def deletion_curve(
     check_batch_size(batch_size, owner)
     device = model_device(model)
     data, x_t, y_t = _check_split(data, "data", owner)
+    x_t = x_t.to(model_dtype(model))
     a_t = as_tensor(data.a, "data.a", owner)
     nd, cl = x_t.ndim, data.channel_last
     if rule.imputer.name == "channel_mean" and stats is None:
@@ -368,7 +389,16 @@ def deletion_curve(
                     xr = xr.movedim(2, -1)
                 batch = torch.cat([batch, xr])
                 totals[2, 1:] += frac.to(device) * len(xb)
-            out = model(batch.flatten(0, 1)).unflatten(0, (n_p, len(xb)))
+            raw = model(batch.flatten(0, 1))
+            if not isinstance(raw, torch.Tensor) or raw.ndim != 2:
+                shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+                raise ValueError(f"{owner} needs a classifier returning (N, n_classes) scores. "
+                                 f"The model returned {shape} for {len(batch.flatten(0, 1))} "
+                                 "inputs.")
+            if not bool(torch.isfinite(raw).all()):
+                raise ValueError(f"The model given to {owner} returned NaN or inf scores; its "
+                                 "weights or inputs are broken, so no accuracy can be measured.")
+            out = raw.unflatten(0, (n_p, len(xb)))
             if start == 0 and int(y_t.max()) >= out.shape[-1]:
                 raise ValueError(f"The 'data.y' parameter of {owner} must hold class labels in "
                                  f"[0, {out.shape[-1]}) for a model with {out.shape[-1]} "

@@ -29,7 +29,9 @@ from torch.overrides import TorchFunctionMode
 from quantus_roar._hashing import STREAM_RANDOM, content_keys, hash_keys, mix32
 from quantus_roar._validation import (
     INPUT_HINT,
+    as_tensor,
     check_batch_size,
+    check_channel_first,
     check_choice,
     check_finite,
     check_labels,
@@ -37,6 +39,7 @@ from quantus_roar._validation import (
     check_number,
     check_seed,
     model_device,
+    model_dtype,
 )
 
 __all__ = [
@@ -208,22 +211,18 @@ def _base_attribution(model: nn.Module, method: str, kwargs: dict[str, Any]
     return lambda x, t: attribution.attribute(x, target=t, **opts)
 
 
-def _input_tensor(x: Any, name: str, owner: str) -> torch.Tensor:
-    """``x`` as a finite float32 tensor batch, or a clear error."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        arr = np.asarray(x)
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise TypeError(f"The '{name}' parameter of {owner} must be a numeric array or "
-                            f"tensor. Got dtype {arr.dtype} instead.")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.is_complex() or t.ndim < 2 or len(t) == 0:
+def _input_tensor(x: Any, name: str, owner: str, dtype: torch.dtype = torch.float32
+                  ) -> torch.Tensor:
+    """``x`` as a finite tensor batch of ``dtype`` (the model's), or a clear error."""
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"The '{name}' parameter of {owner} must be a numeric array or tensor. "
+                        f"Got {type(x).__name__} instead.")
+    t = as_tensor(x.detach() if isinstance(x, torch.Tensor) else np.asarray(x), name, owner)
+    if t.ndim < 2 or len(t) == 0:
         raise ValueError(f"The '{name}' parameter of {owner} must be a non-empty batch of real "
                          f"numbers, shape (N, ...). Got shape {tuple(t.shape)} and dtype "
                          f"{t.dtype} instead.")
-    t = t.to(torch.float32)
-    return check_finite(t, name, owner, hint=INPUT_HINT)
+    return check_finite(t.to(dtype), name, owner, hint=INPUT_HINT)
 
 
 # --------------------------------------------------------------------------- targets
@@ -253,7 +252,7 @@ def predicted_classes(model: nn.Module, x: Any, *, batch_size: int = 256,
     check_model(model, "predicted_classes")
     check_batch_size(batch_size, "predicted_classes")
     device = model_device(model, device)
-    x_t = _input_tensor(x, "x", "predicted_classes")
+    x_t = _input_tensor(x, "x", "predicted_classes", model_dtype(model))
     was_training = model.training
     model.eval()
     try:
@@ -396,20 +395,19 @@ def explain(
     check_batch_size(batch_size, owner)
     check_model(model, owner)
     device = model_device(model, device)
-    x = _input_tensor(inputs, "inputs", owner).to(device)
-    t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor)
-                        else targets).detach().cpu()
+    x = _input_tensor(inputs, "inputs", owner, model_dtype(model)).to(device)
+    if method == "Sobel" or x.ndim == 4:
+        check_channel_first(tuple(x.shape), "inputs", owner)
+    if targets is None or isinstance(targets, (str, bytes)):
+        raise TypeError(f"The 'targets' parameter of {owner} must be class indices (an int or "
+                        f"one per input). Got {targets!r} instead.")
+    t = as_tensor(targets.detach().cpu() if isinstance(targets, torch.Tensor)
+                  else np.asarray(targets), "targets", owner)
     if t.ndim == 0:
         t = t.expand(len(x))
     n_classes = None
     if method not in CONTROLS:  # the controls explain no class
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            try:
-                n_classes = int(model(x[:1]).shape[-1])
-            finally:
-                model.train(was_training)
+        n_classes = _n_outputs(model, x[:1], owner)
     t = check_labels(t, len(x), "targets", owner, n_classes=n_classes,
                      x_name="inputs").to(device)
 
@@ -422,7 +420,32 @@ def explain(
                                        seed, int(batch_size), method_kwargs)
     if reduce_channels and out.ndim >= 3:
         out = out.sum(dim=1, keepdim=True)
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad.reshape(len(out), -1).any(1)).flatten()[:5].tolist()
+        raise ValueError(f"explain(method={method!r}) produced {int(bad.sum())} NaN or inf "
+                         f"value(s), first in sample(s) {rows}. Check its keyword arguments "
+                         f"({sorted(method_kwargs) or 'none given'}: e.g. a NaN baseline) and "
+                         "the model's outputs.")
     return out.detach().to(torch.float32).cpu().numpy()
+
+
+@torch.no_grad()
+def _n_outputs(model: nn.Module, x: torch.Tensor, owner: str) -> int:
+    """The number of classes ``model`` scores, from one input; a classifier's (N, K) output
+    is required."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x)
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{owner} needs a classifier returning (N, n_classes) scores. The model "
+                         f"returned {shape} for one input; wrap it so it returns one row of "
+                         "class scores per input.")
+    return int(out.shape[1])
 
 
 def _explain_gradient_method(

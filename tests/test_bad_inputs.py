@@ -397,3 +397,108 @@ def test_sweep_good_input_runs(data):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             call(good)
+
+
+# --------------------------------------------------------------------------- review cases
+
+
+def test_big_endian_arrays_give_the_native_answer(data):
+    model, x, y, a = data
+    xb, ab = x.astype(">f4"), a.astype(">f4")
+    assert np.array_equal(removal_masks(ab, (30,)), removal_masks(a, (30,)))
+    assert np.array_equal(explain(model, xb, y.astype(">i8")), explain(model, x, y))
+    m = np.abs(a) > 1
+    assert np.array_equal(impute(xb, m, "zero"), impute(x, m, "zero"))
+    metric = _quiet(qr.ROARNoRetrain, percentages=(50,))
+    assert metric(model, xb, y.astype(">i4"), ab) == _quiet(qr.ROARNoRetrain,
+                                                            percentages=(50,))(model, x, y, a)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda v: v.astype(np.complex64), r"real numeric array.*complex64.*real part"),
+    (lambda v: np.ma.masked_less(v, 0.1), r"masked array"),
+    (lambda v: v.astype(np.longdouble), r"float16, float32 or float64"),
+])
+def test_complex_masked_and_extended_arrays_are_refused(data, bad, match):
+    model, x, y, a = data
+    with pytest.raises(TypeError, match=match):
+        removal_masks(bad(a), (30,))
+    with pytest.raises(TypeError, match=match):
+        _quiet(qr.ROARNoRetrain, percentages=(50,))(model, bad(x), y, a)
+
+
+def test_float64_models_are_explained_and_scored_in_float64(data):
+    _, x, y, a = data
+    m64 = _model().double()
+    a64 = explain(m64, x, y)
+    assert a64.dtype == np.float32 and np.isfinite(a64).all()
+    np.testing.assert_allclose(a64, explain(_model(), x, y), rtol=1e-4, atol=1e-6)
+    got = _quiet(qr.ROARNoRetrain, percentages=(50,))(m64, x, y, explain_func=explain)
+    assert set(got) == {0, 50}
+    curve = deletion_curve(m64, Split(x, y, a), (50,))
+    assert list(curve["percentage"]) == [0, 50]
+
+
+def test_explain_refuses_channel_last_images_and_nan_output(data):
+    model, x, y, _ = data
+    x_cl = np.moveaxis(x, 1, -1)
+    for method in ("Sobel", "Gradient"):
+        with pytest.raises(ValueError, match=r"looks channel-last"):
+            explain(model, x_cl, y, method=method)
+    with pytest.raises(ValueError, match=r"produced \d+ NaN or inf.*baselines"):
+        explain(model, x, y, method="IntegratedGradients",
+                baselines=torch.full((1, 1, 8, 8), float("nan")))
+    with pytest.raises(TypeError, match=r"'targets' parameter of explain must be class"):
+        explain(model, x, None)
+
+
+def test_models_without_class_scores_are_named(data):
+    _, x, y, a = data
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1),
+                               torch.nn.Flatten(0))  # returns (N,)
+    with pytest.raises(ValueError, match=r"classifier returning \(N, n_classes\)"):
+        explain(flat, x, y)
+    with pytest.raises(ValueError, match=r"classifier returning \(N, n_classes\)"):
+        deletion_curve(flat, Split(x, y, a), (50,))
+    broken = _model()
+    with torch.no_grad():
+        broken[-1].weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"returned NaN or inf scores"):
+        deletion_curve(broken, Split(x, y, a), (50,))
+
+
+def test_split_layout_must_be_a_boolean_and_shared(data):
+    model, x, y, a = data
+    with pytest.raises(TypeError, match=r"'data.channel_last' parameter .* True or False"):
+        deletion_curve(model, Split(x, y, a, None, "False"), (50,))
+    with pytest.raises(ValueError, match=r"same layout"):
+        retrain_curve(NoTraining(), Split(x, y, a), Split(x, y, a, None, True), (50,),
+                      n_retrains=1)
+    with pytest.raises(TypeError, match=r"'data.ids' parameter .* real numeric"):
+        deletion_curve(model, Split(x, y, a, ["a"] * 12), (50,))
+    with pytest.raises(ValueError, match=r"'data.ids' .* 12 integer sample ids"):
+        deletion_curve(model, Split(x, y, a, np.arange(11)), (50,))
+    assert deletion_curve(model, Split(x, y, a, np.int64(5)), (50,)).equals(
+        deletion_curve(model, Split(x, y, a, 5), (50,)))
+
+
+def test_metric_callables_are_checked(data):
+    model, x, y, a = data
+    with pytest.raises(TypeError, match=r"'aggregate_func' parameter of ROAR must be callable"):
+        qr.ROAR(aggregate_func="mean", disable_warnings=True)
+    metric = _quiet(qr.ROARNoRetrain, percentages=(50,), normalise=True,
+                    normalise_func=lambda v: None)
+    with pytest.raises(ValueError, match=r"'normalise_func' .* returned None"):
+        metric(model, x, y, a)
+
+
+def test_unsigned_labels_and_percentage_containers(data):
+    model, x, y, a = data
+    ref = _quiet(qr.ROARNoRetrain, percentages=(50,))(model, x, y, a)
+    for dtype in (torch.uint8, torch.uint16, torch.uint32):
+        assert _quiet(qr.ROARNoRetrain, percentages=(50,))(
+            model, x, torch.from_numpy(y).to(dtype), a) == ref
+    assert _quiet(qr.ROARNoRetrain, percentages=torch.tensor(50.0))(model, x, y, a) == ref
+    assert _quiet(qr.ROARNoRetrain, percentages=(p for p in [50]))(model, x, y, a) == ref
+    with pytest.raises(TypeError, match=r"'percentages' .* Got None"):
+        qr.ROARNoRetrain(percentages=None)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from quantus_roar._validation import (
     INPUT_HINT,
+    as_tensor,
     check_choice,
     check_finite,
     check_labels,
@@ -23,6 +24,7 @@ from quantus_roar._validation import (
     check_seed,
     model_device,
     model_dtype,
+    native_array,
 )
 from quantus_roar.curves import normalised_auc
 from quantus_roar.exceptions import QuantusRoarWarning
@@ -59,17 +61,16 @@ def _owner_call(owner: str) -> str:
 
 def _to_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
+        if value.is_meta:
+            raise ValueError(f"The '{name}' parameter of {owner} is a tensor on the meta device "
+                             "(no data). Pass the data itself.")
+        return as_tensor(value.detach().cpu(), name, owner)
     try:
-        arr = np.asarray(value)
+        arr = np.asanyarray(value)  # keeps a masked array masked, so it is refused
     except Exception as err:  # pragma: no cover - exotic array-likes
         raise TypeError(f"The '{name}' parameter of {owner} must be array-like. Got "
                         f"{type(value).__name__} instead.") from err
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
-                                   or arr.dtype == np.bool_):
-        raise TypeError(f"The '{name}' parameter of {owner} must be a numeric array. Got dtype "
-                        f"{arr.dtype} instead.")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return torch.from_numpy(native_array(arr, name, owner))
 
 
 def _channel_last(x: torch.Tensor, channel_first: bool | None) -> bool:
@@ -297,6 +298,11 @@ class QuantusRoarMetric(quantus.Metric):
     ):
         owner = type(self).__name__
         self.seed = check_seed(seed, owner)
+        for name, func in (("aggregate_func", aggregate_func), ("normalise_func", normalise_func),
+                           ("default_plot_func", default_plot_func)):
+            if func is not None and not callable(func):
+                raise TypeError(f"The '{name}' parameter of {owner} must be callable (e.g. "
+                                f"np.mean) or None. Got {func!r} instead.")
         self.target = check_choice(target, "target", owner, TARGETS)
         self.results: pd.DataFrame | None = None
         super().__init__(
@@ -356,7 +362,14 @@ class QuantusRoarMetric(quantus.Metric):
                 "(e.g. a division by zero in its normalisation)."
             )
         if self.normalise:
-            a_t = torch.as_tensor(np.asarray(self.normalise_func(a_t.numpy()), dtype=np.float32))
+            normed = self.normalise_func(a_t.numpy())  # Quantus bound its kwargs already
+            if normed is None or np.shape(normed) != tuple(a_t.shape):
+                raise ValueError(f"The 'normalise_func' of {call} returned "
+                                 f"{None if normed is None else np.shape(normed)} for attributions "
+                                 f"of shape {tuple(a_t.shape)}; it must return them normalised, "
+                                 "in the same shape.")
+            a_t = torch.as_tensor(np.asarray(normed, dtype=np.float32))
+            check_finite(a_t, f"{owner_name} after normalise_func", call)
         if self.abs:
             a_t = a_t.abs()
         return a_t

@@ -20,6 +20,7 @@ from quantus_roar._hashing import hash_normal
 from quantus_roar._validation import (
     INPUT_HINT,
     as_tensor,
+    check_channel_first,
     check_choice,
     check_finite,
     check_int,
@@ -28,7 +29,7 @@ from quantus_roar._validation import (
     like_input,
 )
 from quantus_roar.removal._solver import noisy_linear_fill
-from quantus_roar.removal.ranking import _check_channel_first, _sample_ids
+from quantus_roar.removal.ranking import _sample_ids
 
 __all__ = [
     "IMPUTERS", "IMPUTER_KWARGS", "Blur", "ChannelMean", "ImageMean", "Imputer", "NoisyLinear",
@@ -362,7 +363,7 @@ def impute(
         )
     if not x_t.is_floating_point():
         x_t = x_t.float()
-    _check_channel_first(tuple(x_t.shape), "x", owner)
+    check_channel_first(tuple(x_t.shape), "x", owner)
     check_seed(seed, owner)
     check_finite(x_t, "x", owner, hint=INPUT_HINT)
     m_full = m_p.expand(m_p.shape[0], *x_t.shape)

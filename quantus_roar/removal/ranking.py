@@ -11,6 +11,7 @@ import torch
 from quantus_roar._hashing import STREAM_TIES, hash_keys
 from quantus_roar._validation import (
     as_tensor,
+    check_channel_first,
     check_choice,
     check_finite,
     check_percentages,
@@ -56,18 +57,6 @@ def removal_counts(n_features: int, percentages: Iterable[float]) -> list[int]:
     [6, 45]
     """
     return [round(float(p) * n_features / 100.0) for p in percentages]
-
-
-def _check_channel_first(shape: tuple[int, ...], name: str, owner: str) -> None:
-    """Refuse a 4-d batch that is plainly channel-last, (N, H, W, 1) or (N, H, W, 3)."""
-    if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] > 4 and shape[2] > 4:
-        raise ValueError(
-            f"The '{name}' parameter of {owner} must be channel-first, (N, C, H, W). Got shape "
-            f"{tuple(shape)}, which looks channel-last (N, H, W, C) with C = {shape[-1]}: read "
-            f"as channel-first it would be {shape[1]} channels of {shape[2]}x{shape[3]} "
-            "pixels. Move the channel axis first, e.g. a.permute(0, 3, 1, 2) or "
-            "np.moveaxis(a, -1, 1)."
-        )
 
 
 def _mask_shapes(shape: tuple[int, ...], granularity: str) -> tuple[tuple, tuple]:
@@ -144,7 +133,7 @@ def feature_ranks(
     check_choice(granularity, "granularity", owner, GRANULARITIES)
     check_choice(reduce, "reduce", owner, REDUCES)
     check_seed(seed, owner)
-    _check_channel_first(tuple(a_t.shape), "a", owner)
+    check_channel_first(tuple(a_t.shape), "a", owner)
     check_finite(a_t, "a", owner)
     if not a_t.is_floating_point():
         a_t = a_t.float()

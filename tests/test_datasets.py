@@ -532,3 +532,30 @@ def test_interrupted_materialise_removes_the_partial_file(tmp_path):
                        tmp_path)
     assert isinstance(out, np.memmap) and float(out.sum()) == 18.0
     assert [p.name for p in tmp_path.iterdir()] == ["x_train.npy"]
+
+
+def test_float_images_and_colour_after_grey_are_refused_naming_the_file(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "f"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8), "L").save(root / c / f"{i}.png")
+    Image.fromarray(np.full((8, 8), 0.25, np.float32), "F").save(root / "a" / "9.tif")
+    with pytest.raises(DatasetError, match=r"9\.tif.*floating-point pixels"):
+        load_dataset(f"imagefolder:{root}")
+    (root / "a" / "9.tif").unlink()
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 200
+    Image.fromarray(red, "RGB").save(root / "b" / "9.png")
+    with pytest.raises(DatasetError, match=r"9\.png.*colour image.*first image is greyscale"):
+        load_dataset(f"imagefolder:{root}")
+
+
+@pytest.mark.parametrize("image_size", [0, -3, 4.5, True])
+def test_bad_image_size_is_named_before_any_image_is_read(tmp_path, image_size):
+    with pytest.raises(ValueError, match=r"'image_size' parameter of load_dataset"):
+        load_dataset(f"imagefolder:{tmp_path}", image_size=image_size)
+    with pytest.raises(TypeError, match=r"dataset spec must be a string"):
+        load_dataset(None)  # type: ignore[arg-type]

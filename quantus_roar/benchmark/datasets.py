@@ -563,6 +563,13 @@ def _pixels(img: Any, mode: str, image_size: int | None) -> np.ndarray:
     """(H, W) or (H, W, 3) float32 in [0, 1] of an opened, loaded PIL image."""
     from PIL import Image
 
+    if img.mode.startswith("F"):
+        raise ValueError(f"it holds floating-point pixels (PIL mode {img.mode}) whose range is "
+                         "unknown; convert the images to 8- or 16-bit first")
+    if mode == "L" and img.mode not in _GREY_MODES:
+        raise ValueError(f"it is a colour image (PIL mode {img.mode}) but the folder's first "
+                         "image is greyscale, and converting it to grey would discard colour; "
+                         "store all images of the folder in one colour mode")
     if img.mode in _WIDE_MODES:
         raw = np.asarray(img)
         if raw.size and (raw.min() < 0 or raw.max() > 65535):
@@ -679,6 +686,13 @@ def load_dataset(spec: str, *, seed: int = 0, cache: str | Path | None = None,
     ValueError
         For an unknown spec.
     """
+    if not isinstance(spec, str):
+        raise TypeError(f"The dataset spec must be a string such as 'digits' or "
+                        f"'imagefolder:/data/images'. Got {type(spec).__name__} instead.")
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool)
+                                   or image_size < 1):
+        raise ValueError(f"The 'image_size' parameter of load_dataset must be a positive integer "
+                         f"(pixels per side) or None. Got {image_size!r} instead.")
     kind, _, root = spec.partition(":")
     kind = kind.lower()
     cache_path = None if cache is None else Path(cache)

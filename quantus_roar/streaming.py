@@ -12,6 +12,7 @@ Plain PyTorch and numpy, no Quantus import.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,12 @@ def chunked_channel_means(x: np.ndarray, chunk: int = _CHUNK) -> np.ndarray:
 
     Returns float32 of shape (C,), as :func:`quantus_roar.removal.channel_means`.
     """
+    expected = ("The 'chunk' parameter of chunked_channel_means must be a positive integer "
+                f"(samples read at a time). Got {chunk!r} instead.")
+    if isinstance(chunk, (bool, np.bool_)) or not isinstance(chunk, (int, np.integer)):
+        raise TypeError(expected)
+    if chunk < 1:
+        raise ValueError(expected)
     if x.ndim < 2 or len(x) == 0:
         raise ValueError("chunked_channel_means needs a non-empty batch of shape (N, C, ...). Got "
                          f"shape {tuple(x.shape)}.")
@@ -40,6 +47,62 @@ def chunked_channel_means(x: np.ndarray, chunk: int = _CHUNK) -> np.ndarray:
         total += np.asarray(x[start : start + chunk], dtype=np.float64).sum(axis=axes)
     per_channel = len(x) * int(np.prod(x.shape[2:]))
     return (total / per_channel).astype(np.float32)
+
+
+def _kind(v: Any) -> str:
+    """numpy's dtype kind of an array or tensor ('f', 'i', 'u', 'b', 'c', ...)."""
+    if isinstance(v, torch.Tensor):
+        return ("c" if v.is_complex() else "b" if v.dtype == torch.bool
+                else "f" if v.is_floating_point() else "i")
+    try:
+        return np.dtype(v.dtype).kind
+    except TypeError:
+        return "O"
+
+
+def _check_array(v: Any, name: str) -> None:
+    """Refuse what is not a real numeric array (a memmap, ndarray or tensor) of samples."""
+    if not (hasattr(v, "shape") and hasattr(v, "dtype") and hasattr(v, "__getitem__")):
+        raise TypeError(f"The '{name}' parameter of RemovedDataset must be a numeric array, e.g. "
+                        "numpy.load(path, mmap_mode='r'). Got "
+                        f"{type(v).__name__} instead.")
+    kind = _kind(v)
+    if kind not in "biuf":
+        extra = " Its imaginary part would be dropped; pass the real part or the magnitude." \
+            if kind == "c" else ""
+        raise TypeError(f"The '{name}' parameter of RemovedDataset must be a real numeric array. "
+                        f"Got dtype {v.dtype} instead.{extra}")
+    if len(v.shape) < 1:
+        raise ValueError(f"The '{name}' parameter of RemovedDataset must be batch-first, of "
+                         f"shape (N, ...). Got a scalar of shape {tuple(v.shape)} instead.")
+
+
+def _checked_labels(y: Any) -> np.ndarray:
+    """The labels as a 1-d integer-valued array (read once: labels are small)."""
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    try:
+        arr = np.asarray(y)
+    except (TypeError, ValueError) as err:
+        raise TypeError("The 'y' parameter of RemovedDataset must be integer class labels, one "
+                        f"per input. Got a {type(y).__name__} numpy cannot read ({err}).") from None
+    if arr.dtype.kind not in "iuf":
+        got = "booleans" if arr.dtype.kind == "b" else f"dtype {arr.dtype}"
+        raise TypeError("The 'y' parameter of RemovedDataset must be integer class labels, one "
+                        f"per input. Got {got} instead.")
+    if arr.ndim != 1:
+        raise ValueError("The 'y' parameter of RemovedDataset must be integer class labels of "
+                         f"shape (N,), one per input. Got shape {arr.shape} instead.")
+    if arr.dtype.kind == "f":
+        bad = ~(np.isfinite(arr) & (arr == np.round(arr)))
+        if bool(bad.any()):
+            raise ValueError("The 'y' parameter of RemovedDataset must be integer class labels. "
+                             f"Got {int(bad.sum())} label(s) that are not whole numbers, e.g. "
+                             f"{arr[bad][:5].tolist()}; they would be truncated.")
+    if len(arr) and (float(arr.min()) < 0 or float(arr.max()) >= 2**63):
+        raise ValueError("The 'y' parameter of RemovedDataset must be class labels 0..K-1. Got "
+                         f"labels from {arr.min()} to {arr.max()} instead.")
+    return arr
 
 
 class RemovedDataset(Dataset):
@@ -68,21 +131,42 @@ class RemovedDataset(Dataset):
         The training set's channel means, required for ``"channel_mean"``: a
         batch's own mean is not the paper's imputation.
 
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``a`` is not a real numeric array, ``y`` does not hold
+        numbers, or ``first_id`` is not an integer.
+    ValueError
+        If ``y`` is not one integer label (>= 0) per input, ``first_id`` is
+        negative, or a required ``percentage`` or ``stats`` is missing.
+
     Notes
     -----
     ``DataLoader`` calls :meth:`__getitems__` with a batch of indices, so
     masks and imputation run once per batch, vectorised; only that batch is
-    read from disk.
+    read from disk. Indices follow Python's rules: ``ds[-1]`` is the last
+    sample (id ``first_id + len(ds) - 1``), as in memory.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, a: np.ndarray | None = None,
                  percentage: float | None = None, *, first_id: int = 0,
                  removal: Removal | None = None, stats: Any = None, **rule: Any):
+        _check_array(x, "x")
+        if a is not None:
+            _check_array(a, "a")
+        y = _checked_labels(y)
         if len(x) != len(y) or (a is not None and len(a) != len(x)):
             got = f"{len(x)} inputs, {len(y)} labels" + (
                 "" if a is None else f", {len(a)} attributions")
             raise ValueError(f"RemovedDataset needs one label (and attribution) per input. Got "
                              f"{got}.")
+        if isinstance(first_id, (bool, np.bool_)) or not isinstance(first_id,
+                                                                    (int, np.integer)):
+            raise TypeError("The 'first_id' parameter of RemovedDataset must be a non-negative "
+                            f"integer (the id of x[0]). Got {first_id!r} instead.")
+        if first_id < 0 or first_id + len(x) > 2**63:
+            raise ValueError("The 'first_id' parameter of RemovedDataset must be a non-negative "
+                             f"integer (the id of x[0]). Got {first_id!r} instead.")
         if a is not None and percentage is None:
             raise ValueError("RemovedDataset needs a 'percentage' when attributions are given.")
         self.removal = Removal.ensure(removal, owner="RemovedDataset", **rule)
@@ -97,9 +181,32 @@ class RemovedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.y)
 
+    def _indices(self, indices: Sequence[int]) -> np.ndarray:
+        """``indices`` as int64 in [0, len), negative ones counted from the end."""
+        raw = np.asarray(indices)
+        if raw.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        if raw.ndim != 1 or raw.dtype.kind not in "iu":
+            raise TypeError("RemovedDataset.batch needs a sequence of integer indices. Got "
+                            f"{indices!r:.80} instead.")
+        n = len(self)
+        if raw.dtype == np.uint64 and bool((raw >= 2**63).any()):
+            raise IndexError(f"RemovedDataset index out of range for {n} samples: "
+                             f"{int(raw.max())}.")
+        idx = raw.astype(np.int64)
+        bad = (idx < -n) | (idx >= n)
+        if bool(bad.any()):
+            raise IndexError(f"RemovedDataset index out of range for {n} samples: "
+                             f"{idx[bad][:5].tolist()}.")
+        return np.where(idx < 0, idx + n, idx)
+
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs (B, ...) and labels (B,) of ``indices``, with features removed."""
-        idx = np.asarray(indices, dtype=np.int64)
+        """Inputs (B, ...) and labels (B,) of ``indices``, with features removed.
+
+        Negative indices count from the end, as in Python: sample ``-1`` is
+        sample ``len - 1``, with the same id and so the same mask.
+        """
+        idx = self._indices(indices)
         order = np.argsort(idx, kind="stable")  # sorted reads are sequential on disk
         sorted_idx = idx[order]
         x = torch.from_numpy(np.ascontiguousarray(self.x[sorted_idx], dtype=np.float32))
@@ -116,5 +223,10 @@ class RemovedDataset(Dataset):
         return list(zip(x.unbind(0), y.unbind(0), strict=True))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.batch([int(index)])
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise TypeError("RemovedDataset indices must be integers. Got "
+                            f"{type(index).__name__} {index!r:.80} instead.") from None
+        x, y = self.batch([i])
         return x[0], y[0]

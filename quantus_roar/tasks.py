@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from quantus_roar._validation import as_tensor
 from quantus_roar.removal import Removal, channel_means
-from quantus_roar.retrain.base import RetrainJob, fit_score_many
+from quantus_roar.retrain.base import RetrainJob, check_scores, fit_score_many
 from quantus_roar.splits import Split
 
 __all__ = ["retrain_group", "retrain_group_task", "task_groups", "task_resources"]
@@ -81,6 +81,12 @@ def retrain_group(
         ``"accuracy"``: one test accuracy per job, in order;
         ``"removed_fraction"`` and ``"removal_time_s"``: per percentage;
         ``"retrain_time_s"``: wall time of the ``fit_score_many`` call.
+
+    Raises
+    ------
+    TypeError, ValueError, RuntimeError
+        If the retrainer does not return one accuracy, a finite number in
+        [0, 1], per job (the message names the job and the value).
     """
     owner = "retrain_group"
     x_tr = as_tensor(train.x, "x_train", owner)
@@ -116,12 +122,11 @@ def retrain_group(
     retrain_jobs = [RetrainJob(data[float(p)][0], train.y, data[float(p)][1], test.y, int(s))
                     for p, s in jobs]
     start = time.perf_counter()
-    scores = fit_score_many(retrainer, retrain_jobs, progress=progress)
-    if len(scores) != len(retrain_jobs):
-        raise RuntimeError(f"The retrainer's fit_score_many returned {len(scores)} scores for "
-                           f"{len(retrain_jobs)} jobs; it must return one accuracy per job, in "
-                           "order.")
-    return {"accuracy": [float(v) for v in scores], "removed_fraction": fractions,
+    # every score a finite accuracy in [0, 1], one per job (also for retrainers whose
+    # fit_score_many is called directly by an executor's wrapper)
+    scores = check_scores(fit_score_many(retrainer, retrain_jobs, progress=progress),
+                          len(retrain_jobs), f"{type(retrainer).__name__}.fit_score_many")
+    return {"accuracy": scores, "removed_fraction": fractions,
             "removal_time_s": times, "retrain_time_s": time.perf_counter() - start}
 
 

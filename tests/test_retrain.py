@@ -112,7 +112,7 @@ def test_constructor_errors():
 @pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "vmap"])
 def test_ensemble_matches_sequential_after_one_step(grouped, monkeypatch):
     if not grouped:  # force the vmap formulation on a model the grouped one supports
-        monkeypatch.setattr(torch_retrainer, "supports_grouped", lambda model: False)
+        monkeypatch.setattr(torch_retrainer, "supports_grouped", lambda model, **kw: False)
     x, y = _tiny_data(n=64)
     jobs = [RetrainJob(x * (1 + 0.1 * s), y, x, y, s) for s in range(4)]
     # one epoch of one batch = one optimizer step
@@ -272,3 +272,32 @@ def test_grouped_formulation_refuses_what_it_cannot_run():
                                               nn.Flatten(), nn.Linear(2, 2)))
     assert not supports_grouped(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU(), nn.Flatten(),
                                               nn.Linear(2, 2)))
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(10, 2))
+    assert supports_grouped(flat) and supports_grouped(flat, sample_ndim=3)
+    for ndim in (1, 2, 4):  # tabular (F,), time series (C, T), volumes (C, D, H, W)
+        assert not supports_grouped(flat, sample_ndim=ndim)
+    with pytest.raises(ValueError, match=r"grouped_forward needs inputs of shape "
+                                         r"\(M, B, C, H, W\)"):
+        grouped_forward(flat.to("meta"), {}, torch.zeros(2, 3, 10))
+
+
+@pytest.mark.parametrize("shape", [(12, 10), (12, 2, 5), (12, 1, 2, 3, 4)],
+                         ids=["tabular", "time-series", "volume"])
+def test_ensemble_trains_flattening_models_on_data_that_is_not_images(shape):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(*shape, generator=g), torch.arange(12) % 2
+    features = int(np.prod(shape[1:]))
+
+    def make():
+        return nn.Sequential(nn.Flatten(), nn.Linear(features, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    jobs = [RetrainJob(x * (1 + 0.1 * s), y, x, y, s) for s in range(2)]
+    kwargs = {"model_fn": make, "epochs": 2, "batch_size": 5}
+    together = TorchRetrainer(**kwargs)
+    assert together.batchable(x)[0]
+    scores = together.fit_score_many(jobs)
+    alone = TorchRetrainer(ensemble=False, **kwargs)
+    assert scores == alone.fit_score_many(jobs)
+    for a, b in zip(together.fit_many(jobs), alone.fit_many(jobs), strict=True):
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=0)

@@ -581,3 +581,286 @@ def test_user_retrainer_loop_checks_jobs():
     with pytest.raises(ValueError, match=r"'jobs\[0\]' parameter of fit_score_many .*length 3"):
         fit_score_many(Mine(), [(1, 2, 3)])
     assert fit_score_many(Mine(), [(1, 2, 3, 4, 5)]) == [1.0]
+
+
+# ---------------------------------------------------------------- 12. diverging training
+
+
+def _cnn():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def _pairs12():
+    return torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(12) % 2
+
+
+def test_diverging_training_raises_instead_of_reporting_an_accuracy():
+    x, y = _pairs12()
+    r = TorchRetrainer(_cnn(), epochs=2, lr=1e30, schedule=None)
+    with pytest.raises(RuntimeError, match=r"TorchRetrainer\.fit: training diverged: the loss "
+                                           r"became NaN or inf at epoch [12] of 2 \(seed 0\)\. "
+                                           r"Lower lr \(now 1e\+30\), check the augment function "
+                                           r"and the data"):
+        r.fit(x, y, seed=0)
+    with pytest.raises(RuntimeError, match=r"fit_score_many: training diverged: .* \(in 2 of the "
+                                           r"2 models trained together: jobs\[0\] \(seed 0\), "
+                                           r"jobs\[1\] \(seed 1\)\)\. Lower lr"):
+        r.fit_score_many([RetrainJob(x, y, x, y, 0), RetrainJob(x, y, x, y, 1)])
+    with pytest.raises(RuntimeError, match=r"at epoch [12] of 2 \(jobs\[0\], seed 5\)"):
+        TorchRetrainer(_cnn(), epochs=2, lr=1e30, schedule=None, ensemble=False).fit_score_many(
+            [RetrainJob(x, y, x, y, 5)])
+
+
+def test_the_ensemble_names_the_model_that_diverged():
+    x, y = _pairs12()
+    # finite inputs whose logits overflow float32: only job 1's loss is NaN
+    jobs = [RetrainJob(x, y, x, y, 0), RetrainJob(x * 3e38, y, x, y, 1)]
+    with pytest.raises(RuntimeError, match=r"at epoch 1 of 1 \(in 1 of the 2 models trained "
+                                           r"together: jobs\[1\] \(seed 1\)\)"):
+        TorchRetrainer(_cnn(), epochs=1).fit_score_many(jobs)
+
+
+def test_an_augment_that_returns_nan_in_training_raises():
+    x, y = _pairs12()
+
+    def nan_on_full_batches(b, g):  # passes the probe on two inputs
+        return b if len(b) <= 2 else b * float("nan")
+
+    with pytest.raises(RuntimeError, match=r"the loss became NaN or inf at epoch 1 of 2 "
+                                           r"\(seed 3\)\. .*check the augment function"):
+        TorchRetrainer(_cnn(), epochs=2, augment=nan_on_full_batches).fit(x, y, seed=3)
+
+
+def test_score_refuses_nan_logits():
+    x, y = _pairs12()
+    model = _cnn()
+    with torch.no_grad():
+        model[3].bias[0] = float("nan")
+    with pytest.raises(ValueError, match=r"TorchRetrainer\.score: the model returned NaN or inf "
+                                         r"logits for 12 of 12 sample\(s\) of 'x', first in "
+                                         r"sample\(s\) \[0, 1, 2, 3, 4\]\. Its weights are likely "
+                                         r"NaN \(training diverged"):
+        _retrainer().score(model, x, y)
+    with pytest.raises(ValueError, match=r"NaN or inf logits .* in batch 0 read from the Dataset"):
+        _retrainer().score(model, TensorDataset(x, y), None)
+
+
+# ---------------------------------------------------------------- 13. a user's scores
+
+
+class _Scores:
+    """A user's retrainer whose score returns the given values in turn."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def fit(self, x, y, *, seed):
+        return nn.Identity()
+
+    def score(self, model, x, y):
+        return self.values.pop(0)
+
+
+@pytest.mark.parametrize("bad, error, got", [
+    (math.nan, ValueError, r"of nan, which is not an accuracy"),
+    (7.5, ValueError, r"of 7\.5, which is not an accuracy \(a finite number in \[0, 1\]\)"),
+    (1.5, ValueError, r"of 1\.5, which is not an accuracy"),
+    (-0.1, ValueError, r"of -0\.1, which"),
+    (torch.tensor([0.5, 0.7]), TypeError, r"that is not one number: a Tensor of shape \(2,\)"),
+    ("0.5", TypeError, r"that is not a real number: '0\.5' \(str\)"),
+    (True, TypeError, r"that is not a real number: True \(bool\)"),
+])
+def test_a_user_retrainers_scores_are_checked(bad, error, got):
+    x, y = _pairs12()
+    jobs = [RetrainJob(x, y, x, y, 0), RetrainJob(x, y, x, y, 4)]
+    with pytest.raises(error, match=r"fit_score_many \(from _Scores\.score\) got a score for "
+                                    r"jobs\[1\] \(seed 4\) " + got):
+        fit_score_many(_Scores(0.5, bad), jobs)
+
+
+def test_scores_as_numbers_zero_d_tensors_and_numpy_scalars_are_accepted():
+    x, y = _pairs12()
+    jobs = [RetrainJob(x, y, x, y, s) for s in range(4)]
+    scores = fit_score_many(_Scores(torch.tensor(0.25), np.float32(0.5), np.array(0.75), 1), jobs)
+    assert scores == [0.25, 0.5, 0.75, 1.0] and all(type(s) is float for s in scores)
+
+
+def test_a_user_fit_score_many_and_fit_task_are_checked():
+    x, y = _pairs12()
+    jobs = [RetrainJob(x, y, x, y, s) for s in range(2)]
+
+    class Many(_Scores):
+        def fit_score_many(self, jobs):
+            return self.values
+
+    with pytest.raises(ValueError, match=r"Many\.fit_score_many got a score for jobs\[1\] of nan"):
+        fit_score_many(Many(0.5, math.nan), jobs)
+    with pytest.raises(RuntimeError, match=r"returned 1 scores for 2 jobs"):
+        fit_score_many(Many(0.5), jobs)
+    with pytest.raises(TypeError, match=r"One\.fit_score_many returned float for 2 jobs"):
+        fit_score_many(type("One", (Many,), {"fit_score_many": lambda self, j: 0.5})(), jobs)
+    with pytest.raises(ValueError, match=r"fit_task \(from _Scores\.score\) got a score for the "
+                                         r"model of seed 0 of 7\.5"):
+        fit_task(_Scores(7.5), x, y, 0)
+
+
+def test_retrain_group_checks_the_scores():
+    from quantus_roar.removal import Removal
+    from quantus_roar.splits import Split
+    from quantus_roar.tasks import retrain_group
+
+    x, y = _pairs12()
+    with pytest.raises(ValueError, match=r"got a score for jobs\[1\] \(seed 1\) of 1\.5"):
+        retrain_group(_Scores(0.5, 1.5), Split(x, y), Split(x, y), [(0.0, 0), (0.0, 1)],
+                      removal=Removal())
+    out = retrain_group(_Scores(0.5, np.float64(0.25)), Split(x, y), Split(x, y),
+                        [(0.0, 0), (0.0, 1)], removal=Removal())
+    assert out["accuracy"] == [0.5, 0.25]
+
+
+# ---------------------------------------------------------------- 14. model dtypes
+
+
+def test_a_float64_model_trains_and_scores_in_float64():
+    x, y = _pairs12()
+    r = TorchRetrainer(_cnn().double(), epochs=2)
+    model = r.fit(x, y, seed=0)
+    assert model[1].weight.dtype == torch.float64
+    assert 0.0 <= r.score(model, x, y) <= 1.0
+    # a float32 retrainer scores a float64 model, and the ensemble path trains in float64
+    assert 0.0 <= _retrainer().score(model, x.numpy(), y) <= 1.0
+    models = r.fit_many([RetrainJob(x, y, None, None, s) for s in range(2)])
+    assert all(m[1].weight.dtype == torch.float64 for m in models)
+    alone = TorchRetrainer(_cnn().double(), epochs=2, ensemble=False).fit(x, y, seed=1)
+    for p, q in zip(models[1].parameters(), alone.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+
+
+def test_a_float64_model_keeps_finite_float64_inputs():
+    x, y = _pairs12()
+    x64 = x.double()
+    x64[2, 0, 0, 0] = 1e300  # beyond float32, finite in float64
+    with pytest.raises(ValueError, match=r"beyond the float32 range"):
+        _retrainer().fit(x64, y, seed=0)
+    TorchRetrainer(_cnn().double(), epochs=1, lr=1e-6).fit(x64 * 1e-290, y, seed=0)
+
+
+# ---------------------------------------------------------------- 15. BatchNorm and one sample
+
+
+def _bn():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Linear(16, 2))
+
+
+def test_batchnorm1d_last_batch_of_one_sample_joins_the_one_before():
+    x, y = _pairs12()
+    # 12 = 11 + 1: one mini-batch of 12, as with batch_size=12
+    merged = TorchRetrainer(_bn(), epochs=2, batch_size=11).fit(x, y, seed=0)
+    assert _same_weights(merged, TorchRetrainer(_bn(), epochs=2, batch_size=12).fit(x, y, seed=0))
+    streamed = TorchRetrainer(_bn(), epochs=2, batch_size=11).fit(TensorDataset(x, y), None,
+                                                                  seed=0)
+    assert _same_weights(merged, streamed)
+    # 12 = 5 + 5 + 2: nothing to merge; 13 = 4 * 3 + 1 trains too
+    TorchRetrainer(_bn(), epochs=1, batch_size=5).fit(x, y, seed=0)
+    x13, y13 = torch.rand(13, 1, 8, 8), torch.arange(13) % 2
+    TorchRetrainer(_bn(), epochs=1, batch_size=4).fit_score_many([RetrainJob(x13, y13, x, y, 0)])
+
+
+def test_batchnorm_with_one_training_sample_is_refused_up_front(no_training):
+    x, y = _pairs12()
+    with pytest.raises(ValueError, match=r"TorchRetrainer\.fit cannot train this model with 1 "
+                                         r"training sample: its BatchNorm needs more than one "
+                                         r"sample per mini-batch"):
+        TorchRetrainer(_bn(), epochs=1).fit(x[:1], y[:1], seed=0)
+    with pytest.raises(ValueError, match=r"cannot train this model with batch_size=1"):
+        TorchRetrainer(_bn(), epochs=1, batch_size=1).fit(x, y, seed=0)
+    with pytest.raises(ValueError, match=r"with 1 training sample"):
+        TorchRetrainer(_bn(), epochs=1, validation_split=0.5).fit(x[:2], y[:2], seed=0)
+
+
+# ---------------------------------------------------------------- 16. score checks the model
+
+
+def test_score_checks_the_model(no_training):
+    x, y = _pairs12()
+    r = _retrainer()
+    with pytest.raises(TypeError, match=r"'model' parameter of TorchRetrainer\.score must be a "
+                                        r"torch\.nn\.Module instance\. Got the class Linear"):
+        r.score(nn.Linear, x, y)
+    with pytest.raises(TypeError, match=r"'model' parameter of TorchRetrainer\.score must be a "
+                                        r"torch\.nn\.Module\. Got str"):
+        r.score("model", x, y)
+    with pytest.raises(ValueError, match=r"must be a model with weights\. Got 4 tensor\(s\) on "
+                                         r"the meta device"):
+        r.score(_cnn().to("meta"), x, y)
+    with pytest.raises(ValueError, match=r"TorchRetrainer\.score measures the accuracy of a "
+                                         r"classifier: the model must return logits of shape "
+                                         r"\(batch, n_classes\)\. On 12 sample\(s\) of 'x' of "
+                                         r"shape \(12, 1, 8, 8\) it returned shape \(12,\)"):
+        r.score(nn.Sequential(nn.Flatten(), nn.Linear(64, 1), nn.Flatten(0)), x, y)
+
+
+# ---------------------------------------------------------------- 17. augment probed
+
+
+@pytest.mark.parametrize("augment, got", [
+    (lambda b, g: None, r"returned None on 2 inputs of 'x'"),
+    (lambda b, g: b[:1], r"returned a tensor of shape \(1, 1, 8, 8\) and dtype torch\.float32"),
+    (lambda b, g: b.double(), r"returned a tensor of shape \(2, 1, 8, 8\) and dtype "
+                              r"torch\.float64"),
+    (lambda b: b, r"failed on 2 inputs of 'x' of shape \(2, 1, 8, 8\): TypeError"),
+    (lambda b, g: b * float("inf"), r"returned NaN or inf on 2 finite inputs"),
+])
+def test_augment_is_tried_before_training(augment, got, no_training):
+    x, y = _pairs12()
+    with pytest.raises(ValueError, match=r"TorchRetrainer\.fit: the augment function <lambda> "
+                                         + got + r".*must take \(x_batch, generator\)"):
+        TorchRetrainer(_cnn(), epochs=1, augment=augment).fit(x, y, seed=0)
+
+
+def test_a_named_augment_is_named_and_the_probe_leaves_the_data_and_rng_alone():
+    x, y = _pairs12()
+    before = x.clone()
+
+    def flip_in_place(b, g):
+        return b.flip(-1) if len(b) > 2 else b.mul_(-1.0)[:1]
+
+    with pytest.raises(ValueError, match=r"the augment function .*flip_in_place returned a "
+                                         r"tensor of shape \(1, 1, 8, 8\)"):
+        TorchRetrainer(_cnn(), epochs=1, augment=flip_in_place).fit(x, y, seed=0)
+    assert torch.equal(x, before)
+    r = TorchRetrainer(_cnn(), epochs=1, augment=lambda b, g: b + torch.rand(b.shape))
+    state = torch.get_rng_state()
+    r.fit(x, y, seed=0)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+# ---------------------------------------------------------------- 18. unsigned labels
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int32])
+def test_unsigned_and_narrow_integer_labels_train_the_same_model(dtype):
+    x, y = _pairs12()
+    r = TorchRetrainer(_cnn(), epochs=1)
+    model = r.fit(x, y.numpy().astype(dtype), seed=0)
+    assert _same_weights(model, r.fit(x, y, seed=0))
+    assert r.score(model, x, y.numpy().astype(dtype)) == r.score(model, x, y)
+    assert r.fit_score_many([RetrainJob(x, y.numpy().astype(dtype), x,
+                                        y.numpy().astype(dtype), 0)]) == [r.score(model, x, y)]
+
+
+def test_unsigned_labels_in_a_dataset_and_beyond_int64():
+    x, y = _pairs12()
+    r = TorchRetrainer(_cnn(), epochs=1)
+    ds = TensorDataset(x, y.to(torch.uint16))
+    model = r.fit(ds, None, seed=0)
+    assert _same_weights(model, r.fit(x, y, seed=0))
+    assert r.score(model, ds, None) == r.score(model, x, y)
+    big = np.full(12, 2**63, dtype=np.uint64)
+    with pytest.raises(ValueError, match=r"'y' parameter of TorchRetrainer\.fit must be integer "
+                                         r"class labels within the int64 range\. Got 12 uint64 "
+                                         r"label\(s\) >= 2\*\*63"):
+        r.fit(x, big, seed=0)
+    with pytest.raises(ValueError, match=r"labels in \[0, 2\) .*Got labels from 0 to 7"):
+        r.fit(x, np.arange(12, dtype=np.uint16) % 8, seed=0)

@@ -97,3 +97,63 @@ def test_dataset_jobs_in_fit_score_many_and_errors():
     assert streamed == sequential
     with pytest.raises(ValueError, match="pass y=None"):
         r.fit(train, y_tr, seed=0)
+
+
+def test_labels_ids_and_arrays_are_checked(on_disk):
+    x_mm, a_mm, y, _, _ = on_disk
+    stats = chunked_channel_means(x_mm, chunk=64)
+    fractional = y.astype(np.float64)
+    fractional[[3, 8]] = [0.5, 1.7]
+    with pytest.raises(ValueError, match=r"'y' parameter of RemovedDataset must be integer class "
+                                         r"labels\. Got 2 label\(s\) that are not whole numbers, "
+                                         r"e\.g\. \[0\.5, 1\.7\]; they would be truncated"):
+        RemovedDataset(x_mm, fractional, a_mm, 50, stats=stats)
+    whole = RemovedDataset(x_mm, y.astype(np.float32))  # whole-number floats are labels
+    assert whole.batch([0, 1])[1].tolist() == y[:2].tolist()
+    with pytest.raises(TypeError, match=r"'y' parameter .* Got dtype <U1 instead"):
+        RemovedDataset(x_mm, np.array(["a"] * 300))
+    with pytest.raises(ValueError, match=r"of shape \(N,\), one per input\. Got shape \(300, 1\)"):
+        RemovedDataset(x_mm, y[:, None])
+    with pytest.raises(ValueError, match=r"class labels 0\.\.K-1\. Got labels from -1"):
+        RemovedDataset(x_mm, y - 1)
+    for bad in (1.5, "a", True):
+        with pytest.raises(TypeError, match=r"'first_id' parameter of RemovedDataset must be a "
+                                            r"non-negative integer .*Got " + repr(bad)):
+            RemovedDataset(x_mm, y, first_id=bad)
+    with pytest.raises(ValueError, match=r"'first_id' .*Got -1 instead"):
+        RemovedDataset(x_mm, y, first_id=-1)
+    assert RemovedDataset(x_mm, y, first_id=np.int64(3)).first_id == 3
+    with pytest.raises(TypeError, match=r"'x' parameter of RemovedDataset must be a real numeric "
+                                        r"array\. Got dtype complex128 instead\. Its imaginary"):
+        RemovedDataset(x_mm.astype(complex), y)
+    with pytest.raises(TypeError, match=r"'a' parameter .*Got dtype complex64"):
+        RemovedDataset(x_mm, y, a_mm.astype(np.complex64), 50, stats=stats)
+    with pytest.raises(TypeError, match=r"'x' parameter .*must be a numeric array"):
+        RemovedDataset(x_mm.tolist(), y)
+    with pytest.raises(ValueError, match=r"'chunk' parameter of chunked_channel_means must be a "
+                                         r"positive integer .*Got 0 instead"):
+        chunked_channel_means(x_mm, chunk=0)
+    with pytest.raises(TypeError, match=r"'chunk' .*Got 2\.5 instead"):
+        chunked_channel_means(x_mm, chunk=2.5)
+
+
+def test_negative_indices_are_the_samples_from_the_end(on_disk):
+    x_mm, a_mm, y, x, a = on_disk
+    stats = chunked_channel_means(x_mm, chunk=64)
+    ds = RemovedDataset(x_mm, y, a_mm, 40, imputer="noisy_linear", stats=stats, first_id=1000,
+                        seed=3)
+    ref, _ = removed_inputs(x, a, [40], imputer="noisy_linear", stats=torch.from_numpy(stats),
+                            seed=3, sample_ids=np.arange(1000, 1300))
+    last, label = ds[-1]
+    assert torch.equal(last, ds[299][0]) and int(label) == y[-1]
+    torch.testing.assert_close(last, ref[0][299], rtol=0, atol=1e-6)
+    xb, yb = ds.batch([-1, 0, -300])
+    assert torch.equal(xb, ds.batch([299, 0, 0])[0]) and yb.tolist() == [y[-1], y[0], y[0]]
+    for bad in (300, -301):
+        with pytest.raises(IndexError, match=rf"index out of range for 300 samples: \[{bad}\]"):
+            ds[bad]
+    with pytest.raises(TypeError, match=r"indices must be integers\. Got float 1\.5"):
+        ds[1.5]
+    with pytest.raises(TypeError, match=r"needs a sequence of integer indices\. Got \[0\.5\]"):
+        ds.batch([0.5])
+    assert len(list(RemovedDataset(x_mm[:3], y[:3]))) == 3  # iteration stops at the end

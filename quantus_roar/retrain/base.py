@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -100,13 +102,60 @@ def _as_jobs(jobs: Any, owner: str) -> list[RetrainJob]:
     return out
 
 
+_SCORE_HINT = (" A retrainer's score is the share of test samples classified correctly; a "
+               "percentage or a count of correct samples must be divided first, and NaN usually "
+               "means the model's weights are NaN (training diverged).")
+
+
+def check_score(value: Any, where: str, owner: str) -> float:
+    """``value`` as a float if it is an accuracy: a real, finite number in [0, 1].
+
+    Python and numpy numbers and 0-d tensors or arrays are accepted; bools,
+    tensors or arrays of several values, NaN, inf and values outside [0, 1]
+    are not. ``where`` names the job (``"jobs[3]"``).
+    """
+    v = value
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        if v.ndim != 0:
+            raise TypeError(f"{owner} got a score for {where} that is not one number: a "
+                            f"{type(v).__name__} of shape {tuple(v.shape)} "
+                            f"({v.tolist()!r:.80}). The score must be one accuracy in [0, 1] per "
+                            "job, e.g. float(correct) / n.")
+        v = v.item()
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                            np.floating)):
+        raise TypeError(f"{owner} got a score for {where} that is not a real number: "
+                        f"{value!r:.80} ({type(value).__name__}). The score must be an accuracy "
+                        "in [0, 1].")
+    f = float(v)
+    if not (math.isfinite(f) and 0.0 <= f <= 1.0):
+        raise ValueError(f"{owner} got a score for {where} of {f!r}, which is not an accuracy "
+                         "(a finite number in [0, 1])." + _SCORE_HINT)
+    return f
+
+
+def check_scores(scores: Any, n_jobs: int, owner: str) -> list[float]:
+    """What a ``fit_score_many`` returned, as one checked accuracy per job (:func:`check_score`)."""
+    if (isinstance(scores, (str, bytes, dict)) or not isinstance(scores, Iterable)
+            or (isinstance(scores, (torch.Tensor, np.ndarray)) and scores.ndim == 0)):
+        raise TypeError(f"{owner} returned {type(scores).__name__} for {n_jobs} jobs; it must "
+                        "return one accuracy per job, in order (a list of floats).")
+    values = list(scores)
+    if len(values) != n_jobs:
+        raise RuntimeError(f"{owner} returned {len(values)} scores for {n_jobs} jobs; it must "
+                           "return one accuracy per job, in order.")
+    return [check_score(v, f"jobs[{i}]", owner) for i, v in enumerate(values)]
+
+
 def _loop(retrainer: Any, jobs: Iterable[Any], progress: bool,
           owner: str = "fit_score_many") -> list[float]:
     jobs = _as_jobs(jobs, owner)
     scores = []
-    for job in tqdm(jobs, desc="retraining", disable=not progress, leave=False):
+    name = f"{type(retrainer).__name__}.score"
+    for i, job in enumerate(tqdm(jobs, desc="retraining", disable=not progress, leave=False)):
         model = retrainer.fit(job.x_train, job.y_train, seed=job.seed)
-        scores.append(float(retrainer.score(model, job.x_test, job.y_test)))
+        scores.append(check_score(retrainer.score(model, job.x_test, job.y_test),
+                                  f"jobs[{i}] (seed {job.seed})", f"{owner} (from {name})"))
     return scores
 
 
@@ -125,18 +174,24 @@ def fit_score_many(
         ``fit_score_many`` nor ``fit`` and ``score``, or a job is not a
         :class:`RetrainJob` or tuple.
     ValueError
-        If a job tuple does not have five entries.
+        If a job tuple does not have five entries, or a score is NaN, inf or
+        outside [0, 1] (the message names the job and the value).
+    RuntimeError
+        If the retrainer's ``fit_score_many`` returns another number of
+        scores than jobs.
     """
     _check_instance(retrainer, "fit_score_many")
     jobs = _as_jobs(jobs, "fit_score_many")
     method = getattr(retrainer, "fit_score_many", None)
     if callable(method):
+        owner = f"{type(retrainer).__name__}.fit_score_many"
         try:
-            return list(method(jobs, progress=progress))
+            scores = method(jobs, progress=progress)
         except TypeError as err:  # a user's fit_score_many without the keyword
             if "progress" not in str(err):
                 raise
-            return list(method(jobs))
+            scores = method(jobs)
+        return check_scores(scores, len(jobs), owner)
     if not isinstance(retrainer, Retrainer):
         raise TypeError(
             "The 'retrainer' must have fit(x, y, *, seed) -> nn.Module and "
@@ -173,6 +228,8 @@ def fit_task(retrainer: Any, x: Any, y: Any, seed: int, min_accuracy: float | No
     if min_accuracy is not None and callable(fit_until):
         model, acc = fit_until(x, y, seed=seed, min_accuracy=min_accuracy,
                                max_epochs=max_epochs)
-        return model, float(acc)
+        return model, check_score(acc, f"the model of seed {seed}",
+                                  f"fit_task (from {type(retrainer).__name__}.fit_until)")
     model = retrainer.fit(x, y, seed=seed)
-    return model, float(retrainer.score(model, x, y))
+    return model, check_score(retrainer.score(model, x, y), f"the model of seed {seed}",
+                              f"fit_task (from {type(retrainer).__name__}.score)")

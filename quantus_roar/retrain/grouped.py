@@ -10,7 +10,8 @@ layers. On CPU this is faster than ``torch.func.vmap`` over
 channels-first layout and with more reshaping per step); the result is the
 same up to float rounding. Other models use ``vmap``.
 
-Supported layers: ``Conv2d`` (zero padding), ``Linear``, ``ReLU``,
+Inputs are images (C, H, W); other data (tabular, time series, volumes)
+uses ``vmap``. Supported layers: ``Conv2d`` (zero padding), ``Linear``, ``ReLU``,
 ``LeakyReLU``, ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``,
 ``Flatten`` (from dim 1), ``Dropout`` (independent draws per model and
 element) and ``Identity``.
@@ -44,8 +45,15 @@ class _Contiguous(torch.autograd.Function):
         return grad.contiguous(memory_format=torch.channels_last)
 
 
-def supports_grouped(model: nn.Module) -> bool:
-    """Whether :func:`grouped_forward` can run ``model``."""
+def supports_grouped(model: nn.Module, sample_ndim: int | None = None) -> bool:
+    """Whether :func:`grouped_forward` can run ``model``.
+
+    With ``sample_ndim`` (the dimensions of one input: 3 for (C, H, W)), also
+    whether it can run it on such inputs: only image data (C, H, W) is laid
+    out channels-last; tabular, time-series or volume data are not.
+    """
+    if sample_ndim is not None and sample_ndim != 3:
+        return False
     if not isinstance(model, nn.Sequential) or len(model) == 0:
         return False
     flat = False
@@ -88,6 +96,9 @@ def grouped_forward(model: nn.Module, params: dict[str, torch.Tensor],
     torch.Tensor
         (M, B, n_outputs).
     """
+    if x.ndim != 5:
+        raise ValueError("grouped_forward needs inputs of shape (M, B, C, H, W); got shape "
+                         f"{tuple(x.shape)}. Check supports_grouped(model, sample_ndim) first.")
     m, b = x.shape[:2]
     # (M, B, C, H, W) -> (B, M*C, H, W): model i's channels at [i*C, (i+1)*C).
     h = x.transpose(0, 1).reshape(b, m * x.shape[2], *x.shape[3:])

@@ -18,7 +18,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm.auto import tqdm
 
-from quantus_roar._validation import _msg, check_choice, model_device
+from quantus_roar._validation import _msg, check_choice, check_model, model_device, model_dtype
 from quantus_roar.exceptions import NotResettableError
 from quantus_roar.retrain.base import RetrainerBase, RetrainJob, _as_jobs
 from quantus_roar.retrain.grouped import grouped_forward, supports_grouped
@@ -49,6 +49,7 @@ class _Group:
     val_dataset: Dataset | None = None
     owner: str = "TorchRetrainer"  # the public method, for errors found in Dataset batches
     n_classes: int | None = None  # outputs of the model, for labels read from a Dataset
+    names: list[str] | None = None  # the jobs as the caller knows them ("jobs[3]"), for errors
 
     @property
     def n(self) -> int:
@@ -146,11 +147,12 @@ def _fmt(v: float) -> str:
 
 
 def _check_labels(y: torch.Tensor, name: str, owner: str, where: str = "",
-                  of: str = "") -> None:
-    """Refuse boolean labels and float labels that are not whole numbers.
+                  of: str = "") -> torch.Tensor:
+    """Refuse boolean labels, float labels that are not whole numbers and integers beyond int64.
 
-    ``of`` starts the expectation when ``name`` is not the labels themselves
-    (``"a Dataset with "``); ``where`` ends what was got (the batch).
+    Returns ``y`` with integer labels as int64 (unsigned ones included, which torch cannot
+    reduce), float labels unchanged. ``of`` starts the expectation when ``name`` is not the
+    labels themselves (``"a Dataset with "``); ``where`` ends what was got (the batch).
     """
     if y.dtype == torch.bool:
         raise TypeError(_msg(name, owner, f"{of}integer class labels", f"boolean labels{where}")
@@ -165,11 +167,22 @@ def _check_labels(y: torch.Tensor, name: str, owner: str, where: str = "",
                      f"{examples}")
                 + " Labels are class indices 0..K-1 for cross-entropy; they would be truncated. "
                 "Pass integer labels (soft labels and regression targets are not supported).")
+        return y
+    if y.dtype == torch.uint64:
+        big = y.view(torch.int64) < 0  # the values >= 2**63
+        if bool(big.any()):
+            examples = [int(v) + 2**64 for v in y.view(torch.int64)[big][:5].tolist()]
+            raise ValueError(
+                _msg(name, owner, f"{of}integer class labels within the int64 range",
+                     f"{int(big.sum())} uint64 label(s) >= 2**63{where}, e.g. {examples}")
+                + " Labels are class indices 0..K-1.")
+    return y if y.dtype == torch.int64 else y.to(torch.int64)
 
 
 def _check_label_range(y: torch.Tensor, n_classes: int, name: str, owner: str,
                        where: str = "", of: str = "") -> None:
-    lo, hi = torch.aminmax(y if y.dtype != torch.uint64 else y.to(torch.float64))
+    """Labels (as :func:`_check_labels` returns them) in [0, n_classes)."""
+    lo, hi = torch.aminmax(y)
     lo, hi = float(lo), float(hi)
     if lo < 0 or hi >= n_classes:
         raise ValueError(
@@ -181,21 +194,24 @@ def _check_label_range(y: torch.Tensor, n_classes: int, name: str, owner: str,
 
 
 def _check_finite(x: torch.Tensor, name: str, owner: str, where: str = "",
-                  items: Callable[[list[int]], list[int]] | None = None) -> None:
-    """Refuse NaN or inf in ``x`` (after the cast to float32 used for training)."""
+                  items: Callable[[list[int]], list[int]] | None = None,
+                  dtype: torch.dtype = torch.float32) -> None:
+    """Refuse NaN or inf in ``x`` after the cast to ``dtype`` (the model's) used for training."""
     if not x.is_floating_point():
         return
-    if bool(torch.isfinite(x.sum(dtype=torch.float32))):  # one reduction, no allocation
+    # one reduction, no allocation: each value is cast to ``dtype`` and summed
+    if bool(torch.isfinite(x.sum(dtype=dtype))):
         return
-    x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
-    bad = ~torch.isfinite(x32)
+    xd = x if x.dtype == dtype else x.to(dtype)
+    bad = ~torch.isfinite(xd)
     if not bool(bad.any()):  # the sum overflowed; every value is finite
         return
     bad_rows = torch.nonzero(bad.reshape(len(bad), -1).any(dim=1)).flatten()
     rows = bad_rows[:5].tolist()
     note = ""
-    if x.dtype == torch.float64 and bool(torch.isfinite(x[bad_rows]).all()):
-        note = " (finite in float64 but beyond the float32 range used for training)"
+    if x.dtype != dtype and bool(torch.isfinite(x[bad_rows]).all()):
+        note = (f" (finite in {str(x.dtype).removeprefix('torch.')} but beyond the "
+                f"{str(dtype).removeprefix('torch.')} range used for training)")
     raise ValueError(
         _msg(name, owner, "finite (no NaN or inf)",
              f"{int(bad.sum())} non-finite value(s) in {len(bad_rows)} sample(s){where}{note}, "
@@ -204,10 +220,11 @@ def _check_finite(x: torch.Tensor, name: str, owner: str, where: str = "",
         "repair those samples (e.g. torch.nan_to_num) first.")
 
 
-def _check_data(x: Any, y: Any, owner: str, x_name: str = "x",
-                y_name: str = "y") -> tuple[Any, torch.Tensor | None]:
-    """``x`` (as a tensor, or the Dataset) and ``y`` as a tensor, after every check that
-    needs no model: types, shapes, lengths, label values and finite inputs."""
+def _check_data(x: Any, y: Any, owner: str, x_name: str = "x", y_name: str = "y",
+                dtype: torch.dtype = torch.float32) -> tuple[Any, torch.Tensor | None]:
+    """``x`` (as a tensor, or the Dataset) and ``y`` as a tensor (integer labels as int64),
+    after every check that needs no model: types, shapes, lengths, label values and finite
+    inputs (after the cast to ``dtype``, the model's)."""
     if _is_dataset(x):
         if isinstance(x, IterableDataset):
             raise TypeError(_msg(x_name, owner, "a map-style torch Dataset (with __len__ and "
@@ -238,8 +255,8 @@ def _check_data(x: Any, y: Any, owner: str, x_name: str = "x",
         raise ValueError(_msg(y_name, owner, f"one label per sample of '{x_name}' ({n} labels)",
                               f"{len(y_t)} labels for {n} inputs")
                          + " Pass as many labels as inputs; nothing is dropped silently.")
-    _check_labels(y_t, y_name, owner)
-    _check_finite(x_t, x_name, owner)
+    y_t = _check_labels(y_t, y_name, owner)
+    _check_finite(x_t, x_name, owner, dtype=dtype)
     return x_t, y_t
 
 
@@ -251,19 +268,50 @@ def _root_index(ds: Dataset, i: int) -> int:
 
 
 def _check_batch(xb: Any, yb: Any, n_classes: int | None, owner: str, x_name: str,
-                 where: str, ds: Dataset, positions: Sequence[int]) -> None:
-    """The checks of :func:`_check_data` on one mini-batch read from ``ds`` at ``positions``."""
+                 where: str, ds: Dataset, positions: Sequence[int],
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The checks of :func:`_check_data` on one mini-batch read from ``ds`` at ``positions``;
+    returns the labels (integers as int64)."""
     if not isinstance(yb, torch.Tensor) or yb.ndim != 1 or not isinstance(xb, torch.Tensor):
         labels = (f"shape {tuple(yb.shape)}" if isinstance(yb, torch.Tensor)
                   else type(yb).__name__)
         raise ValueError(_msg(x_name, owner, "a Dataset of (input, label) pairs with one integer "
                               "label per input", f"batches of {type(xb).__name__} inputs and "
                               f"labels of {labels}{where}"))
-    _check_labels(yb, x_name, owner, where, "a Dataset with ")
+    yb = _check_labels(yb, x_name, owner, where, "a Dataset with ")
     if n_classes is not None:
         _check_label_range(yb, n_classes, x_name, owner, where, "a Dataset with ")
     _check_finite(xb, x_name, owner, where,
-                  lambda rows: [_root_index(ds, positions[r]) for r in rows])
+                  lambda rows: [_root_index(ds, positions[r]) for r in rows], dtype)
+    return yb
+
+
+def _check_logits(out: Any, n: int, lead: str, what: str) -> torch.Tensor:
+    """Refuse model outputs that are not (n, K) logits; ``lead`` starts the message and
+    ``what`` says on what the model ran."""
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or len(out) != n:
+        got = (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+               else f"a {type(out).__name__}")
+        raise ValueError(f"{lead}: the model must return logits of shape (batch, n_classes). On "
+                         f"{what} it returned {got}.")
+    return out
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _batch_bounds(n: int, batch_size: int, merge_single: bool) -> list[tuple[int, int]]:
+    """``(start, end)`` of one epoch's mini-batches; with ``merge_single`` a last mini-batch of
+    one sample joins the one before it."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _fn_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 class TorchRetrainer(RetrainerBase):
@@ -311,7 +359,9 @@ class TorchRetrainer(RetrainerBase):
         ``augment(x_batch, generator) -> x_batch`` on whole mini-batches on the
         device. In the ensemble path it receives the batches of all models
         at once, flattened to (M * B, ...), so its draws differ from the
-        one-at-a-time path.
+        one-at-a-time path. It is tried once on two training inputs before
+        training (with a throwaway generator) and must return a finite tensor
+        of the shape and dtype it was given.
     device : str or torch.device, optional
         Default: the device of the template's parameters, else CPU.
     ensemble : {"auto", True, False}, default "auto"
@@ -359,15 +409,33 @@ class TorchRetrainer(RetrainerBase):
     ``DataLoader`` one mini-batch at a time, in the same seeded order as
     in-memory data, one model at a time.
 
+    Inputs are cast to the floating dtype of the model's parameters
+    (float32 for most models; a ``.double()`` or ``.half()`` model trains in
+    its own dtype).
+
     Inputs and seeds are checked before any training, with one vectorised
     pass over the data: one label per input, labels whole numbers in
     ``[0, K)`` for a model with ``K`` outputs (found by one forward pass of a
     fresh model on two inputs, once per input shape), finite inputs (after
-    the cast to float32), non-empty data and seeds in ``[0, 2**63)``.
-    :meth:`fit_many` and :meth:`fit_score_many` check every job first. A
-    Dataset cannot be checked up front: each of its mini-batches is checked
-    as it is read, so a bad sample stops training at its batch, with the
-    Dataset's index of the sample in the message.
+    the cast to the model's dtype), non-empty data and seeds in
+    ``[0, 2**63)``. :meth:`fit_many` and :meth:`fit_score_many` check every
+    job first. A Dataset cannot be checked up front: each of its mini-batches
+    is checked as it is read, so a bad sample stops training at its batch,
+    with the Dataset's index of the sample in the message.
+
+    Training that diverges raises: the loss of every mini-batch and the
+    weights are checked for NaN and inf once per epoch (one synchronisation
+    per epoch), and the error names the epoch and the job's seed (in the
+    ensemble path, each job that diverged). :meth:`score` refuses NaN or inf
+    logits rather than report an accuracy of them.
+
+    A model with BatchNorm that cannot train on a mini-batch of one sample
+    (``BatchNorm1d``: "Expected more than 1 value per channel") gets a last
+    mini-batch of one sample merged into the one before it, so that epoch
+    has one step fewer and one mini-batch of ``batch_size + 1``; models that
+    can, and all other models, keep the batches as they are. Such a model
+    with a single training sample, or with ``batch_size=1``, is refused
+    before training.
 
     References
     ----------
@@ -447,6 +515,9 @@ class TorchRetrainer(RetrainerBase):
         self._batchable: dict[tuple[int, ...] | None, tuple[bool, str]] = {}
         # Outputs (classes) of a fresh model per per-sample input shape.
         self._outputs: dict[tuple[int, ...], int] = {}
+        # Whether a fresh model trains on a mini-batch of one sample, per input shape.
+        self._one_sample: dict[tuple[int, ...], bool] = {}
+        self._dtype: torch.dtype | None = None  # of the model's parameters, found once
 
     # ------------------------------------------------------------------ models
 
@@ -503,6 +574,13 @@ class TorchRetrainer(RetrainerBase):
             self._batchable[key] = self._probe_batchable(x_example)
         return self._batchable[key]
 
+    def _param_dtype(self) -> torch.dtype:
+        """The floating dtype of the model's parameters, which inputs are cast to."""
+        if getattr(self, "_dtype", None) is None:
+            self._dtype = model_dtype(self.model if self.model is not None
+                                      else self.new_model(0))
+        return self._dtype  # type: ignore[return-value]
+
     def _probe_batchable(self, x_example: Any) -> tuple[bool, str]:
         model = self.new_model(0)
         for name, module in model.named_modules():
@@ -511,7 +589,7 @@ class TorchRetrainer(RetrainerBase):
                                "statistics in training mode")
         if x_example is None:
             return True, ""
-        x = _to_tensor(x_example, self.device, torch.float32)[:2]
+        x = _to_tensor(x_example[:2], self.device, self._param_dtype())
         params, buffers = stack_module_state([model, self.new_model(1)])
         base = copy.deepcopy(model).to("meta")
         try:
@@ -522,61 +600,118 @@ class TorchRetrainer(RetrainerBase):
             return False, f"torch.func.vmap cannot run it ({type(err).__name__}: {err})"
         return True, ""
 
+    def _first(self, x: Any, k: int, owner: str, x_name: str) -> torch.Tensor:
+        """The first ``k`` inputs of ``x`` (a tensor or Dataset), as they come."""
+        if not _is_dataset(x):
+            return x[:k]
+        batch = next(iter(DataLoader(x, batch_size=min(k, len(x)))))
+        if not (isinstance(batch, (list, tuple)) and len(batch) == 2
+                and isinstance(batch[0], torch.Tensor)):
+            raise ValueError(_msg(x_name, owner, "a Dataset of (input, label) pairs",
+                                  f"a {type(x).__name__} whose first items collate to a "
+                                  f"{type(batch).__name__}"
+                                  + (f" of {len(batch)}" if isinstance(batch, (list, tuple))
+                                     else "")))
+        return batch[0]
+
     def _n_outputs(self, x: Any, owner: str, x_name: str) -> int:
         """Outputs (classes) of a fresh model: one forward pass in eval mode on two samples of
         ``x`` (a tensor or Dataset), cached per sample shape."""
-        if _is_dataset(x):
-            batch = next(iter(DataLoader(x, batch_size=min(2, len(x)))))
-            if not (isinstance(batch, (list, tuple)) and len(batch) == 2
-                    and isinstance(batch[0], torch.Tensor)):
-                raise ValueError(_msg(x_name, owner, "a Dataset of (input, label) pairs",
-                                      f"a {type(x).__name__} whose first items collate to a "
-                                      f"{type(batch).__name__}"
-                                      + (f" of {len(batch)}" if isinstance(batch, (list, tuple))
-                                         else "")))
-            xb = batch[0]
-        else:
-            xb = x[:2]
+        xb = self._first(x, 2, owner, x_name)
         key = tuple(xb.shape[1:])
         if key not in self._outputs:
             model = self.new_model(0).eval()
             devices = [self.device] if self.device.type == "cuda" else []
             try:
                 with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                    out = model(xb.to(self.device, torch.float32))
+                    out = model(xb.to(self.device, self._param_dtype()))
             except Exception as err:
                 raise ValueError(f"{owner} could not run a fresh model on {len(xb)} sample(s) of "
                                  f"'{x_name}' of shape {tuple(xb.shape)}: {type(err).__name__}: "
                                  f"{err}. Check that the data has the input shape the model "
                                  "expects.") from err
-            if not isinstance(out, torch.Tensor) or out.ndim != 2 or len(out) != len(xb):
-                got = (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
-                       else f"a {type(out).__name__}")
-                raise ValueError(f"TorchRetrainer trains classifiers with cross-entropy: the model "
-                                 f"must return logits of shape (batch, n_classes). On {len(xb)} "
-                                 f"sample(s) of '{x_name}' of shape {tuple(xb.shape)} it returned "
-                                 f"{got}.")
+            _check_logits(out, len(xb), "TorchRetrainer trains classifiers with cross-entropy",
+                          f"{len(xb)} sample(s) of '{x_name}' of shape {tuple(xb.shape)}")
             self._outputs[key] = int(out.shape[1])
         return self._outputs[key]
+
+    def _one_sample_trains(self, x1: torch.Tensor) -> bool:
+        """Whether a fresh model runs in training mode on the one input ``x1`` (False for
+        BatchNorm1d, which needs more than one value per channel); cached per input shape."""
+        key = tuple(x1.shape[1:])
+        if key not in self._one_sample:
+            model = self.new_model(0)
+            ok = True
+            if _has_batchnorm(model):
+                devices = [self.device] if self.device.type == "cuda" else []
+                try:
+                    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                        model(x1.to(self.device, self._param_dtype()))
+                except ValueError:  # "Expected more than 1 value per channel when training"
+                    ok = False
+                except Exception:  # any other failure shows in training itself
+                    pass
+            self._one_sample[key] = ok
+        return self._one_sample[key]
+
+    def _check_augment(self, x: Any, owner: str, x_name: str) -> None:
+        """Run ``augment`` once on two inputs of ``x`` with a throwaway generator; refuse a
+        function that fails or does not return a finite tensor of the shape and dtype given."""
+        name = _fn_name(self.augment)
+        xb = self._first(x, 2, owner, x_name).to(self.device, self._param_dtype()).clone()
+        shape, dtype = tuple(xb.shape), xb.dtype
+        expect = (f"It must take (x_batch, generator) and return the batch augmented: a tensor of "
+                  f"the same shape and dtype, here {shape} and {dtype}.")
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                out = self.augment(xb, torch.Generator().manual_seed(0))  # type: ignore[misc]
+        except Exception as err:
+            raise ValueError(f"{owner}: the augment function {name} failed on {len(xb)} inputs "
+                             f"of '{x_name}' of shape {shape}: {type(err).__name__}: {err}. "
+                             + expect) from err
+        if not isinstance(out, torch.Tensor):
+            got = "None" if out is None else f"a {type(out).__name__}"
+            raise ValueError(f"{owner}: the augment function {name} returned {got} on {len(xb)} "
+                             f"inputs of '{x_name}'. " + expect)
+        if tuple(out.shape) != shape or out.dtype != dtype:
+            raise ValueError(f"{owner}: the augment function {name} returned a tensor of shape "
+                             f"{tuple(out.shape)} and dtype {out.dtype} on {len(xb)} inputs of "
+                             f"'{x_name}'. " + expect)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"{owner}: the augment function {name} returned NaN or inf on "
+                             f"{len(xb)} finite inputs of '{x_name}'; a model trained on them "
+                             "would have NaN weights. " + expect)
 
     def _checked(self, x: Any, y: Any, owner: str, x_name: str = "x", y_name: str = "y", *,
                  train: bool) -> tuple[Any, torch.Tensor | None, int]:
         """One ``(x, y)`` pair checked for ``owner``: :func:`_check_data`, room for training
-        data after ``validation_split`` (``train``), and labels against the model's outputs.
+        data after ``validation_split`` (``train``), and labels against the model's outputs;
+        for training data also that the model trains on its mini-batches and ``augment``.
 
         Returns ``x`` (a tensor view or the Dataset), ``y`` and the number of classes.
         """
-        x, y = _check_data(x, y, owner, x_name, y_name)
+        x, y = _check_data(x, y, owner, x_name, y_name, self._param_dtype())
+        n_train = len(x)
         if train and self.validation_split:
-            n = len(x)
-            if n - round(self.validation_split * n) < 1:
+            n_train = len(x) - round(self.validation_split * len(x))
+            if n_train < 1:
                 raise ValueError(_msg(x_name, owner, "large enough to keep training samples after "
                                       f"validation_split={self.validation_split}",
-                                      f"{n} sample(s), all held out for validation")
+                                      f"{len(x)} sample(s), all held out for validation")
                                  + " Pass more samples or a smaller validation_split.")
         n_classes = self._n_outputs(x, owner, x_name)
         if y is not None:
             _check_label_range(y, n_classes, y_name, owner)
+        if train and (n_train == 1 or self.batch_size == 1) and not self._one_sample_trains(
+                self._first(x, 1, owner, x_name)):
+            got = (f"{n_train} training sample" if n_train == 1 else "batch_size=1")
+            raise ValueError(f"{owner} cannot train this model with {got}: its BatchNorm needs "
+                             "more than one sample per mini-batch in training mode (\"Expected "
+                             "more than 1 value per channel\"). Pass more training samples and a "
+                             "batch_size of at least 2, or use a model without BatchNorm.")
+        if train and self.augment is not None:
+            self._check_augment(x, owner, x_name)
         return x, y, n_classes
 
     # ------------------------------------------------------------------ training
@@ -626,24 +761,29 @@ class TorchRetrainer(RetrainerBase):
         return _Group([job], None, None, None, None, dataset=ds, val_dataset=val, owner=owner,
                       n_classes=n_classes)
 
-    def _loader(self, ds: Dataset, batch_size: int, order: list[int] | None = None) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, sampler=order, shuffle=False,
+    def _loader(self, ds: Dataset, batch_size: int) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
 
-    def _batches(self, group: _Group, perms: torch.Tensor):
-        """One epoch of mini-batches (M, B, ...), (M, B) in the order of ``perms``."""
+    def _batches(self, group: _Group, perms: torch.Tensor, bounds: list[tuple[int, int]]):
+        """One epoch of mini-batches (M, B, ...), (M, B) in the order of ``perms``, cut at
+        ``bounds``."""
+        dtype = self._param_dtype()
         if group.dataset is not None:
-            ds, order, b = group.dataset, perms[0].tolist(), self.batch_size
-            for k, (xb, yb) in enumerate(self._loader(ds, b, order)):
-                _check_batch(xb, yb, group.n_classes, group.owner, "x",
-                             f" in training batch {k} read from the Dataset", ds,
-                             order[k * b : k * b + len(yb)])
-                yield (xb.to(self.device, torch.float32, non_blocking=True)[None],
+            ds, order = group.dataset, perms[0].tolist()
+            batches = [order[start:end] for start, end in bounds]
+            loader = DataLoader(ds, batch_sampler=batches, num_workers=self.num_workers,
+                                pin_memory=self.device.type == "cuda")
+            for k, ((xb, yb), positions) in enumerate(zip(loader, batches, strict=True)):
+                yb = _check_batch(xb, yb, group.n_classes, group.owner, "x",
+                                  f" in training batch {k} read from the Dataset", ds, positions,
+                                  dtype)
+                yield (xb.to(self.device, dtype, non_blocking=True)[None],
                        yb.to(self.device, torch.long, non_blocking=True)[None])
             return
         rows = torch.arange(len(group.jobs), device=self.device)[:, None]
-        for start in range(0, group.n, self.batch_size):
-            idx = perms[:, start : start + self.batch_size]
+        for start, end in bounds:
+            idx = perms[:, start:end]
             yield group.x[rows, idx], group.y[rows, idx]  # type: ignore[index]
 
     def _prepare(self, jobs: list[RetrainJob], owner: str = "TorchRetrainer",
@@ -651,8 +791,9 @@ class TorchRetrainer(RetrainerBase):
         if _is_dataset(jobs[0].x_train):
             return self._prepare_dataset(jobs[0], owner, n_classes)
         xs, ys, xvs, yvs = [], [], [], []
+        dtype = self._param_dtype()
         for job in jobs:
-            x = _to_tensor(job.x_train, self.device, torch.float32)
+            x = _to_tensor(job.x_train, self.device, dtype)
             y = _to_tensor(job.y_train, self.device, torch.long)
             x, y, xv, yv = self._split(x, y, job.seed)
             xs.append(x)
@@ -662,17 +803,69 @@ class TorchRetrainer(RetrainerBase):
         has_val = xvs[0] is not None
         return _Group(jobs, torch.stack(xs), torch.stack(ys),
                       torch.stack(xvs) if has_val else None,  # type: ignore[arg-type]
-                      torch.stack(yvs) if has_val else None)  # type: ignore[arg-type]
+                      torch.stack(yvs) if has_val else None,  # type: ignore[arg-type]
+                      owner=owner)
+
+    def _bounds(self, group: _Group, model: nn.Module) -> list[tuple[int, int]]:
+        """The mini-batches of an epoch; a last one of one sample joins the one before it when
+        the model (BatchNorm1d) cannot train on one sample."""
+        n = group.n
+        merge = False
+        if n > 1 and n % self.batch_size == 1 and _has_batchnorm(model):
+            first = (group.x[0, :1] if group.dataset is None  # type: ignore[index]
+                     else self._first(group.dataset, 1, group.owner, "x"))
+            merge = not self._one_sample_trains(first)
+        return _batch_bounds(n, self.batch_size, merge)
+
+    @staticmethod
+    def _finite_weights(tensors: list[torch.Tensor], m: int) -> torch.Tensor:
+        """(m,) bools: whether each model's floating parameters and buffers are all finite
+        (``tensors`` stacked (m, ...) or, for m == 1, the model's own)."""
+        flags = [torch.isfinite(t.detach()).reshape(m, -1).all(1)
+                 for t in tensors if t.is_floating_point()]
+        if not flags:
+            return torch.ones(m, dtype=torch.bool)
+        return torch.stack(flags).all(0)
+
+    def _check_diverged(self, group: _Group, loss_bad: torch.Tensor, weights_ok: torch.Tensor,
+                        epoch: int) -> None:
+        """Raise if a model's loss or weights became NaN or inf (one synchronisation)."""
+        flags = torch.stack([loss_bad, ~weights_ok.to(loss_bad.device)]).tolist()
+        bad = [i for i, (lb, wb) in enumerate(zip(*flags, strict=True)) if lb or wb]
+        if not bad:
+            return
+        what = "the loss" if any(flags[0][i] for i in bad) else "the weights"
+        m, names = len(group.jobs), group.names
+        seeds = [group.jobs[i].seed for i in bad]
+        if m == 1:
+            who = f"seed {seeds[0]}" if names is None else f"{names[0]}, seed {seeds[0]}"
+        else:
+            labels = names if names is not None else [f"model {i}" for i in range(m)]
+            who = (f"in {len(bad)} of the {m} models trained together: "
+                   + ", ".join(f"{labels[i]} (seed {s})" for i, s in zip(bad, seeds,
+                                                                         strict=True)))
+        dtype = self._param_dtype()
+        adam = self.optimizer == "adam"
+        half = ("" if dtype != torch.float16 else
+                " The model trains in float16, whose small range overflows and underflows easily"
+                + (" (Adam's eps=1e-8 rounds to 0)" if adam else "")
+                + "; train it in float32 (model.float())"
+                + (" or with optimizer='sgd'." if adam else "."))
+        raise RuntimeError(
+            f"{group.owner}: training diverged: {what} became NaN or inf at epoch {epoch + 1} of "
+            f"{self.epochs} ({who}). Lower lr (now {self.lr:g}), check the augment function and "
+            f"the data; no accuracy is reported for a model with NaN weights.{half}")
 
     def _train(self, group: _Group, models: list[nn.Module], stacked: bool) -> list[nn.Module]:
         """Train ``models`` (one per job of ``group``), together if ``stacked``."""
         m, n = len(group.jobs), group.n
-        steps_per_epoch = math.ceil(n / self.batch_size)
+        bounds = self._bounds(group, models[0])
+        steps_per_epoch = len(bounds)
         gens = [torch.Generator().manual_seed(job.seed) for job in group.jobs]
         if stacked:
             params, buffers = stack_module_state(models)
             base = copy.deepcopy(models[0]).to("meta")
-            if supports_grouped(base):
+            if supports_grouped(base, sample_ndim=group.x.ndim - 2):  # type: ignore[union-attr]
                 def loss_fn(p, b, xb, yb):  # one network of grouped convolutions
                     logits = grouped_forward(base, p, xb)
                     return F.cross_entropy(logits.flatten(0, 1), yb.flatten(),
@@ -685,31 +878,37 @@ class TorchRetrainer(RetrainerBase):
 
                 loss_fn = vmap(loss_one, randomness="different")
             opt, sched = self._optimizer(list(params.values()), self.epochs * steps_per_epoch)
+            weights = [*params.values(), *buffers.values()]
         else:  # one model (m == 1)
             opt, sched = self._optimizer(list(models[0].parameters()),
                                          self.epochs * steps_per_epoch)
+            weights = [*models[0].parameters(), *models[0].buffers()]
         best_acc = torch.full((m,), -1.0)
         best_state: list[dict[str, torch.Tensor] | None] = [None] * m
         aug_gen = torch.Generator().manual_seed(group.jobs[0].seed + 104729)
+        loss_bad = torch.zeros(m, dtype=torch.bool, device=self.device)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(group.jobs[0].seed)  # dropout draws
-            for _ in range(self.epochs):
+            for epoch in range(self.epochs):
                 perms = torch.stack([torch.randperm(n, generator=g) for g in gens])
                 if group.dataset is None:
                     perms = perms.to(self.device)
-                for xb, yb in self._batches(group, perms):  # (M, B, ...), (M, B)
+                for xb, yb in self._batches(group, perms, bounds):  # (M, B, ...), (M, B)
                     if self.augment is not None:
                         xb = self.augment(xb.flatten(0, 1), aug_gen).unflatten(0, xb.shape[:2])
                     if stacked:
-                        loss = loss_fn(params, buffers, xb, yb).sum()
+                        losses = loss_fn(params, buffers, xb, yb)  # (M,)
+                        loss = losses.sum()
                     else:
-                        loss = F.cross_entropy(models[0](xb[0]), yb[0],
-                                               label_smoothing=self.label_smoothing)
+                        loss = losses = F.cross_entropy(models[0](xb[0]), yb[0],
+                                                        label_smoothing=self.label_smoothing)
+                    loss_bad |= ~torch.isfinite(losses.detach())  # no synchronisation
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     if sched is not None:
                         sched.step()
+                self._check_diverged(group, loss_bad, self._finite_weights(weights, m), epoch)
                 if group.x_val is not None or group.val_dataset is not None:
                     if stacked:
                         self._unstack(params, buffers, models)
@@ -748,7 +947,7 @@ class TorchRetrainer(RetrainerBase):
         ----------
         x : tensor or array of shape (N, ...), or torch Dataset
             Inputs, or a Dataset of (input, label) pairs read through a DataLoader.
-            Any real dtype; trained in float32.
+            Any real dtype; cast to the dtype of the model's parameters (float32 for most).
         y : tensor or array of shape (N,), integer class labels
             In [0, K) for a model with K outputs; floats only if whole numbers.
             ``None`` when ``x`` is a Dataset.
@@ -764,9 +963,13 @@ class TorchRetrainer(RetrainerBase):
         ValueError
             If ``x`` is empty or holds NaN/inf, ``y`` does not have one label
             per input, holds non-integer values or labels outside [0, K), the
-            model does not run on ``x``, or ``seed`` is out of range. All
-            raised before any training; a Dataset's batches are checked as
-            they are read.
+            model does not run on ``x``, ``augment`` fails on two inputs,
+            the model has BatchNorm and one training sample or
+            ``batch_size=1``, or ``seed`` is out of range. All raised before
+            any training; a Dataset's batches are checked as they are read.
+        RuntimeError
+            If training diverges: the loss or the weights become NaN or inf
+            (checked once per epoch).
         """
         owner = "TorchRetrainer.fit"
         seed = _check_seed(seed, "seed", owner)
@@ -818,36 +1021,66 @@ class TorchRetrainer(RetrainerBase):
     def score(self, model: nn.Module, x: Any, y: Any) -> float:
         """Accuracy of ``model`` on ``(x, y)`` (or a Dataset ``x`` with ``y=None``), in batches.
 
+        Inputs are cast to the dtype of the model's parameters.
+
         Raises
         ------
         TypeError, ValueError
             For the data as :meth:`fit`, with ``K`` the number of outputs of
-            ``model``; a Dataset's batches are checked as they are read.
+            ``model``; a Dataset's batches are checked as they are read. If
+            ``model`` is not a ``torch.nn.Module`` instance with weights, does
+            not return (N, K) logits, or returns NaN or inf logits (NaN
+            weights: training diverged).
         """
         owner = "TorchRetrainer.score"
-        x, y = _check_data(x, y, owner)
+        check_model(model, owner)
+        x, y = _check_data(x, y, owner, dtype=model_dtype(model))
         return self._score(model, x, y, owner)
+
+    @staticmethod
+    def _logits(model: nn.Module, xb: torch.Tensor, owner: str, x_name: str, where: str,
+                rows: Callable[[list[int]], list[int]]) -> torch.Tensor:
+        """``model(xb)`` refused unless finite (n, K) logits; ``rows`` maps batch rows to the
+        indices named in the message."""
+        logits = _check_logits(model(xb), len(xb), f"{owner} measures the accuracy of a "
+                               "classifier", f"{len(xb)} sample(s) of '{x_name}' of shape "
+                               f"{tuple(xb.shape)}{where}")
+        finite = torch.isfinite(logits).all(1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()
+            raise ValueError(
+                f"{owner}: the model returned NaN or inf logits for {len(bad)} of {len(xb)} "
+                f"sample(s) of '{x_name}'{where}, first in sample(s) {rows(bad[:5].tolist())}. "
+                "Its weights are likely NaN (training diverged: lower lr, check the augment "
+                "function and the data) or the inputs overflow it; no accuracy is computed from "
+                "such logits.")
+        return logits
 
     @torch.no_grad()
     def _score(self, model: nn.Module, x: Any, y: Any, owner: str, x_name: str = "x",
                y_name: str = "y", *, checked: bool = False) -> float:
         """:meth:`score` of data :func:`_check_data` passed; ``checked``: the labels' range too."""
         model.eval()
+        dtype = model_dtype(model)
         if _is_dataset(x):
             correct, total, b = 0, 0, max(self.batch_size, 256)
             for k, (xb, yb) in enumerate(self._loader(x, b)):
                 where = f" in batch {k} read from the Dataset"
-                _check_batch(xb, yb, None, owner, x_name, where, x, range(k * b, k * b + len(yb)))
-                logits = model(xb.to(self.device, torch.float32))
+                yb = _check_batch(xb, yb, None, owner, x_name, where, x,
+                                  range(k * b, k * b + len(yb)), dtype)
+                logits = self._logits(model, xb.to(self.device, dtype), owner, x_name, where,
+                                      lambda rows, k=k: [_root_index(x, k * b + r)
+                                                         for r in rows])
                 _check_label_range(yb, logits.shape[1], x_name, owner, where, "a Dataset with ")
                 correct += int((logits.argmax(1) == yb.to(self.device)).sum())
                 total += len(yb)
             return correct / max(1, total)
-        x_t = _to_tensor(x, self.device, torch.float32)
+        x_t = _to_tensor(x, self.device, dtype)
         y_t = _to_tensor(y, self.device, torch.long)
         correct = 0
         for start in range(0, len(x_t), 1024):
-            logits = model(x_t[start : start + 1024])
+            logits = self._logits(model, x_t[start : start + 1024], owner, x_name, "",
+                                  lambda rows, start=start: [start + r for r in rows])
             if start == 0 and not checked:
                 _check_label_range(y, logits.shape[1], y_name, owner)
             correct += int((logits.argmax(1) == y_t[start : start + 1024]).sum())
@@ -865,7 +1098,8 @@ class TorchRetrainer(RetrainerBase):
                                             f"{name}.y_train", train=True)
             x_te, y_te = job.x_test, job.y_test
             if with_test:
-                x_te, y_te = _check_data(x_te, y_te, owner, f"{name}.x_test", f"{name}.y_test")
+                x_te, y_te = _check_data(x_te, y_te, owner, f"{name}.x_test", f"{name}.y_test",
+                                         self._param_dtype())
                 if (isinstance(x, torch.Tensor) and isinstance(x_te, torch.Tensor)
                         and x_te.shape[1:] != x.shape[1:]):
                     raise ValueError(_msg(f"{name}.x_test", owner, "samples of the shape of "
@@ -898,8 +1132,9 @@ class TorchRetrainer(RetrainerBase):
         for group in groups:
             sub = [jobs[i] for i in group]
             models = [self.new_model(job.seed) for job in sub]
-            trained = self._train(self._prepare(sub, owner, classes[group[0]]), models,
-                                  stacked=stacked and len(sub) > 1)
+            prepared = self._prepare(sub, owner, classes[group[0]])
+            prepared.names = [f"jobs[{i}]" for i in group]
+            trained = self._train(prepared, models, stacked=stacked and len(sub) > 1)
             for i, model in zip(group, trained, strict=True):
                 out[i] = model
             bar.update(len(group))
@@ -941,7 +1176,8 @@ class TorchRetrainer(RetrainerBase):
         for (x_shape, _), members in by_shape.items():
             size = self.max_ensemble
             if size is None:
-                per_job = 4 * int(np.prod(x_shape)) + 8 * x_shape[0]
+                itemsize = torch.empty(0, dtype=self._param_dtype()).element_size()
+                per_job = itemsize * int(np.prod(x_shape)) + 8 * x_shape[0]
                 size = max(1, _ENSEMBLE_DATA_BUDGET // max(1, per_job))
             groups.extend(members[i : i + size] for i in range(0, len(members), size))
         return groups

@@ -17,6 +17,7 @@ of them. Plain PyTorch and numpy, no Quantus import.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.randomisation import LayerOrder, fresh_model, randomised_models
 from quantus_roar.similarity import SIMILARITIES
 
@@ -118,4 +120,13 @@ def compare(original: torch.Tensor, other: torch.Tensor, similarities: Sequence[
         ``{name: float array of shape (N,)}`` (NaN where a similarity is
         undefined, e.g. Spearman of a constant map).
     """
-    return {name: SIMILARITIES[name](original, other).cpu().numpy() for name in similarities}
+    out = {name: SIMILARITIES[name](original, other).cpu().numpy() for name in similarities}
+    for name, values in out.items():
+        n_nan = int(np.isnan(values).sum())
+        if n_nan:
+            warnings.warn(f"The similarity {name!r} is undefined (NaN) for {n_nan} of "
+                          f"{len(values)} samples: their explanations are constant (e.g. all "
+                          "zero), so a rank correlation cannot be computed. Means leave them "
+                          "out; if every sample is NaN the check has no result. Check the "
+                          "explain function.", QuantusRoarWarning, stacklevel=2)
+    return out

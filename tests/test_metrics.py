@@ -45,8 +45,9 @@ class Recorder:
         return nn.Identity()
 
     def score(self, model, x, y):
+        """A stand-in accuracy in [0, 1] that follows the test inputs: their mean / 10."""
         self.jobs[-1] = (*self.jobs[-1], x, y)
-        return float(torch.as_tensor(x).float().mean())
+        return float(torch.as_tensor(x).float().mean()) / 10
 
 
 def _quiet(cls, *args, **kwargs):
@@ -148,7 +149,7 @@ def test_jobs_split_and_channel_mean_from_training_split():
         np.testing.assert_allclose(xs[:, 0][changed[:, 0]], means[0], rtol=1e-6)
         np.testing.assert_allclose(xs[:, 1][changed[:, 1]], means[1], rtol=1e-6)
     assert set(scores) == {0, 50}
-    assert scores[50] == pytest.approx(np.mean([float(np.asarray(j[3]).mean())
+    assert scores[50] == pytest.approx(np.mean([float(np.asarray(j[3]).mean()) / 10
                                                 for j in rec.jobs[3:]]))
     res = metric.results
     assert list(res.columns[:5]) == ["percentage", "retrain", "seed", "accuracy",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -14,10 +15,12 @@ from quantus_roar._validation import (
     check_channel_first,
     check_choice,
     check_finite,
+    check_int,
     check_percentages,
     check_seed,
     like_input,
 )
+from quantus_roar.exceptions import QuantusRoarWarning
 
 __all__ = ["GRANULARITIES", "ORDERS", "REDUCES", "feature_ranks", "removal_counts",
            "removal_masks"]
@@ -56,7 +59,8 @@ def removal_counts(n_features: int, percentages: Iterable[float]) -> list[int]:
     >>> removal_counts(64, [10, 70])
     [6, 45]
     """
-    return [round(float(p) * n_features / 100.0) for p in percentages]
+    n = check_int(n_features, "n_features", "removal_counts", low=1)
+    return [round(p * n / 100.0) for p in check_percentages(percentages, "removal_counts")]
 
 
 def _mask_shapes(shape: tuple[int, ...], granularity: str) -> tuple[tuple, tuple]:
@@ -230,7 +234,15 @@ def removal_masks(
                           sample_ids=sample_ids)
     mask_shape, full_shape = _mask_shapes(tuple(a.shape), granularity)
     n, f = ranks.shape
-    k = torch.tensor(removal_counts(f, ps), device=ranks.device)[:, None, None]
+    counts = removal_counts(f, ps)
+    empty = [p for p, c in zip(ps, counts, strict=True) if c == 0]
+    if empty:
+        what = "nothing is removed" if order == "remove_top" else "everything is removed"
+        warnings.warn(f"removal_masks: percentage(s) {empty} select 0 of {f} features "
+                      f"(round(p / 100 * {f}) = 0), so at those points {what}. Use larger "
+                      "percentages, or check that they are percentages, not fractions.",
+                      QuantusRoarWarning, stacklevel=2)
+    k = torch.tensor(counts, device=ranks.device)[:, None, None]
     masks = ranks[None] < k if order == "remove_top" else ranks[None] >= k
     masks = masks.reshape(len(ps), n, *mask_shape).expand(len(ps), n, *full_shape)
     return like_input(masks, a)

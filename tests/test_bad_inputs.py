@@ -502,3 +502,17 @@ def test_unsigned_labels_and_percentage_containers(data):
     assert _quiet(qr.ROARNoRetrain, percentages=(p for p in [50]))(model, x, y, a) == ref
     with pytest.raises(TypeError, match=r"'percentages' .* Got None"):
         qr.ROARNoRetrain(percentages=None)
+
+
+def test_constant_explanations_and_empty_percentages_warn(data):
+    model, x, y, a = data
+    zero = lambda model, inputs, targets, **kw: np.zeros_like(inputs)  # noqa: E731
+    with pytest.warns(qr.QuantusRoarWarning, match=r"'spearman' is undefined \(NaN\) for 12 of "
+                                                   r"12 samples.*constant"):
+        got = _quiet(qr.ModelRandomisation, similarity="spearman")(model, x, y,
+                                                                   explain_func=zero)
+    assert all(np.isnan(v) for v in got.values())
+    with pytest.warns(qr.QuantusRoarWarning, match=r"percentage\(s\) \[0\.5\] select 0 of 64"):
+        removal_masks(a, (0.5, 50))
+    with pytest.raises(ValueError, match=r"'percentages' parameter of removal_counts"):
+        qr.removal_counts(64, [150])

@@ -90,6 +90,106 @@ def test_fresh_on_a_folder_of_other_files_deletes_nothing(tmp_path, capsys):
     assert sorted(p.name for p in folder.rglob("*")) == ["cache", "important.txt", "report.md"]
 
 
+def _own_database(path: Path, tables: dict[str, list[str]]) -> None:
+    """A SQLite file of another program: each table with one row."""
+    with sqlite3.connect(path) as conn:
+        for table, columns in tables.items():
+            conn.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
+            conn.execute(f"INSERT INTO {table} VALUES ({', '.join('?' for _ in columns)})",
+                         [f"{table}-{c}" for c in columns])
+    conn.close()
+
+
+def _rows(path: Path, table: str) -> list[tuple]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        rows = conn.execute(f"SELECT * FROM {table}").fetchall()
+    conn.close()
+    return rows
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("store", ["another program's", "damaged", "meta and cells, no run"])
+def test_fresh_on_a_folder_with_its_own_results_sqlite_deletes_nothing(tmp_path, capsys, store):
+    folder = tmp_path / "F"
+    folder.mkdir()
+    db = folder / "results.sqlite"
+    if store == "damaged":
+        db.write_bytes(b"SQLite format 3\x00" + os.urandom(2000))
+    elif store == "another program's":
+        _own_database(db, {"experiments": ["name", "score"]})
+    else:
+        _own_database(db, {"meta": ["key", "value"], "cells": ["metric"]})
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "report.md").write_text("my report")
+    before = _listing(folder)
+    assert _run(folder, "--fresh") == 2
+    err = capsys.readouterr().err
+    _one_line_error(err, f"'{folder}' is not a quantus-roar output folder",
+                    "its results.sqlite is not a quantus-roar result store",
+                    "Choose another --out")
+    assert "--fresh" not in err  # --fresh could never be used here
+    assert _listing(folder) == before  # nor any -wal, -shm, marker or lock file
+    if store == "another program's":
+        assert _rows(db, "experiments") == [("experiments-name", "experiments-score")]
+    with pytest.raises(OutputFolderError, match="not a quantus-roar result store"):
+        OutputFolder(folder).clear()
+    with pytest.raises(OutputFolderError, match="not a quantus-roar result store"), \
+            OutputFolder(folder).lock():
+        pass
+    assert _listing(folder) == before
+
+
+def test_a_refused_folder_is_not_marked_so_a_later_fresh_deletes_nothing(tmp_path, capsys):
+    folder = tmp_path / "F"
+    folder.mkdir()
+    _own_database(folder / "results.sqlite", {"meta": ["key", "value"],
+                                              "cells": ["metric", "value"]})
+    for name in ("report.md", "results.csv", "config.toml"):
+        (folder / name).write_text(f"my {name}")
+    before = _listing(folder)
+    assert _run(folder) == 2
+    _one_line_error(capsys.readouterr().err, "is not a quantus-roar output folder")
+    assert not (folder / MARKER).exists() and not (folder / LOCK).exists()
+    assert _listing(folder) == before
+    assert _run(folder, "--fresh") == 2
+    _one_line_error(capsys.readouterr().err, "is not a quantus-roar output folder")
+    assert _listing(folder) == before
+    assert _rows(folder / "results.sqlite", "meta") == [("meta-key", "meta-value")]
+
+
+def test_a_folder_refused_once_locked_keeps_no_lock_or_marker(tmp_path, monkeypatch):
+    folder = tmp_path / "F"
+    folder.mkdir()
+    real = OutputFolder._acquire
+
+    def meanwhile(self):  # another program writes into the folder while the lock is taken
+        fd = real(self)
+        (self.folder / "theirs.txt").write_text("theirs")
+        return fd
+
+    monkeypatch.setattr(OutputFolder, "_acquire", meanwhile)
+    with pytest.raises(OutputFolderError, match=r"theirs\.txt"), OutputFolder(folder).lock():
+        pass
+    assert sorted(p.name for p in folder.iterdir()) == ["theirs.txt"]
+
+
+def test_a_run_made_before_the_marker_is_still_a_runs_folder(finished, tmp_path, capsys):
+    out = _copy_run(finished, tmp_path / "run")
+    (out / MARKER).unlink()
+    n = _cells(out)
+    (out / "attributions" / "mine-a-0123abcd.test.npy").write_bytes(b"stale")
+    assert _run(out) == 0  # resumes: nothing to compute
+    assert f"0 cells computed, {n // 2} already stored" in capsys.readouterr().out
+    (out / MARKER).unlink()
+    assert _run(out, "--fresh") == 0
+    assert _cells(out) == n
+    assert not (out / "attributions" / "mine-a-0123abcd.test.npy").exists()
+
+
 def test_a_file_as_out_is_refused(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("x")
@@ -285,6 +385,38 @@ def test_a_sqlite_file_of_another_program_is_not_written(tmp_path):
     assert tables == ["customers"]
 
 
+@pytest.mark.parametrize("statement, needles", [
+    ("UPDATE meta SET value = '\"a string\"' WHERE key = 'run'",
+     ["holds a run description that is not a quantus-roar one", "'a string'"]),
+    ("UPDATE meta SET value = json_set(value, '$.percentages', 'abc') WHERE key = 'run'",
+     ["holds a run description that is not a quantus-roar one", "percentages: 'abc'",
+      "not a list of numbers"]),
+    ("UPDATE meta SET value = '{\"seed\": 0,' WHERE key = 'run'",
+     ["holds a value of 'run' in its meta table that is not JSON"]),
+    ("UPDATE meta SET value = 'not json' WHERE key = 'layers'",
+     ["holds a value of 'layers' in its meta table that is not JSON"]),
+    ("UPDATE cells SET value = 'high' WHERE rowid = (SELECT MIN(rowid) FROM cells)",
+     ["holds a cell whose value is not a number", "'high'"]),
+    ("UPDATE cells SET param = 'half' WHERE rowid = (SELECT MIN(rowid) FROM cells)",
+     ["cell whose percentage is not a number", "'half'"]),
+])
+def test_a_tampered_store_is_a_one_line_error_of_report(finished, tmp_path, capsys,
+                                                        statement, needles):
+    out = _copy_run(finished, tmp_path / "run")
+    db = out / "results.sqlite"
+    with sqlite3.connect(db) as conn:
+        if "'layers'" in statement:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('layers', '[]')")
+        assert conn.execute(statement).rowcount == 1
+    conn.close()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    _one_line_error(err, f"The result store '{db}'", *needles)
+    if "JSON" not in needles[0]:
+        assert "Rebuild it with 'quantus-roar run --fresh'" in err and "another folder" in err
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_output_folder_is_a_clear_error(finished, tmp_path, capsys):
     out = _copy_run(finished, tmp_path / "run")
@@ -351,8 +483,10 @@ def test_a_full_disk_while_storing_names_the_file_and_keeps_what_was_committed(t
     ('lr = "0.1"', SettingTypeError, "'lr' setting must be a number"),
     ('min_train_accuracy = "high"', SettingTypeError, "'min_train_accuracy' setting"),
     ("sanity_samples = -1", ValueError, "'sanity_samples' setting must be an integer >= 0"),
-    ("seed = -1", ValueError, r"'seed' setting must be an integer in \[0, 2\*\*63\)"),
-    ("seed = 9223372036854775807", None, None),
+    ("seed = -1", ValueError, r"'seed' setting must be an integer in \[0, 2\*\*32\)"),
+    ("seed = 4294967295", None, None),
+    ("seed = 4294967296", ValueError, r"'seed' setting must be an integer in \[0, 2\*\*32\)"),
+    ("seed = 9223372036854775807", ValueError, "scikit-learn"),
     ("seed = 1.5", SettingTypeError, "'seed' setting must be an integer"),
     ('estimators = ["Random", "Random"]', ValueError, r"names \['Random'\] more than once"),
     ("estimators = [1]", SettingTypeError, "'estimators' setting must be a list"),
@@ -373,6 +507,22 @@ def test_config_file_values_are_type_checked_naming_the_key(tmp_path, line, erro
 def test_seed_of_2_to_the_63_is_refused():
     with pytest.raises(ValueError, match="'seed' setting"):
         RunConfig(seed=2**63)
+
+
+def test_seeds_from_2_to_the_32_are_refused_saying_why(tmp_path, capsys):
+    for seed in (2**32, 2**40, 2**63 - 1):
+        with pytest.raises(ValueError, match=r"'seed' setting must be an integer in "
+                           r"\[0, 2\*\*32\), the seeds numpy's legacy generator and "
+                           r"scikit-learn accept") as info:
+            RunConfig(seed=seed)
+        assert str(seed) in str(info.value)
+    assert RunConfig(seed=2**32 - 1).seed == 2**32 - 1
+    out = tmp_path / "run"
+    assert _run(out, "--seed", str(2**32)) == 2
+    _one_line_error(capsys.readouterr().err, "'seed' setting must be an integer in [0, 2**32)",
+                    "scikit-learn", "4294967296")
+    assert "random_state" not in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_a_binary_config_file_is_not_valid_toml(tmp_path, capsys):
@@ -445,7 +595,7 @@ def test_a_bad_model_factory_writes_nothing_and_the_corrected_command_runs(
     for spec, needle in ((f"{name}:wrong", "unexpected keyword argument"),
                          (f"{name}:not_a_model", "returned a str"),
                          (f"{name}:missing", "has no 'missing'"),
-                         (f"{name}:value", "is a int, not a callable"),
+                         (f"{name}:value", "is an int, not a callable"),
                          ("nosuchmodule_xyz:f", "No module named 'nosuchmodule_xyz'"),
                          ("resnet50", "Unknown model 'resnet50'")):
         assert _run(out, "--model", spec) == 2
@@ -453,6 +603,38 @@ def test_a_bad_model_factory_writes_nothing_and_the_corrected_command_runs(
         assert not out.exists()
     assert _run(out, "--model", f"{name}:good") == 0
     assert _cells(out) > 0
+
+
+def test_a_failing_explain_function_is_one_line_before_anything_is_trained(
+        tmp_path, monkeypatch, capsys):
+    import quantus_roar.retrain.torch_retrainer as torch_retrainer
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = _factory_module(tmp_path, """
+        import numpy as np
+
+        def flat(model, inputs, targets):
+            return np.ones(len(inputs))
+
+        def broken(model, inputs, targets):
+            raise RuntimeError("my bug\\nsecond line")
+    """)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the explain functions were checked")
+
+    monkeypatch.setattr(torch_retrainer.TorchRetrainer, "fit", no_training)
+    out = tmp_path / "run"
+    for spec, needles in (
+            ("os:getcwd", ["The explain function 'os:getcwd' failed on 2 samples: TypeError: "]),
+            (f"{name}:flat", [f"The explain function '{name}:flat' failed on 2 samples: "
+                              "ValueError: ", "returned shape (2,)"]),
+            (f"{name}:broken", [f"The explain function '{name}:broken' failed on 2 samples: "
+                                "RuntimeError: my bug second line"])):
+        assert main(["run", "--out", str(out), *TINY, "--estimators", f"Random,{spec}",
+                     "--fresh"]) == 2
+        _one_line_error(capsys.readouterr().err, *needles)
+        assert not out.exists()
 
 
 def test_a_model_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch, capsys):

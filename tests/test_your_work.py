@@ -12,7 +12,7 @@ import torch
 import quantus_roar as qr
 from quantus_roar.benchmark import RunConfig, run
 from quantus_roar.benchmark.datasets import BenchmarkData, DatasetError
-from quantus_roar.benchmark.runner import recipe_retrainer
+from quantus_roar.benchmark.runner import file_name, probe_explainers, recipe_retrainer
 from quantus_roar.cli import main
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def test_own_explain_function_and_recipe_from_the_command_line(tmp_path, monkeyp
     for p in ("0", "30", "70"):
         assert cells[("roar-noretrain", "mine_expl:grad", p, 0, "accuracy")] == \
             cells[("roar-noretrain", "Gradient", p, 0, "accuracy")]
-    assert (out / "attributions" / "mine_expl-grad.test.npy").is_file()
+    assert (out / "attributions" / f"{file_name('mine_expl:grad')}.test.npy").is_file()
     assert "mine_expl:grad" in (out / "report.md").read_text()
     toml = (out / "config.toml").read_text()
     assert 'schedule = "cosine"' in toml and "weight_decay = 0.0001" in toml
@@ -132,10 +132,88 @@ def test_bad_own_work_is_one_clear_error_before_the_folder_is_touched(tmp_path, 
 
 
 def test_an_explain_function_returning_the_wrong_shape_is_named(tmp_path):
-    cfg = RunConfig(**SMALL, estimators=("flat",), metrics=("roar-noretrain",),
+    retrainer = CountingRetrainer()
+    cfg = RunConfig(**{**SMALL, "epochs": None}, estimators=("flat",),
+                    metrics=("roar-noretrain",), retrainer=retrainer,
                     explainers={"flat": lambda model, inputs, targets: np.ones(len(inputs))})
-    with pytest.raises(ValueError, match=r"'flat' returned shape \(\d+,\)"):
+    with pytest.raises(ValueError, match=r"^The explain function 'flat' failed on 2 samples: "
+                       r"ValueError: .*'flat' returned shape \(2,\)"):
         run(cfg, tmp_path / "out", progress=False)
+    assert retrainer.fits == 0 and not (tmp_path / "out").exists()
+    nan = RunConfig(**SMALL, estimators=("nan",), metrics=("roar-noretrain",),
+                    explainers={"nan": lambda model, inputs, targets: np.full(inputs.shape,
+                                                                               np.nan)})
+    with pytest.raises(ValueError, match=r"^The explain function 'nan' failed on 2 samples: "
+                       "ValueError: .*NaN or inf"):
+        run(nan, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_probe_of_explain_functions_leaves_every_random_state_and_skips_builtins(
+        monkeypatch):
+    import random
+
+    import quantus_roar.benchmark.runner as runner
+
+    seen = []
+
+    def noisy(model, inputs, targets):
+        seen.append((inputs.shape, targets.tolist(), model.training))
+        np.random.rand()  # noqa: NPY002 - the global generator, on purpose
+        random.random()
+        return torch.rand(inputs.shape).numpy()
+
+    def builtin(*args, **kwargs):
+        raise AssertionError("a built-in estimator was probed")
+
+    monkeypatch.setattr(runner, "explain", builtin)
+    data = BenchmarkData.from_arrays("tiny", *qr.load_digits_data(seed=0))
+    cfg = RunConfig(estimators=("Gradient", "noisy"), explainers={"noisy": noisy},
+                    target="label")
+    torch.manual_seed(3)
+    np.random.seed(3)  # noqa: NPY002
+    random.seed(3)
+    states = (torch.get_rng_state(), np.random.get_state()[1].copy(),  # noqa: NPY002
+              random.getstate())
+    probe_explainers(cfg, data, lambda: qr.SmallCNN(), torch.device("cpu"))
+    assert seen == [((2, 1, 8, 8), data.y_test[:2].tolist(), False)]
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1])  # noqa: NPY002
+    assert random.getstate() == states[2]
+
+
+def _brightness(model, inputs, targets, **kwargs):
+    """Another map: the brightest pixels first."""
+    return np.asarray(inputs, dtype=np.float32).copy()
+
+
+def test_estimator_names_that_sanitise_alike_keep_their_own_attributions(tmp_path):
+    assert file_name("Gradient") == "Gradient"
+    assert file_name("GuidedBackprop_SmoothGrad") == "GuidedBackprop_SmoothGrad"
+    assert file_name("mine-a") == "mine-a"
+    assert file_name("mine a") == "mine-a-" + __import__("hashlib").sha256(
+        b"mine a").hexdigest()[:8]
+    assert file_name("pkg.mod:fn").startswith("pkg.mod-fn-")
+    assert len(file_name("x" * 500)) < 120 and file_name("x" * 500) != file_name("x" * 501)
+    common = dict(SMALL, metrics=("roar-noretrain",), percentages=(30, 70))
+    both = RunConfig(**common, explainers={"mine a": gradient_by_hand,
+                                           "mine-a": _brightness},
+                     estimators=("mine a", "mine-a"))
+    run(both, tmp_path / "both", progress=False)
+    files = sorted(p.name for p in (tmp_path / "both" / "attributions").iterdir())
+    assert files == sorted([f"{file_name('mine a')}.test.npy", "mine-a.test.npy"])
+    cells = _cells(tmp_path / "both")
+    first = {k[0:1] + k[2:]: v for k, v in cells.items() if k[1] == "mine a"}
+    second = {k[0:1] + k[2:]: v for k, v in cells.items() if k[1] == "mine-a"}
+    assert first.keys() == second.keys()
+    assert any(first[k] != second[k] for k in first if k[1] != "0")
+    for name, fn, mine in (("mine a", gradient_by_hand, first),
+                           ("mine-a", _brightness, second)):
+        alone = RunConfig(**common, explainers={name: fn}, estimators=(name,))
+        run(alone, tmp_path / name, progress=False)
+        assert {k[0:1] + k[2:]: v for k, v in _cells(tmp_path / name).items()} == mine, name
+    with pytest.raises(ValueError, match=r"'Mine' and 'mine' would share one attributions"):
+        RunConfig(explainers={"Mine": gradient_by_hand, "mine": _brightness})
 
 
 def test_own_arrays_and_model_factory(tmp_path):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from quantus_roar._validation import MAX_SEED, check_percentages
+from quantus_roar._validation import check_percentages
 from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.explainers import ESTIMATORS, TARGETS
 from quantus_roar.randomisation import LAYER_ORDERS
@@ -27,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["METRICS", "RunConfig", "SettingTypeError"]
+__all__ = ["METRICS", "RUN_MAX_SEED", "RunConfig", "SettingTypeError", "file_name"]
 
 #: The runner's metrics, in the order they are computed per estimator.
 METRICS: tuple[str, ...] = ("roar-noretrain", "kar-noretrain", "roar", "kar",
@@ -42,6 +42,11 @@ _QUICK: dict[str, Any] = {
     "sanity_samples": 100,
     "max_epochs": 48,
 }
+
+
+#: A run's seed is below 2**32: the datasets are loaded and split with numpy's legacy
+#: generator and scikit-learn, which take no larger seed.
+RUN_MAX_SEED = 2**32
 
 
 class SettingTypeError(TypeError):
@@ -145,6 +150,24 @@ def _describe(value: Any) -> Any:
 
 
 _SCHEDULES = ("onecycle", "cosine", "step", "none")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_STEM = 100
+
+
+def file_name(estimator: str) -> str:
+    """The file-name stem of an estimator's cached attributions.
+
+    A name of letters, digits, ``.``, ``_`` and ``-`` (every built-in name) is its
+    own stem. Any other name has its other characters replaced by ``-`` and the
+    first 8 hex digits of the SHA-256 of the exact name appended
+    (``pkg.mod:fn`` -> ``pkg.mod-fn-<8 hex>``), so two names that sanitise alike
+    (``mine a``, ``mine-a``) never share a file.
+    """
+    safe = _UNSAFE.sub("-", estimator)
+    if safe == estimator and len(safe) <= _MAX_STEM:
+        return safe
+    digest = hashlib.sha256(estimator.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe[:_MAX_STEM]}-{digest}"
 
 
 def _check_user_work(config: RunConfig) -> None:
@@ -254,7 +277,9 @@ class RunConfig:
     device : str or None
         ``cpu``, ``cuda`` or ``cuda:N``; default CUDA when available.
     seed : int
-        Every seed of the run derives from it.
+        Every seed of the run derives from it; in [0, 2**32) (numpy's legacy
+        generator and scikit-learn, which load and split the data, take no
+        larger seed).
     granularity, reduce, imputer
         The removal rule (:mod:`quantus_roar.removal`).
     layer_order : str
@@ -339,6 +364,13 @@ class RunConfig:
             setattr_("estimators", (*ESTIMATORS, *user))
         allowed = _EstimatorNames((*ESTIMATORS, *user))
         setattr_("estimators", _names("estimators", self.estimators, allowed, "estimator"))
+        stems: dict[str, str] = {}
+        for e in self.estimators:  # one attributions file each (case-insensitive file systems)
+            other = stems.setdefault(file_name(e).lower(), e)
+            if other != e:
+                raise ValueError(f"The estimators {other!r} and {e!r} would share one "
+                                 "attributions file (their names differ only in upper and "
+                                 "lower case); give them names that differ otherwise.")
         setattr_("metrics", _names("metrics", self.metrics, METRICS, "metric"))
         setattr_("similarities", _names("similarities", self.similarities, SIMILARITIES,
                                         "similarity"))
@@ -372,10 +404,11 @@ class RunConfig:
                 raise ValueError(f"The '{name}' setting must be {what}. Got {value!r} instead.")
             setattr_(name, int(value))
         if not _is_int(self.seed):
-            raise _type_error("seed", "an integer in [0, 2**63)", self.seed)
-        if not 0 <= self.seed < MAX_SEED:
-            raise ValueError(f"The 'seed' setting must be an integer in [0, 2**63). Got "
-                             f"{self.seed!r} instead.")
+            raise _type_error("seed", "an integer in [0, 2**32)", self.seed)
+        if not 0 <= self.seed < RUN_MAX_SEED:
+            raise ValueError(f"The 'seed' setting must be an integer in [0, 2**32), the seeds "
+                             "numpy's legacy generator and scikit-learn accept (the datasets "
+                             f"are loaded and split with them). Got {self.seed!r} instead.")
         setattr_("seed", int(self.seed))
         if not _is_number(self.min_train_accuracy):
             raise _type_error("min_train_accuracy", "a number in (0, 1]",

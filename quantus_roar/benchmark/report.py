@@ -9,9 +9,11 @@ identical tables.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import numbers
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,12 @@ import numpy as np
 import pandas as pd
 
 from quantus_roar._io import disk_error, write_text, write_with
+from quantus_roar.benchmark.config import file_name
 from quantus_roar.benchmark.store import ResultStore
 from quantus_roar.curves import normalised_auc
+from quantus_roar.exceptions import StorageError
+from quantus_roar.randomisation import LAYER_ORDERS
+from quantus_roar.removal import GRANULARITIES, IMPUTERS, REDUCES
 
 logger = logging.getLogger("quantus_roar.benchmark")
 
@@ -404,7 +410,7 @@ def _examples_figure(out: Path, estimators: list[str], run: dict[str, Any], path
         return False
     rows = []
     for e in estimators:
-        a_path = out / "attributions" / f"{e}.test.npy"
+        a_path = out / "attributions" / f"{file_name(e)}.test.npy"
         if a_path.is_file():
             try:
                 a = np.asarray(np.load(a_path, mmap_mode="r")[index])
@@ -459,6 +465,99 @@ def _md(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- the store's contents
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_text_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# What the report reads of the run description, and how each must look (when present).
+_RUN_FIELDS: dict[str, tuple[Any, str]] = {
+    "estimators": (_is_text_list, "a list of names"),
+    "similarities": (_is_text_list, "a list of names"),
+    "percentages": (lambda v: isinstance(v, list) and all(
+        _is_number(p) and 0 < p <= 100 for p in v), "a list of numbers in (0, 100]"),
+    "retrains": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+             "an integer >= 0"),
+    "granularity": (lambda v: v in GRANULARITIES, f"one of {list(GRANULARITIES)}"),
+    "reduce": (lambda v: v in REDUCES, f"one of {list(REDUCES)}"),
+    "imputer": (lambda v: v in IMPUTERS, f"one of {list(IMPUTERS)}"),
+    "layer_order": (lambda v: v in LAYER_ORDERS, f"one of {list(LAYER_ORDERS)}"),
+    "versions": (lambda v: isinstance(v, dict), "a table of versions"),
+}
+
+
+def _not_ours(path: Path, what: str) -> StorageError:
+    return StorageError(errno.EINVAL, f"The result store '{path}' holds {what}; it was damaged "
+                        "or edited. Rebuild it with 'quantus-roar run --fresh' (same --out) or "
+                        "use another folder.")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _checked_meta(path: Path, run: Any, layers: Any, layer_types: Any, expected: Any
+                  ) -> dict[str, Any]:
+    """The run description, after checking every field the report reads."""
+    if run is None:
+        run = {}
+    if not isinstance(run, dict):
+        raise _not_ours(path, f"a run description that is not a quantus-roar one (a "
+                        f"{type(run).__name__}, {_shown(run)}, not a table of settings)")
+    for key, (ok, what) in _RUN_FIELDS.items():
+        if key in run and not ok(run[key]):
+            raise _not_ours(path, f"a run description that is not a quantus-roar one ({key}: "
+                            f"{_shown(run[key])}, not {what})")
+    if layers is not None and not _is_text_list(layers):
+        raise _not_ours(path, f"a list of layers that is not one ({_shown(layers)})")
+    if layer_types is not None and not isinstance(layer_types, dict):
+        raise _not_ours(path, f"layer types that are not a table ({_shown(layer_types)})")
+    if expected is not None and not (isinstance(expected, int)
+                                     and not isinstance(expected, bool)):
+        raise _not_ours(path, f"an expected cell count that is not an integer "
+                        f"({_shown(expected)})")
+    return run
+
+
+# Metrics whose param is a percentage (a number).
+_CURVES = ("baseline", "roar", "kar", "roar-noretrain", "kar-noretrain")
+
+
+def _checked_frame(path: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """The stored cells, after checking that values, times and percentages are numbers."""
+    for column in ("value", "wall_s"):
+        numeric = pd.to_numeric(df[column], errors="coerce")
+        bad = numeric.isna() & df[column].notna()
+        if bad.any():
+            row = df[bad].iloc[0]
+            raise _not_ours(path, f"a cell whose {column} is not a number ({row['metric']} "
+                            f"{row['estimator']} {row['param']} seed {row['seed']}: "
+                            f"{_shown(row[column])})")
+        df[column] = numeric.astype(float)
+    seeds = pd.to_numeric(df["seed"], errors="coerce")
+    if (seeds.isna() | (seeds != seeds.round())).any():
+        row = df[seeds.isna() | (seeds != seeds.round())].iloc[0]
+        raise _not_ours(path, f"a cell whose seed is not an integer ({_shown(row['seed'])})")
+    df["seed"] = seeds.astype(int)
+    curve = df["metric"].isin(_CURVES)
+    params = pd.to_numeric(df.loc[curve, "param"], errors="coerce")
+    if params.isna().any():
+        row = df[curve][params.isna()].iloc[0]
+        raise _not_ours(path, f"a {row['metric']} cell whose percentage is not a number "
+                        f"({_shown(row['param'])})")
+    for column in ("metric", "estimator", "param", "quantity"):
+        df[column] = df[column].astype(str)
+    return df
+
+
 def build_report(out: str | Path) -> Path:
     """Write ``results.csv``, ``report.md`` and ``figures/*.png`` for the run in ``out``.
 
@@ -476,13 +575,15 @@ def build_report(out: str | Path) -> Path:
     FileNotFoundError
         If ``out`` holds no result store.
     quantus_roar.exceptions.StorageError
-        If the store is damaged or the folder cannot be written; the message
-        names the file and the way out.
+        If the store is damaged, holds values that are not a quantus-roar run's
+        (an edited run description, a text where a number belongs), or the folder
+        cannot be written; the message names the file and the way out.
     """
     out = Path(out)
     with ResultStore.open_existing(out) as store:
-        df = store.frame()
-        run = store.get_meta("run") or {}
+        df = _checked_frame(store.path, store.frame())
+        run = _checked_meta(store.path, store.get_meta("run"), store.get_meta("layers"),
+                            store.get_meta("layer_types"), store.get_meta("expected_cells"))
         layers = store.get_meta("layers") or []
         layer_types = store.get_meta("layer_types") or {}
         expected = store.get_meta("expected_cells")

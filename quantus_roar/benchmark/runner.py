@@ -23,7 +23,7 @@ import importlib
 import inspect
 import logging
 import os
-import re
+import random
 import shutil
 import tempfile
 import time
@@ -40,7 +40,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from quantus_roar._io import disk_error, open_memmap, remove_quietly, write_text, write_with
 from quantus_roar._validation import as_tensor
-from quantus_roar.benchmark.config import RunConfig, fingerprint
+from quantus_roar.benchmark.config import RunConfig, file_name, fingerprint
 from quantus_roar.benchmark.datasets import BenchmarkData, load_dataset
 from quantus_roar.benchmark.store import STAGING_PREFIX, Cell, Key, OutputFolder, ResultStore
 from quantus_roar.curves import deletion_curve, unmodified_point
@@ -62,7 +62,7 @@ from quantus_roar.splits import Split, retrain_seeds
 from quantus_roar.streaming import RemovedDataset, chunked_channel_means
 from quantus_roar.tasks import retrain_group_task, task_groups, task_resources
 
-__all__ = ["RunSummary", "derived_seed", "run"]
+__all__ = ["RunSummary", "derived_seed", "file_name", "probe_explainers", "run"]
 
 logger = logging.getLogger("quantus_roar.benchmark")
 
@@ -202,11 +202,6 @@ def _load_model(model: nn.Module, path: Path) -> nn.Module:
 Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.device], np.ndarray]
 
 
-def file_name(estimator: str) -> str:
-    """A file-name-safe form of an estimator name (``pkg.mod:fn`` -> ``pkg.mod-fn``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", estimator)
-
-
 def explainer(config: RunConfig, name: str) -> Explainer:
     """The explain function of estimator ``name``: a built-in, one of ``config.explainers``,
     or an imported ``package.module:function``, as ``f(model, x, targets, device) -> array``.
@@ -243,6 +238,53 @@ def explainer(config: RunConfig, name: str) -> Explainer:
     return user
 
 
+_PROBE = 2
+
+
+def probe_explainers(config: RunConfig, data: BenchmarkData, factory: Callable[[], nn.Module],
+                     device: torch.device) -> None:
+    """Call each of the user's explain functions once, on 2 test samples and a freshly
+    built (untrained) model, before anything is trained or written.
+
+    The targets are those the run explains (the model's predicted classes, or the
+    labels with ``target="label"``); the output must be finite attributions of the
+    shape of the inputs (or one channel). Every random state (torch's, numpy's
+    global one, Python's) is as it was afterwards. The built-in estimators are not
+    probed.
+
+    Raises
+    ------
+    ValueError
+        One line naming the estimator: ``The explain function 'os:getcwd' failed on
+        2 samples: TypeError: ...``.
+    """
+    user = [e for e in config.estimators if e not in ESTIMATORS]
+    if not user:
+        return
+    n = min(_PROBE, len(data.y_test))
+    devices = ([device.index if device.index is not None else torch.cuda.current_device()]
+               if device.type == "cuda" else [])
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    try:
+        with torch.random.fork_rng(devices=devices):
+            model = factory().to(device).eval()
+            x = as_tensor(np.asarray(data.x_test[:n]), "x", "quantus-roar run")
+            y = torch.as_tensor(np.asarray(data.y_test[:n]))
+            targets = explanation_targets(model, x, y, config.target, device=device,
+                                          batch_size=config.explain_batch_size)
+            for name in user:
+                fn = explainer(config, name)
+                try:
+                    fn(model, x, targets, device)
+                except Exception as err:
+                    text = " ".join(str(err).split()) or "(no message)"
+                    raise ValueError(f"The explain function {name!r} failed on {n} samples: "
+                                     f"{type(err).__name__}: {text}") from err
+    finally:
+        np.random.set_state(np_state)  # noqa: NPY002
+        random.setstate(py_state)
+
+
 def _accepts(fn: Callable[..., Any], keyword: str) -> bool:
     try:
         params = inspect.signature(fn).parameters
@@ -269,7 +311,10 @@ def import_callable(spec: str, what: str) -> Callable[..., Any]:
         raise ValueError(f"Importing the module of the {what} {spec!r} failed: "
                          f"{type(err).__name__}: {err}") from err
     if not callable(obj):
-        raise ValueError(f"The {what} {spec!r} is a {type(obj).__name__}, not a function.")
+        kind = type(obj).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise ValueError(f"The {what} {spec!r} is {article} {kind}, not a callable (a "
+                         "function, or a class).")
     return obj
 
 
@@ -823,7 +868,9 @@ def run(
     quantus_roar.benchmark.ConfigMismatchError
         If ``out`` holds results of another configuration (and not ``fresh``).
     quantus_roar.benchmark.store.OutputFolderError
-        A ``ValueError``: ``out`` is a file or a folder of other files.
+        A ``ValueError``: ``out`` is a file, a folder of other files, or an unmarked
+        folder whose ``results.sqlite`` is not a quantus-roar result store (nothing
+        in it is deleted, even with ``fresh``).
     quantus_roar.benchmark.store.FolderInUseError
         Another process runs into ``out``.
     quantus_roar.exceptions.StorageError
@@ -831,8 +878,10 @@ def run(
         read-only folder, full disk); the message names the file.
     ValueError
         For streamed data on Ray (the memory-mapped files are local to this
-        machine), an unknown device, or a model factory that cannot be imported
-        or built.
+        machine), an unknown device, a model factory that cannot be imported
+        or built, or an explain function of yours that fails on 2 test samples
+        of an untrained model (see :func:`probe_explainers`; checked before
+        anything is trained).
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -859,6 +908,8 @@ def run(
         factory = checked_model_factory(config.model, data)
     for estimator in config.estimators:  # imports every explain function named by a spec
         explainer(config, estimator)
+    if data is not None and factory is not None:  # streamed data: once it is loaded
+        probe_explainers(config, data, factory, device)
     summary = RunSummary(out)
     ex = get_executor(executor, address=ray_address)
     try:
@@ -868,6 +919,7 @@ def run(
                 if data is None:
                     data, staging = _load_streamed(config, out)
                     factory = checked_model_factory(config.model, data)
+                    probe_explainers(config, data, factory, device)
                 if fresh:
                     folder.clear(keep=[staging] if staging is not None else ())
                 if staging is not None:

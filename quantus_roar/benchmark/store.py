@@ -24,6 +24,7 @@ import re
 import socket
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,14 +179,16 @@ class ResultStore:
             self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         try:
             with self._guard("open"):
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
+                # The tables first: a file of another program is left as it was (not even
+                # switched to WAL).
                 tables = {row[0] for row in self._conn.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if tables and not {"meta", "cells"} <= tables:
                     raise StorageError(errno.EINVAL, f"'{self.path}' is a SQLite file but not a "
                                        f"quantus-roar result store (its tables: "
                                        f"{sorted(tables)}). Use another --out folder.")
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn.executescript(_SCHEMA)
         except BaseException:
             self._conn.close()
@@ -209,9 +212,25 @@ class ResultStore:
     # ------------------------------------------------------------------ meta
 
     def get_meta(self, key: str) -> Any:
+        """The stored value of ``key`` (``None`` if absent).
+
+        Raises
+        ------
+        StorageError
+            If the stored value is not JSON (a damaged or edited store); the
+            message names the file and the key.
+        """
         with self._guard("read"):
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except (TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
+            shown = repr(row[0]) if len(repr(row[0])) <= 60 else repr(row[0])[:57] + "..."
+            raise StorageError(errno.EINVAL, f"The result store '{self.path}' holds a value "
+                               f"of '{key}' in its meta table that is not JSON ({shown}: "
+                               f"{err}); it was damaged or edited. {_RECOVER}") from None
 
     def set_meta(self, key: str, value: Any) -> None:
         with self._guard("write"), self._transaction():
@@ -236,15 +255,16 @@ class ResultStore:
                 self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                    ("run", json.dumps(description, sort_keys=True)))
                 return
-        stored = json.loads(row[0])
+        stored = self.get_meta("fingerprint")
         if stored == fingerprint:
             return
-        old = self.get_meta("run") or {}
+        old = self.get_meta("run")
+        old = old if isinstance(old, dict) else {}
         differ = sorted(k for k in set(old) | set(description) if old.get(k) != description.get(k))
         details = "; ".join(f"{k}: {old.get(k)!r} -> {description.get(k)!r}" for k in differ[:8])
         raise ConfigMismatchError(
             f"The output folder {self.folder} holds results of another run "
-            f"(fingerprint {stored[:12]}, this run {fingerprint[:12]}). Differences: "
+            f"(fingerprint {str(stored)[:12]}, this run {fingerprint[:12]}). Differences: "
             f"{details or 'none recorded'}. Use another --out folder, or --fresh to delete "
             "the stored results and start anew."
         )
@@ -354,20 +374,59 @@ _MANIFEST: dict[str, re.Pattern[str]] = {
     "": _written(*_TOP_FILES),
     "cache/data": re.compile(r"x_(?:train|test)\.npy(?:\.partial)?"),
     "cache": _written("model.npz", "examples.npz"),
-    "attributions": re.compile(r"\w+\.(?:train|test)(?:\.partial)?\.npy"),
+    "attributions": re.compile(r"[A-Za-z0-9._-]+\.(?:train|test)(?:\.partial)?\.npy"),
     "figures": _written(*_FIGURES),
 }
 #: Folders the runner creates for staging streamed data (removed after the run moves them).
 STAGING_PREFIX = ".data.partial-"
 
 
+def _foreign_store(path: Path) -> str | None:
+    """Why ``path`` is not a quantus-roar result store, or ``None`` if it is one.
+
+    A result store is a SQLite file with the tables ``meta`` and ``cells`` and a
+    ``fingerprint`` row in ``meta``. The file is only read: opened read-only, and
+    as immutable when it has no write-ahead log (so no ``-wal`` or ``-shm`` file
+    is created beside another program's database).
+    """
+    if path.is_symlink() or not path.is_file():
+        return "it is not a plain file"
+    try:
+        with open(path, "rb") as f:
+            header = f.read(16)
+    except OSError as err:
+        return f"it cannot be read: {err.strerror or err}"
+    if header != b"SQLite format 3\x00":
+        return "it is not a SQLite file"
+    wal = path.with_name(path.name + "-wal")
+    mode = "mode=ro" if os.path.lexists(wal) else "mode=ro&immutable=1"
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?{mode}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    except sqlite3.Error as err:
+        return f"it cannot be opened: {err}"
+    try:
+        tables = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"meta", "cells"} <= tables:
+            return f"its tables are {sorted(tables)}"
+        if conn.execute("SELECT 1 FROM meta WHERE key = 'fingerprint'").fetchone() is None:
+            return "it has no run fingerprint"
+    except sqlite3.Error as err:
+        return f"it cannot be read: {err}"
+    finally:
+        conn.close()
+    return None
+
+
 class OutputFolder:
     """The output folder of a run: who may write into it, its lock, ``--fresh``.
 
     A run writes only into a folder that is missing, empty, or marked as a run's
-    (a ``.quantus-roar`` file, or a ``results.sqlite`` of a run made before the
-    marker existed); anything else is refused, so a mistyped ``--out`` never
-    mixes results into, or deletes from, a folder of other files.
+    (a ``.quantus-roar`` file, or a ``results.sqlite`` that is a quantus-roar result
+    store, from a run made before the marker existed); anything else is refused,
+    so a mistyped ``--out`` never mixes results into, or deletes from, a folder of
+    other files.
 
     Parameters
     ----------
@@ -399,9 +458,26 @@ class OutputFolder:
         if not self.folder.is_dir():
             raise OutputFolderError(f"The output folder '{self.folder}' is a file, not a "
                                     "folder; choose another --out.")
-        names = self._names()
-        if MARKER in names or ResultStore.filename in names:
-            return
+        self._recognise(self._names())
+
+    def _recognise(self, names: list[str]) -> bool:
+        """``True`` for a run's folder, ``False`` for an empty one; raise for any other.
+
+        A run's folder has the marker, or (a run made before the marker existed) a
+        ``results.sqlite`` that is a quantus-roar result store, checked read-only.
+        """
+        if MARKER in names:
+            return True
+        if ResultStore.filename in names:
+            path = self.folder / ResultStore.filename
+            why = _foreign_store(path)
+            if why is None:
+                return True
+            raise OutputFolderError(
+                f"'{self.folder}' is not a quantus-roar output folder: its "
+                f"{ResultStore.filename} is not a quantus-roar result store ({why}), and the "
+                f"folder has no {MARKER} marker. Runs write only in a new or empty folder or "
+                "one a run created; nothing was changed. Choose another --out.")
         others = [n for n in names if n != LOCK]
         if others:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5
@@ -410,6 +486,7 @@ class OutputFolder:
                 f"'{self.folder}' is not a quantus-roar output folder; it holds {shown}. Runs "
                 "write (and --fresh deletes) only in a new or empty folder or one a run "
                 "created; choose another --out.")
+        return False
 
     @property
     def has_store(self) -> bool:
@@ -437,9 +514,14 @@ class OutputFolder:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise disk_error(err, self.folder, "create the folder") from err
-        fd = self._acquire()
+        fd, created = self._acquire()
         try:
-            self.check()  # again, now that no other run can change it
+            try:
+                self.check()  # again, now that no other run can change it
+            except BaseException:  # refused: no lock file of ours stays behind
+                if created:
+                    remove_quietly(self.folder / LOCK)
+                raise
             if not os.path.lexists(self.folder / MARKER):
                 write_text(self.folder / MARKER, json.dumps({
                     "written_by": "quantus-roar",
@@ -455,20 +537,27 @@ class OutputFolder:
                     fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    def _acquire(self) -> int:
+    def _acquire(self) -> tuple[int, bool]:
+        """The locked file descriptor of ``.lock``, and whether this call created the file."""
         path = self.folder / LOCK
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        for attempt in (0, 1):
+        flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        created = False
+        for attempt in range(4):
             try:
-                fd = os.open(path, flags, 0o644)
+                try:
+                    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+                    created = True
+                except FileExistsError:
+                    fd = os.open(path, flags)
                 break
             except OSError as err:
-                if err.errno == errno.ELOOP and attempt == 0:  # a link in place of the lock
-                    remove_quietly(path)
-                    continue
+                if err.errno in (errno.ELOOP, errno.ENOENT) and attempt < 3:
+                    if err.errno == errno.ELOOP:  # a link in place of the lock
+                        remove_quietly(path)
+                    continue  # ENOENT: removed between the two opens
                 raise disk_error(err, path, "create the lock file") from err
         if fcntl is None:  # pragma: no cover
-            return fd
+            return fd, created
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -487,7 +576,7 @@ class OutputFolder:
             os.pwrite(fd, info.encode(), 0)
         except OSError:  # the lock holds without its description
             pass
-        return fd
+        return fd, created
 
     def _in_use(self, holder: str) -> str:
         try:
@@ -510,14 +599,14 @@ class OutputFolder:
         Raises
         ------
         OutputFolderError
-            If the folder is not marked as a run's (nor holds a store).
+            If the folder is not marked as a run's (nor holds a quantus-roar result
+            store); nothing is deleted.
         StorageError
             If a file cannot be deleted.
         """
         names = self._names() if self.folder.is_dir() else []
-        if names and MARKER not in names and ResultStore.filename not in names:
-            raise OutputFolderError(f"'{self.folder}' is not a quantus-roar output folder; "
-                                    "--fresh deletes only in folders a run created.")
+        if names:
+            self._recognise(names)  # raises for a folder that is not a run's
         kept = {Path(k).name for k in keep}
         deleted: list[Path] = []
 

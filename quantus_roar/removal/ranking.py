@@ -37,9 +37,9 @@ REDUCES: tuple[str, ...] = ("sum_abs", "sum", "max_abs", "l2")
 def _sample_ids(sample_ids: Any, n: int, device: torch.device, owner: str) -> torch.Tensor:
     if sample_ids is None:
         return torch.arange(n, device=device)
-    ids = torch.as_tensor(np.asarray(sample_ids) if not isinstance(sample_ids, torch.Tensor)
-                          else sample_ids).to(device=device)
-    if ids.shape != (n,) or ids.is_floating_point():
+    ids = as_tensor(sample_ids if isinstance(sample_ids, torch.Tensor)
+                    else np.asarray(sample_ids), "sample_ids", owner).to(device=device)
+    if ids.shape != (n,) or ids.is_floating_point() or ids.dtype == torch.bool:
         raise ValueError(
             f"The 'sample_ids' parameter of {owner} must be {n} integers, one per sample."
             f" Got shape {tuple(ids.shape)} and dtype {ids.dtype} instead."

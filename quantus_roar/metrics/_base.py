@@ -168,21 +168,11 @@ def check_inputs(
 
 
 def check_retrainer(retrainer: Any, owner: str) -> Any:
-    """``retrainer`` if it is ``None`` or an object with ``fit``/``score`` (or
-    ``fit_score_many``); a clear error for a class or anything else."""
-    if retrainer is None:
-        return None
-    if isinstance(retrainer, type):
-        raise TypeError(f"The 'retrainer' parameter of {owner} must be a retrainer instance. "
-                        f"Got the class {retrainer.__name__}; create one first, e.g. "
-                        f"{retrainer.__name__}(model, epochs=12).")
-    if not (callable(getattr(retrainer, "fit_score_many", None))
-            or (callable(getattr(retrainer, "fit", None))
-                and callable(getattr(retrainer, "score", None)))):
-        raise TypeError(f"The 'retrainer' parameter of {owner} must have fit(x, y, *, seed) "
-                        "and score(model, x, y) methods (see quantus_roar.Retrainer). Got "
-                        f"{type(retrainer).__name__} instead.")
-    return retrainer
+    """``retrainer`` if it is ``None`` or passes :func:`quantus_roar.retrain.base.check_retrainer`
+    (an instance with ``fit``/``score`` or ``fit_score_many``)."""
+    from quantus_roar.retrain.base import check_retrainer as check
+
+    return None if retrainer is None else check(retrainer, owner)
 
 
 def check_test_pair(x_test: Any, y_test: Any, owner: str) -> None:

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from quantus_roar._validation import _msg
 
-__all__ = ["RetrainJob", "Retrainer", "RetrainerBase", "fit_score_many", "fit_task"]
+__all__ = ["RetrainJob", "Retrainer", "RetrainerBase", "check_retrainer", "fit_score_many",
+           "fit_task"]
 
 
 class RetrainJob(NamedTuple):
@@ -74,6 +75,24 @@ def _check_instance(retrainer: Any, owner: str) -> None:
                    else f"{name}(...)")
         raise TypeError(_msg("retrainer", owner, "a retrainer instance", f"the class {name}")
                         + f" Pass an instance, e.g. {example}, not the class itself.")
+
+
+def check_retrainer(retrainer: Any, owner: str) -> Any:
+    """``retrainer`` if it is an instance with ``fit_score_many``, or ``fit`` and ``score``.
+
+    Raises
+    ------
+    TypeError
+        For a class instead of an instance, or an object without those methods.
+    """
+    _check_instance(retrainer, owner)
+    if not (callable(getattr(retrainer, "fit_score_many", None))
+            or (callable(getattr(retrainer, "fit", None))
+                and callable(getattr(retrainer, "score", None)))):
+        raise TypeError(f"The 'retrainer' parameter of {owner} must have fit(x, y, *, seed) "
+                        "and score(model, x, y) methods (see quantus_roar.Retrainer). Got "
+                        f"{type(retrainer).__name__} instead.")
+    return retrainer
 
 
 _JOB = "a RetrainJob or a 5-tuple (x_train, y_train, x_test, y_test, seed)"
@@ -180,7 +199,7 @@ def fit_score_many(
         If the retrainer's ``fit_score_many`` returns another number of
         scores than jobs.
     """
-    _check_instance(retrainer, "fit_score_many")
+    check_retrainer(retrainer, "fit_score_many")
     jobs = _as_jobs(jobs, "fit_score_many")
     method = getattr(retrainer, "fit_score_many", None)
     if callable(method):
@@ -192,11 +211,6 @@ def fit_score_many(
                 raise
             scores = method(jobs)
         return check_scores(scores, len(jobs), owner)
-    if not isinstance(retrainer, Retrainer):
-        raise TypeError(
-            "The 'retrainer' must have fit(x, y, *, seed) -> nn.Module and "
-            f"score(model, x, y) -> float methods. Got {type(retrainer).__name__} instead."
-        )
     return _loop(retrainer, jobs, progress)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NotResettableError", "QuantusRoarWarning", "StorageError"]
+__all__ = ["NotAClassifierError", "NotResettableError", "QuantusRoarWarning", "StorageError"]
 
 
 class QuantusRoarWarning(UserWarning):
@@ -16,3 +16,7 @@ class NotResettableError(TypeError):
 class StorageError(OSError):
     """A file of the package could not be written or read; the message names the file and
     how to recover (free space, another ``--out`` folder, ``--fresh``)."""
+
+
+class NotAClassifierError(ValueError):
+    """A model does not return one row of class scores per input, shape (N, n_classes)."""

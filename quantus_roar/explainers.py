@@ -41,10 +41,12 @@ from quantus_roar._validation import (
     model_device,
     model_dtype,
 )
+from quantus_roar.exceptions import NotAClassifierError
 
 __all__ = [
     "BASE_METHODS", "CONTROLS", "ESTIMATORS", "NOISE_TYPES", "QUANTUS_ALIASES", "TARGETS",
-    "FunctionalReLUError", "explain", "explanation_targets", "noisy_inputs", "predicted_classes",
+    "FunctionalReLUError", "explain", "explanation_targets", "n_classes", "noisy_inputs",
+    "predicted_classes",
 ]
 
 BASE_METHODS: tuple[str, ...] = ("Gradient", "IntegratedGradients", "GuidedBackprop",
@@ -405,10 +407,8 @@ def explain(
                   else np.asarray(targets), "targets", owner)
     if t.ndim == 0:
         t = t.expand(len(x))
-    n_classes = None
-    if method not in CONTROLS:  # the controls explain no class
-        n_classes = _n_outputs(model, x[:1], owner)
-    t = check_labels(t, len(x), "targets", owner, n_classes=n_classes,
+    k = None if method in CONTROLS else n_classes(model, x[:1], owner)  # controls: no class
+    t = check_labels(t, len(x), "targets", owner, n_classes=k,
                      x_name="inputs").to(device)
 
     if method == "Random":
@@ -431,9 +431,16 @@ def explain(
 
 
 @torch.no_grad()
-def _n_outputs(model: nn.Module, x: torch.Tensor, owner: str) -> int:
-    """The number of classes ``model`` scores, from one input; a classifier's (N, K) output
-    is required."""
+def n_classes(model: nn.Module, x: torch.Tensor, owner: str = "n_classes") -> int:
+    """The number of classes ``model`` scores, from one forward pass on ``x`` in ``eval()``
+    mode (its train/eval mode is restored).
+
+    Raises
+    ------
+    NotAClassifierError
+        If the model does not return (N, n_classes) scores. Errors the model
+        itself raises propagate unchanged.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -442,9 +449,10 @@ def _n_outputs(model: nn.Module, x: torch.Tensor, owner: str) -> int:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{owner} needs a classifier returning (N, n_classes) scores. The model "
-                         f"returned {shape} for one input; wrap it so it returns one row of "
-                         "class scores per input.")
+        raise NotAClassifierError(
+            f"{owner} needs a classifier returning (N, n_classes) scores. The model returned "
+            f"{shape} for {len(x)} input(s); wrap it so it returns one row of class scores per "
+            "input.")
     return int(out.shape[1])
 
 

@@ -27,8 +27,8 @@ from quantus_roar._validation import (
     native_array,
 )
 from quantus_roar.curves import normalised_auc
-from quantus_roar.exceptions import QuantusRoarWarning
-from quantus_roar.explainers import TARGETS, explanation_targets
+from quantus_roar.exceptions import NotAClassifierError, QuantusRoarWarning
+from quantus_roar.explainers import TARGETS, explanation_targets, n_classes
 from quantus_roar.removal import IMPUTER_KWARGS, Imputer, Removal
 
 __all__ = [
@@ -81,14 +81,14 @@ def _channel_last(x: torch.Tensor, channel_first: bool | None) -> bool:
     return not quantus.helpers.utils.infer_channel_first(x[:1].numpy())
 
 
-@torch.no_grad()
 def _n_classes(model: torch.nn.Module, x: torch.Tensor, device: torch.device, owner: str,
                x_name: str, channel_last: bool) -> int:
-    """Number of outputs of ``model``, from one forward pass on two inputs."""
-    was_training = model.training
-    model.eval()
+    """Number of outputs of ``model``, from one forward pass on two inputs; the model's own
+    error is re-raised naming the inputs and their apparent layout."""
     try:
-        out = model(x[:2].to(device=device))
+        return n_classes(model, x[:2].to(device=device), owner)
+    except NotAClassifierError:
+        raise
     except Exception as err:  # the model's own error, but with the inputs named
         layout = "channel-last (N, ..., C)" if channel_last else "channel-first (N, C, ...)"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -99,13 +99,6 @@ def _n_classes(model: torch.nn.Module, x: torch.Tensor, device: torch.device, ow
             "x.permute(0, 3, 1, 2) for channel-last images and a channel-first model), and "
             "check the per-sample shape the model expects."
         ) from err
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{owner} needs a classifier returning (N, n_classes) scores. The model "
-                         f"returned {shape} for 2 inputs.")
-    return int(out.shape[1])
 
 
 def check_inputs(

@@ -6,8 +6,11 @@ Each helper returns the cleaned value or raises with one message template:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +18,15 @@ import torch
 __all__ = [
     "INPUT_HINT",
     "MAX_SEED",
+    "Choice",
+    "Constraint",
+    "Func",
+    "Int",
+    "Percentages",
+    "Real",
+    "Seed",
+    "check_params",
+    "validated",
     "as_tensor",
     "check_batch_size",
     "check_channel_first",
@@ -280,3 +292,164 @@ def check_choice(value: Any, name: str, owner: str, choices: Sequence[str]) -> s
     if value not in choices:
         raise ValueError(_msg(name, owner, f"one of {list(choices)}", repr(value)))
     return value
+
+
+# --------------------------------------------------------------------------- declared constraints
+#
+# A public function or class declares what each parameter must be, once, next to its
+# signature, and ``validated`` (or ``check_params``) applies the table before the body runs:
+#
+#     @validated(n_retrains=Int(1), test_size=Real(0, 1, open="both"), target=Choice(TARGETS))
+#     def __init__(self, n_retrains=5, test_size=0.2, target="predicted"): ...
+#
+# Each constraint returns the cleaned value (an int, a float, a tuple) and raises with the
+# one message template, naming the parameter and its owner (the class, or the function).
+
+
+class Constraint:
+    """What one parameter must be; ``constraint(value, name, owner)`` returns it cleaned."""
+
+    optional: bool = False
+
+    def __call__(self, value: Any, name: str, owner: str) -> Any:
+        if value is None and self.optional:
+            return None
+        return self.check(value, name, owner)
+
+    def check(self, value: Any, name: str, owner: str) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Int(Constraint):
+    """An integer in ``[low, high)`` (no upper bound when ``high`` is None); not a bool."""
+
+    low: int = 1
+    high: int | None = None
+    optional: bool = False
+
+    def check(self, value: Any, name: str, owner: str) -> int:
+        return check_int(value, name, owner, low=self.low, high=self.high)
+
+
+@dataclass(frozen=True)
+class Seed(Constraint):
+    """A seed: an integer in [0, 2**63)."""
+
+    optional: bool = False
+
+    def check(self, value: Any, name: str, owner: str) -> int:
+        return check_seed(value, owner, name)
+
+
+@dataclass(frozen=True)
+class Real(Constraint):
+    """A finite number within the bounds; ``open`` names the open ends
+    (``"low"``, ``"high"``, ``"both"`` or ``"neither"``)."""
+
+    low: float | None = None
+    high: float | None = None
+    open: str = "neither"
+    optional: bool = False
+
+    def check(self, value: Any, name: str, owner: str) -> float:
+        return check_number(value, name, owner, low=self.low, high=self.high,
+                            low_open=self.open in ("low", "both"),
+                            high_open=self.open in ("high", "both"))
+
+
+@dataclass(frozen=True)
+class Choice(Constraint):
+    """One of ``options`` (compared with ``==``; a bool is not taken for 0 or 1)."""
+
+    options: tuple[Any, ...]
+    optional: bool = False
+
+    def check(self, value: Any, name: str, owner: str) -> Any:
+        for option in self.options:
+            same_kind = isinstance(option, bool) == isinstance(value, (bool, np.bool_))
+            if option is value or (same_kind and option is not None and _equal(option, value)):
+                return option
+        raise ValueError(_msg(name, owner, f"one of {list(self.options)}", repr(value)))
+
+
+def _equal(option: Any, value: Any) -> bool:
+    try:
+        return bool(option == value)
+    except (TypeError, ValueError):  # arrays and other values without a truth value
+        return False
+
+
+@dataclass(frozen=True)
+class Func(Constraint):
+    """A callable, e.g. ``np.mean``."""
+
+    what: str = "callable"
+    optional: bool = False
+
+    def check(self, value: Any, name: str, owner: str) -> Any:
+        if not callable(value):
+            raise TypeError(_msg(name, owner, self.what, repr(value)))
+        return value
+
+
+@dataclass(frozen=True)
+class Percentages(Constraint):
+    """Distinct numbers in (0, 100], one or several; returned as a tuple of floats."""
+
+    def check(self, value: Any, name: str, owner: str) -> tuple[float, ...]:
+        return check_percentages(value, owner, name)
+
+
+def check_params(owner: str, constraints: Mapping[str, Constraint], values: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+    """``values`` with every declared parameter checked and cleaned, in declaration order.
+
+    Examples
+    --------
+    >>> check_params("ROAR", {"n_retrains": Int(1)}, {"n_retrains": 5})
+    {'n_retrains': 5}
+    >>> check_params("ROAR", {"n_retrains": Int(1)}, {"n_retrains": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: The 'n_retrains' parameter of ROAR must be an integer >= 1. Got 0 instead.
+    """
+    out = dict(values)
+    for name, constraint in constraints.items():
+        if name in out:
+            out[name] = constraint(out[name], name, owner)
+    return out
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def validated(**constraints: Constraint) -> Callable[[F], F]:
+    """Check a function's (or a class's ``__init__``'s) parameters against ``constraints``.
+
+    The cleaned values are what the body receives. The owner named in the
+    messages is the class of ``self`` for methods called ``__init__`` (so a
+    subclass is named), else the function's qualified name.
+    """
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+        unknown = set(constraints) - set(signature.parameters)
+        if unknown:  # a typo in a declaration is the developer's error
+            raise TypeError(f"{func.__qualname__} declares constraints for {sorted(unknown)}, "
+                            "which are not its parameters.")
+        is_init = func.__name__ == "__init__"
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            owner = type(args[0]).__name__ if is_init and args else func.__qualname__
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as err:
+                raise TypeError(f"{owner}: {err}") from None
+            bound.arguments.update(check_params(owner, constraints, bound.arguments))
+            return func(*bound.args, **bound.kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

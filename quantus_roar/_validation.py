@@ -25,8 +25,6 @@ __all__ = [
     "Percentages",
     "Real",
     "Seed",
-    "check_params",
-    "validated",
     "as_tensor",
     "check_batch_size",
     "check_channel_first",
@@ -36,12 +34,15 @@ __all__ = [
     "check_labels",
     "check_model",
     "check_number",
+    "check_params",
     "check_percentages",
     "check_seed",
     "like_input",
     "model_device",
     "model_dtype",
     "native_array",
+    "to_tensor",
+    "validated",
 ]
 
 #: Seeds are integers in [0, MAX_SEED): what numpy's and torch's generators all accept.
@@ -66,6 +67,26 @@ def as_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
     if isinstance(value, np.ndarray):
         return torch.from_numpy(native_array(value, name, owner))
     raise TypeError(_msg(name, owner, "a torch.Tensor or numpy.ndarray", type(value).__name__))
+
+
+def to_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
+    """Any array-like as a CPU tensor: the one converter of user data.
+
+    Tensors are detached and moved to the CPU; numpy arrays share memory
+    where possible (:func:`native_array`); lists and other array-likes are
+    read by numpy. Masked arrays, complex, string and object data, and
+    tensors on the meta device are refused.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.is_meta:
+            raise ValueError(_msg(name, owner, "data", "a tensor on the meta device (no data)")
+                             + " Pass the data itself.")
+        return as_tensor(value.detach().cpu(), name, owner)
+    try:
+        arr = np.asanyarray(value)  # keeps a masked array masked, so it is refused
+    except Exception as err:  # pragma: no cover - exotic array-likes
+        raise TypeError(_msg(name, owner, "array-like", type(value).__name__)) from err
+    return torch.from_numpy(native_array(arr, name, owner))
 
 
 def native_array(value: np.ndarray, name: str, owner: str) -> np.ndarray:

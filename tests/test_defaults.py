@@ -145,10 +145,10 @@ def test_target_is_validated_at_construction():
 @pytest.fixture(scope="module")
 def runner_calls(tmp_path_factory):
     """A small run with a recording explain: every call's model, inputs and targets."""
-    import quantus_roar.benchmark.runner as runner
+    import quantus_roar.benchmark.specs as specs
 
     calls = []
-    real = runner.explain
+    real = specs.explain
 
     def recording(model, inputs, targets, **kwargs):
         calls.append((model, torch.as_tensor(inputs).clone(), torch.as_tensor(targets).clone()))
@@ -157,11 +157,11 @@ def runner_calls(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = RunConfig(estimators=("Gradient",), metrics=("kar-noretrain", "model-randomisation"),
                     percentages=(50, 100), epochs=1, sanity_samples=60, device="cpu")
-    runner.explain = recording
+    specs.explain = recording
     try:
         run(cfg, out, progress=False, report=False)
     finally:
-        runner.explain = real
+        specs.explain = real
     with ResultStore.open_existing(out) as store:
         df = store.frame()
     return calls, df
@@ -181,11 +181,11 @@ def test_runner_explains_the_predicted_class_of_the_trained_model(runner_calls):
 
 
 def test_runner_with_label_targets_explains_the_labels(tmp_path, monkeypatch):
-    import quantus_roar.benchmark.runner as runner
+    import quantus_roar.benchmark.specs as specs
 
     seen = []
-    real = runner.explain
-    monkeypatch.setattr(runner, "explain", lambda model, inputs, targets, **kw: (
+    real = specs.explain
+    monkeypatch.setattr(specs, "explain", lambda model, inputs, targets, **kw: (
         seen.append(torch.as_tensor(targets).clone()), real(model, inputs, targets, **kw))[1])
     cfg = RunConfig(estimators=("Random",), metrics=("roar-noretrain",), percentages=(50,),
                     epochs=1, device="cpu", target="label")

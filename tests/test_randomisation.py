@@ -273,3 +273,35 @@ def test_fit_until_trains_longer_until_fitted():
     longer = copy.copy(r)
     longer.epochs = 64
     assert longer.score(longer.fit(x, y, seed=0), x, y) >= 0.99
+
+
+def test_runner_and_metrics_give_the_same_sanity_numbers(tmp_path):
+    """One core: the runner's first repeat is the metrics' call with the same seed, the
+    same samples and explain function, to float precision (Gradient, digits)."""
+    from quantus_roar.benchmark import RunConfig, run
+    from quantus_roar.benchmark.store import ResultStore
+    from quantus_roar.sanity import derived_seed
+
+    cfg = RunConfig(estimators=("Gradient",), metrics=("model-randomisation",),
+                    percentages=(50,), sanity_samples=30, similarities=("spearman",),
+                    device="cpu")
+    run(cfg, tmp_path, progress=False, report=False)
+    with ResultStore.open_existing(tmp_path) as store:
+        df = store.frame()
+    stored = {r.param: r.value for r in df.itertuples() if r.quantity == "spearman"}
+
+    x_tr, y_tr, x_te, y_te = qr.load_digits_data(seed=0)
+    retrainer = qr.TorchRetrainer(qr.SmallCNN())
+    model = retrainer.fit(x_tr, y_tr, seed=derived_seed(0, 1))
+    rng = np.random.default_rng(derived_seed(0, 7))  # the runner's sanity samples
+    idx = np.sort(rng.choice(len(y_te), size=30, replace=False))
+    metric = qr.ModelRandomisation(similarity="spearman", retrainer=retrainer, seed=0)
+    means = metric(model, x_te[idx], y_te[idx], x_train=x_tr, y_train=y_tr,
+                   explain_func=qr.explain, explain_func_kwargs={"method": "Gradient"},
+                   batch_size=256)
+    assert list(means) == [*reversed(metric.layers), "floor", "ceiling"]  # top down
+    assert set(stored) == set(means)
+    for step, value in means.items():
+        assert stored[step] == pytest.approx(value, abs=1e-6), step
+    # The steps differ, so the agreement is not one of two constants.
+    assert len({round(v, 3) for v in means.values()}) >= len(means) - 1

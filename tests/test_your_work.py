@@ -12,7 +12,8 @@ import torch
 import quantus_roar as qr
 from quantus_roar.benchmark import RunConfig, run
 from quantus_roar.benchmark.datasets import BenchmarkData, DatasetError
-from quantus_roar.benchmark.runner import file_name, probe_explainers, recipe_retrainer
+from quantus_roar.benchmark.config import file_name
+from quantus_roar.benchmark.specs import probe_explainers, recipe_retrainer
 from quantus_roar.cli import main
 
 pytestmark = pytest.mark.slow
@@ -153,7 +154,7 @@ def test_the_probe_of_explain_functions_leaves_every_random_state_and_skips_buil
         monkeypatch):
     import random
 
-    import quantus_roar.benchmark.runner as runner
+    import quantus_roar.benchmark.specs as specs
 
     seen = []
 
@@ -166,7 +167,7 @@ def test_the_probe_of_explain_functions_leaves_every_random_state_and_skips_buil
     def builtin(*args, **kwargs):
         raise AssertionError("a built-in estimator was probed")
 
-    monkeypatch.setattr(runner, "explain", builtin)
+    monkeypatch.setattr(specs, "explain", builtin)
     data = BenchmarkData.from_arrays("tiny", *qr.load_digits_data(seed=0))
     cfg = RunConfig(estimators=("Gradient", "noisy"), explainers={"noisy": noisy},
                     target="label")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -15,16 +16,20 @@ from tqdm.auto import tqdm
 
 from quantus_roar._validation import (
     INPUT_HINT,
-    as_tensor,
-    check_choice,
+    Choice,
+    Constraint,
+    Func,
+    Percentages,
+    Seed,
+    check_batch_size,
     check_finite,
     check_labels,
     check_model,
-    check_percentages,
     check_seed,
     model_device,
     model_dtype,
-    native_array,
+    to_tensor,
+    validated,
 )
 from quantus_roar.curves import normalised_auc
 from quantus_roar.exceptions import NotAClassifierError, QuantusRoarWarning
@@ -32,18 +37,21 @@ from quantus_roar.explainers import TARGETS, explanation_targets, n_classes
 from quantus_roar.removal import IMPUTER_KWARGS, Imputer, Removal
 
 __all__ = [
+    "Call",
+    "ExecutorName",
     "Inputs",
     "QuantusRoarMetric",
     "RemovalMetric",
+    "Retrainer",
     "check_call_kwargs",
     "check_executor",
     "check_inputs",
     "check_retrainer",
-    "check_test_pair",
-    "compute_attributions",
     "explain_kwargs",
     "retrainer_or_default",
 ]
+
+_OPTIONAL_FUNC = Func("callable (e.g. np.mean) or None", optional=True)
 
 
 class Inputs(NamedTuple):
@@ -57,20 +65,6 @@ class Inputs(NamedTuple):
 
 def _owner_call(owner: str) -> str:
     return f"{owner}.__call__"
-
-
-def _to_tensor(value: Any, name: str, owner: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        if value.is_meta:
-            raise ValueError(f"The '{name}' parameter of {owner} is a tensor on the meta device "
-                             "(no data). Pass the data itself.")
-        return as_tensor(value.detach().cpu(), name, owner)
-    try:
-        arr = np.asanyarray(value)  # keeps a masked array masked, so it is refused
-    except Exception as err:  # pragma: no cover - exotic array-likes
-        raise TypeError(f"The '{name}' parameter of {owner} must be array-like. Got "
-                        f"{type(value).__name__} instead.") from err
-    return torch.from_numpy(native_array(arr, name, owner))
 
 
 def _channel_last(x: torch.Tensor, channel_first: bool | None) -> bool:
@@ -103,8 +97,8 @@ def _n_classes(model: torch.nn.Module, x: torch.Tensor, device: torch.device, ow
 
 def check_inputs(
     model: Any, x: Any, y: Any, owner: str, *, channel_first: bool | None = None,
-    device: Any = None, x_name: str = "x_batch", y_name: str = "y_batch",
-    sample_shape: tuple[int, ...] | None = None, min_classes: int = 1,
+    device: Any = None, names: tuple[str, str] = ("x_batch", "y_batch"),
+    like: Inputs | None = None, min_classes: int = 1,
 ) -> Inputs:
     """Check the model, inputs and labels of a metric call before any work is done.
 
@@ -114,9 +108,11 @@ def check_inputs(
 
     Parameters
     ----------
-    sample_shape : tuple of int, optional
-        The per-sample shape ``x`` must have (that of the training inputs),
-        checked before the model sees ``x``.
+    names : (str, str)
+        The parameter names of ``x`` and ``y`` in messages.
+    like : Inputs, optional
+        Checked inputs ``x`` must match: their per-sample shape (checked
+        before the model sees ``x``) and their layout.
     min_classes : int, default 1
         Fewest distinct labels ``y`` must hold (2 where a model is trained).
 
@@ -132,23 +128,24 @@ def check_inputs(
         meta device, or one that cannot run on the inputs.
     """
     call = _owner_call(owner)
+    x_name, y_name = names
     check_model(model, call)
-    x_t = _to_tensor(x, x_name, call)
+    x_t = to_tensor(x, x_name, call)
     if x_t.ndim not in (2, 3, 4) or x_t.shape[0] == 0:
         raise ValueError(f"The '{x_name}' parameter of {call} must be a non-empty batch of shape "
                          f"(N, F), (N, C, T) or (N, C, H, W). Got shape {tuple(x_t.shape)} "
                          "instead.")
-    if sample_shape is not None and tuple(x_t.shape[1:]) != tuple(sample_shape):
+    if like is not None and tuple(x_t.shape[1:]) != tuple(like.x.shape[1:]):
         raise ValueError(f"The '{x_name}' parameter of {call} must have the per-sample shape of "
-                         f"the training inputs {tuple(sample_shape)}. Got "
+                         f"the training inputs {tuple(like.x.shape[1:])}. Got "
                          f"{tuple(x_t.shape[1:])} instead.")
     if x_t.is_complex() or x_t.dtype == torch.bool:
         raise TypeError(f"The '{x_name}' parameter of {call} must hold real numbers. Got dtype "
                         f"{x_t.dtype} instead.")
     x_t = x_t.to(model_dtype(model))
     check_finite(x_t, x_name, call, hint=INPUT_HINT)
-    y_t = check_labels(_to_tensor(y, y_name, call), len(x_t), y_name, call, x_name=x_name)
-    channel_last = _channel_last(x_t, channel_first)
+    y_t = check_labels(to_tensor(y, y_name, call), len(x_t), y_name, call, x_name=x_name)
+    channel_last = like.channel_last if like is not None else _channel_last(x_t, channel_first)
     n_classes = _n_classes(model, x_t, model_device(model, device), call, x_name, channel_last)
     y_t = check_labels(y_t, len(x_t), y_name, call, n_classes=n_classes, x_name=x_name)
     n_distinct = int(torch.unique(y_t).numel())
@@ -158,21 +155,6 @@ def check_inputs(
                          "every accuracy would be 1.0 whatever the attributions. Got only class "
                          f"{int(y_t[0])}.")
     return Inputs(x_t, y_t, n_classes, channel_last)
-
-
-def check_retrainer(retrainer: Any, owner: str) -> Any:
-    """``retrainer`` if it is ``None`` or passes :func:`quantus_roar.retrain.base.check_retrainer`
-    (an instance with ``fit``/``score`` or ``fit_score_many``)."""
-    from quantus_roar.retrain.base import check_retrainer as check
-
-    return None if retrainer is None else check(retrainer, owner)
-
-
-def check_test_pair(x_test: Any, y_test: Any, owner: str) -> None:
-    """Raise unless ``x_test`` and ``y_test`` are given together or not at all."""
-    if (x_test is None) != (y_test is None):
-        raise ValueError(f"{owner}.__call__ needs both 'x_test' and 'y_test', or neither (to "
-                         "split x_batch). Got only one.")
 
 
 def check_executor(executor: Any, owner: str) -> Any:
@@ -192,20 +174,58 @@ def check_executor(executor: Any, owner: str) -> Any:
                      f"quantus_roar.executors.Executor. Got {executor!r} instead.")
 
 
-def retrainer_or_default(retrainer: Any, model: torch.nn.Module, device: Any) -> Any:
-    """``retrainer``, or ``TorchRetrainer(model)`` with its default recipe on the model's device."""
-    if retrainer is not None:
-        return retrainer
-    from quantus_roar.retrain import TorchRetrainer
+def check_retrainer(retrainer: Any, owner: str) -> Any:
+    """``retrainer`` if it is ``None`` or passes :func:`quantus_roar.retrain.base.check_retrainer`
+    (an instance with ``fit``/``score`` or ``fit_score_many``)."""
+    from quantus_roar.retrain.base import check_retrainer as check
 
-    return TorchRetrainer(model, device=model_device(model, device))
+    return None if retrainer is None else check(retrainer, owner)
 
 
-def check_call_kwargs(kwargs: dict) -> None:
-    """Reject unknown call arguments the way Quantus does (``custom_batch`` is ignored)."""
-    kwargs.pop("custom_batch", None)
-    quantus.helpers.warn.deprecation_warnings(kwargs)
-    quantus.helpers.warn.check_kwargs(kwargs)
+class Retrainer(Constraint):
+    """None, or a retrainer instance (:func:`quantus_roar.retrain.base.check_retrainer`)."""
+
+    def check(self, value: Any, name: str, owner: str) -> Any:
+        return check_retrainer(value, owner)
+
+
+class ExecutorName(Constraint):
+    """None, ``"local"``, ``"ray"`` (with Ray installed) or an Executor."""
+
+    def check(self, value: Any, name: str, owner: str) -> Any:
+        return check_executor(value, owner)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One checked metric call: the model, its inputs and how to explain them.
+
+    ``device`` is where the model runs (the caller's ``device``, else the
+    model's); ``user_device`` is what the caller gave (None when nothing).
+    """
+
+    model: torch.nn.Module
+    inputs: Inputs
+    a_batch: Any
+    explain_func: Callable | None
+    explain_kwargs: dict
+    device: torch.device
+    user_device: Any
+    batch_size: int
+    softmax: bool | None
+    channel_first: bool | None
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.inputs.x
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.inputs.y
+
+    @property
+    def channel_last(self) -> bool:
+        return self.inputs.channel_last
 
 
 def explain_kwargs(kwargs: dict | None, device: Any) -> dict:
@@ -217,52 +237,61 @@ def explain_kwargs(kwargs: dict | None, device: Any) -> dict:
     return out
 
 
-def compute_attributions(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, explain_func: Callable | None,
-    explain_func_kwargs: dict | None, batch_size: int, owner: str, *, what: str = "a_batch",
-    progress: bool = False, target: str = "predicted", device: Any = None,
-    targets: torch.Tensor | None = None,
-) -> np.ndarray:
-    """Attributions of ``x`` by ``explain_func``, computed in batches of ``batch_size``.
+def retrainer_or_default(retrainer: Any, call: Call) -> Any:
+    """``retrainer``, or ``TorchRetrainer(model)`` with its default recipe on the model's device."""
+    if retrainer is not None:
+        return retrainer
+    from quantus_roar.retrain import TorchRetrainer
 
-    ``explain_func`` is called with Quantus' convention,
-    ``explain_func(model=model, inputs=x, targets=t, **explain_func_kwargs)``,
-    on numpy arrays, where ``t`` is ``targets`` when given, else the class
-    :func:`~quantus_roar.explainers.explanation_targets` picks for ``target``
-    (the model's prediction by default, or ``y``). A ``device`` the caller
-    gave is added to the keyword arguments unless they name one, as Quantus
-    does.
-    """
-    if explain_func is None:
-        raise ValueError(
-            f"{_owner_call(owner)} needs attributions: pass '{what}', or an 'explain_func' (for "
-            "example explain_func=quantus_roar.explain, explain_func_kwargs={'method': "
-            "'Gradient'}) to compute them."
-        )
-    if not callable(explain_func):
-        raise TypeError(f"The 'explain_func' parameter of {_owner_call(owner)} must be callable. "
-                        f"Got {type(explain_func).__name__} instead.")
-    kwargs = explain_kwargs(explain_func_kwargs, device)
-    if targets is None:
-        targets = explanation_targets(model, x, y, target, batch_size=batch_size,
-                                      device=model_device(model, device),
-                                      owner=_owner_call(owner))
-    parts = []
-    for start in tqdm(range(0, len(x), batch_size), desc=f"explaining ({what})",
-                      disable=not progress, leave=False):
-        out = explain_func(model=model, inputs=x[start : start + batch_size].numpy(),
-                           targets=targets[start : start + batch_size].numpy(), **kwargs)
-        parts.append(out.detach().cpu().numpy() if isinstance(out, torch.Tensor)
-                     else np.asarray(out))
-    return np.concatenate(parts)
+    return TorchRetrainer(call.model, device=call.device)
+
+
+def check_call_kwargs(kwargs: dict) -> None:
+    """Reject unknown call arguments the way Quantus does (``custom_batch`` is ignored)."""
+    kwargs.pop("custom_batch", None)
+    quantus.helpers.warn.deprecation_warnings(kwargs)
+    quantus.helpers.warn.check_kwargs(kwargs)
 
 
 class QuantusRoarMetric(quantus.Metric):
-    """Quantus plumbing shared by every quantus_roar metric: base arguments, warnings,
-    attribution checks and whole-dataset evaluation."""
+    """Quantus plumbing shared by every quantus_roar metric: the base arguments, one
+    ``__call__`` that checks the call, warnings, attribution checks.
+
+    Subclasses declare their own parameters (and forward the Quantus base
+    arguments, ``**kwargs``, here), list their call keywords besides
+    Quantus' in ``call_keywords`` and implement ``_evaluate(call, **keywords)``.
+
+    Parameters
+    ----------
+    seed : int, default 0
+        Every random choice of the metric derives from it.
+    target : {"predicted", "label"}, default "predicted"
+        The class explained where the metric computes explanations.
+    abs, normalise, normalise_func, normalise_func_kwargs : optional
+        Quantus' attribution preprocessing: absolute values, then the
+        normalisation, applied to every explanation before it is used.
+    return_aggregate : bool, default False
+        Return one number instead of the per-percentage or per-step values.
+    aggregate_func : callable, optional
+        How the values become that number; each metric names its default.
+    default_plot_func : callable, optional
+        The function :meth:`plot` uses.
+    disable_warnings : bool, default False
+        Silence the parameter advice.
+    display_progressbar : bool, default False
+        Show tqdm progress bars.
+    """
 
     model_applicability: ClassVar[set[ModelType]] = {ModelType.TORCH}
+    #: Keywords a call takes besides Quantus' own, passed to ``_evaluate``.
+    call_keywords: ClassVar[tuple[str, ...]] = ()
+    #: Fewest classes ``y_batch`` must hold (2 where a model is trained on it).
+    min_classes: ClassVar[int] = 1
+    #: ``softmax`` when the caller gives None.
+    default_softmax: ClassVar[bool] = False
 
+    @validated(seed=Seed(), target=Choice(TARGETS), aggregate_func=_OPTIONAL_FUNC,
+               normalise_func=_OPTIONAL_FUNC, default_plot_func=_OPTIONAL_FUNC)
     def __init__(
         self,
         *,
@@ -279,14 +308,8 @@ class QuantusRoarMetric(quantus.Metric):
         display_progressbar: bool = False,
         **kwargs: Any,
     ):
-        owner = type(self).__name__
-        self.seed = check_seed(seed, owner)
-        for name, func in (("aggregate_func", aggregate_func), ("normalise_func", normalise_func),
-                           ("default_plot_func", default_plot_func)):
-            if func is not None and not callable(func):
-                raise TypeError(f"The '{name}' parameter of {owner} must be callable (e.g. "
-                                f"np.mean) or None. Got {func!r} instead.")
-        self.target = check_choice(target, "target", owner, TARGETS)
+        self.seed = seed
+        self.target = target
         self.results: pd.DataFrame | None = None
         super().__init__(
             abs=abs, normalise=normalise, normalise_func=normalise_func,
@@ -297,6 +320,124 @@ class QuantusRoarMetric(quantus.Metric):
         )
         # Quantus defaults aggregate_func to np.mean; each metric documents its own default.
         self.aggregate_func = aggregate_func
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        x_batch: Any,
+        y_batch: Any,
+        a_batch: Any = None,
+        s_batch: Any = None,
+        channel_first: bool | None = None,
+        explain_func: Callable | None = None,
+        explain_func_kwargs: dict | None = None,
+        model_predict_kwargs: dict | None = None,
+        softmax: bool | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 64,
+        **kwargs: Any,
+    ) -> Any:
+        """Evaluate the metric on a dataset (Quantus' call, documented once for every metric).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The trained model whose explanations are evaluated; never
+            modified (its train/eval mode is restored).
+        x_batch, y_batch : array-like
+            Inputs, (N, F), (N, C, T) or (N, C, H, W) (or channel-last), and
+            their integer labels. Any real dtype; converted to the model's.
+        a_batch : array-like, optional
+            Attributions of ``x_batch`` (its shape, one channel, or no
+            channel axis); computed with ``explain_func`` when missing.
+        s_batch, model_predict_kwargs
+            Accepted for Quantus compatibility; not used.
+        channel_first : bool, optional
+            Layout of image / time-series inputs; inferred when None.
+        explain_func, explain_func_kwargs
+            A Quantus explain function, called as ``explain_func(model=...,
+            inputs=x, targets=t, **explain_func_kwargs)`` on numpy batches of
+            ``batch_size``.
+        softmax : bool, optional
+            Whether scores are softmax probabilities (the deletion metrics'
+            ``true_class_score``; default True there); unused elsewhere.
+        device : str or torch.device, optional
+            Where explanations are computed (added to ``explain_func_kwargs``
+            unless they name one) and the default retrainer trains.
+        batch_size : int, default 64
+            Samples per ``explain_func`` call and per forward pass.
+        **kwargs
+            The metric's own call keywords (``x_test``, ``y_test``,
+            ``a_test`` for ROAR, KAR and DataRandomisation; ``x_train``,
+            ``y_train`` for ModelRandomisation), described with the metric.
+
+        Returns
+        -------
+        dict or float
+            Described with each metric.
+        """
+        owner = type(self).__name__
+        keywords = {k: kwargs.pop(k) for k in self.call_keywords if k in kwargs}
+        check_call_kwargs(kwargs)
+        batch_size = check_batch_size(batch_size, _owner_call(owner))
+        self._check_keywords(keywords)
+        inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
+                              device=device, min_classes=self.min_classes)
+        call = Call(model, inputs, a_batch, explain_func,
+                    explain_kwargs(explain_func_kwargs, device), model_device(model, device),
+                    device, batch_size, self.default_softmax if softmax is None else softmax,
+                    channel_first)
+        return self._evaluate(call, **keywords)
+
+    def _check_keywords(self, keywords: dict[str, Any]) -> None:
+        """Checks of the call keywords that need no data (e.g. pairs given together)."""
+
+    def _evaluate(self, call: Call, **keywords: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _more_inputs(self, call: Call, x: Any, y: Any, names: tuple[str, str],
+                     min_classes: int = 1) -> Inputs:
+        """Check a second set of inputs (``x_test``, ``x_train``) against the call's."""
+        return check_inputs(call.model, x, y, type(self).__name__, device=call.user_device,
+                            names=names, like=call.inputs, min_classes=min_classes)
+
+    def _targets(self, call: Call, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The classes explained for ``x``: the model's predictions, or ``y``."""
+        return explanation_targets(call.model, x, y, self.target, batch_size=call.batch_size,
+                                   device=call.device,
+                                   owner=_owner_call(type(self).__name__))
+
+    def _explained(self, call: Call, model: torch.nn.Module, x: torch.Tensor,
+                   targets: torch.Tensor, what: str) -> np.ndarray:
+        """Attributions of ``x`` for ``targets`` by ``call.explain_func`` with ``model``,
+        computed in batches of ``call.batch_size``."""
+        owner = _owner_call(type(self).__name__)
+        if call.explain_func is None:
+            raise ValueError(
+                f"{owner} needs attributions: pass '{what}', or an 'explain_func' (for example "
+                "explain_func=quantus_roar.explain, explain_func_kwargs={'method': 'Gradient'}) "
+                "to compute them."
+            )
+        if not callable(call.explain_func):
+            raise TypeError(f"The 'explain_func' parameter of {owner} must be callable. Got "
+                            f"{type(call.explain_func).__name__} instead.")
+        parts, step = [], call.batch_size
+        for start in tqdm(range(0, len(x), step), desc=f"explaining ({what})",
+                          disable=not self.display_progressbar, leave=False):
+            out = call.explain_func(model=model, inputs=x[start : start + step].numpy(),
+                                    targets=targets[start : start + step].numpy(),
+                                    **call.explain_kwargs)
+            parts.append(out.detach().cpu().numpy() if isinstance(out, torch.Tensor)
+                         else np.asarray(out))
+        return np.concatenate(parts)
+
+    def _attributions(self, call: Call, a: Any, x: torch.Tensor, y: torch.Tensor,
+                      what: str = "a_batch") -> torch.Tensor:
+        """``a`` checked and preprocessed, or -- when None -- computed with the call's
+        explain function for the metric's target classes."""
+        if a is None:
+            a = self._explained(call, call.model, x, self._targets(call, x, y), what)
+        return self._prepare_attributions(a, x, what, call.channel_last)
 
     @property
     def disable_warnings(self) -> bool:
@@ -317,7 +458,7 @@ class QuantusRoarMetric(quantus.Metric):
                               channel_last: bool) -> torch.Tensor:
         """Check shape and finiteness of attributions; apply ``normalise`` and ``abs``."""
         call = _owner_call(type(self).__name__)
-        a_t = _to_tensor(a, owner_name, call).float()
+        a_t = to_tensor(a, owner_name, call).float()
         shape_ok = a_t.ndim in (x.ndim, x.ndim - 1) and len(a_t) == len(x)
         if shape_ok and x.ndim >= 3:
             spatial_x = x.shape[1:-1] if channel_last else x.shape[2:]
@@ -407,44 +548,46 @@ class RemovalMetric(QuantusRoarMetric):
     evaluation_category: ClassVar[EvaluationCategory] = EvaluationCategory.FAITHFULNESS
     order: ClassVar[str] = "remove_top"
 
+    @validated(percentages=Percentages())
     def __init__(
         self,
         percentages: float | Iterable[float] = (10, 30, 50, 70, 90),
         *,
         removal: Removal | None = None,
         seed: int = 0,
-        target: str = "predicted",
-        abs: bool = False,
-        normalise: bool = False,
-        normalise_func: Callable | None = None,
-        normalise_func_kwargs: dict | None = None,
-        return_aggregate: bool = False,
-        aggregate_func: Callable | None = None,
-        default_plot_func: Callable | None = None,
-        disable_warnings: bool = False,
-        display_progressbar: bool = False,
         **kwargs: Any,
     ):
         owner = type(self).__name__
-        self.percentages = check_percentages(percentages, owner)
+        self.percentages = tuple(float(p) for p in percentages)
         shortcuts = {k: kwargs.pop(k) for k in _RULE_SHORTCUTS if k in kwargs}
         #: The removal rule every call applies (quantus_roar.removal.Removal).
         self.removal = metric_removal(removal, shortcuts, self.order, seed, owner)
-        self.granularity, self.reduce = self.removal.granularity, self.removal.reduce
-        self.imputer = self.removal.imputer.name
-        self.imputer_kwargs = self.removal.imputer.settings()
-        super().__init__(
-            seed=seed, target=target, abs=abs, normalise=normalise,
-            normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
-            return_aggregate=return_aggregate, aggregate_func=aggregate_func,
-            default_plot_func=default_plot_func, disable_warnings=disable_warnings,
-            display_progressbar=display_progressbar, **kwargs,
-        )
+        super().__init__(seed=seed, **kwargs)
         if max(self.percentages) <= 1.0:
             intended = ", ".join(f"{p * 100:g}" for p in self.percentages)
             self._warn(f"{owner}(percentages={list(self.percentages)}) removes at most 1 % of "
                        "the features: percentages are in (0, 100], not fractions. If you meant "
                        f"{intended} %, pass percentages=({intended}).")
+
+    @property
+    def granularity(self) -> str:
+        """The removal rule's granularity (``self.removal.granularity``)."""
+        return self.removal.granularity
+
+    @property
+    def reduce(self) -> str:
+        """The removal rule's channel reduction (``self.removal.reduce``)."""
+        return self.removal.reduce
+
+    @property
+    def imputer(self) -> str:
+        """The name of the removal rule's imputer."""
+        return self.removal.imputer.name
+
+    @property
+    def imputer_kwargs(self) -> dict[str, Any]:
+        """The settings of the removal rule's imputer."""
+        return self.removal.imputer.settings()
 
     # ------------------------------------------------------------------ helpers
 

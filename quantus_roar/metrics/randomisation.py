@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, final
 
 import numpy as np
@@ -12,23 +11,25 @@ import torch
 from quantus.helpers.enums import DataType, EvaluationCategory, ScoreDirection
 from tqdm.auto import tqdm
 
-from quantus_roar._validation import check_batch_size, check_choice, model_device
+from quantus_roar._validation import Choice, Int, Real, check_choice, validated
 from quantus_roar.executors import LocalExecutor, get_executor
-from quantus_roar.explainers import explanation_targets
 from quantus_roar.metrics._base import (
+    Call,
+    ExecutorName,
     QuantusRoarMetric,
-    check_call_kwargs,
-    check_executor,
-    check_inputs,
-    check_retrainer,
-    check_test_pair,
-    compute_attributions,
-    explain_kwargs,
+    Retrainer,
     retrainer_or_default,
 )
-from quantus_roar.randomisation import LAYER_ORDERS, execution_order, fresh_model
+from quantus_roar.metrics.roar import check_test_pair
+from quantus_roar.randomisation import LAYER_ORDERS, execution_order
 from quantus_roar.retrain.base import fit_task
-from quantus_roar.sanity import SanitySeeds, compare, model_randomisation_steps, permuted_labels
+from quantus_roar.sanity import (
+    Explain,
+    SanitySeeds,
+    data_randomisation,
+    model_randomisation,
+    permuted_labels,
+)
 from quantus_roar.similarity import SIMILARITIES
 from quantus_roar.splits import stratified_split
 from quantus_roar.tasks import task_resources
@@ -55,17 +56,18 @@ def _similarity_names(similarity: str | Sequence[str] | None, owner: str
 
 
 class _RandomisationMetric(QuantusRoarMetric):
-    """Shared machinery: explain with a model, compare with the original maps."""
+    """Shared machinery: explain with a model, keep each comparison with the original."""
 
     data_applicability: ClassVar[set[DataType]] = {
         DataType.IMAGE, DataType.TABULAR, DataType.TIMESERIES}
     evaluation_category: ClassVar[EvaluationCategory] = EvaluationCategory.RANDOMISATION
     score_direction: ClassVar[ScoreDirection] = ScoreDirection.LOWER
 
+    @validated(retrainer=Retrainer())
     def __init__(self, similarity: str | Sequence[str] | None, retrainer: Any, seed: int,
                  **base: Any):
         self.similarity = _similarity_names(similarity, type(self).__name__)
-        self.retrainer = check_retrainer(retrainer, type(self).__name__)
+        self.retrainer = retrainer
         super().__init__(seed=seed, **base)
         self.scores: dict[str, dict[str, np.ndarray]] = {}
         self._similarities: tuple[str, ...] = self.similarity or IMAGE_SIMILARITIES
@@ -85,25 +87,46 @@ class _RandomisationMetric(QuantusRoarMetric):
                              "similarity=None to choose by the data layout.")
         self._similarities = self.similarity
 
-    def _explain(self, model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
-                 explain_func: Callable, kwargs: dict | None, batch_size: int, what: str,
-                 channel_last: bool, reference_shape: tuple | None) -> torch.Tensor:
-        a = compute_attributions(model, x, targets, explain_func, kwargs, batch_size,
-                                 type(self).__name__, what=what,
-                                 progress=self.display_progressbar, targets=targets)
-        a_t = self._prepare_attributions(a, x, what, channel_last)
-        if reference_shape is not None and tuple(a_t.shape) != reference_shape:
-            raise ValueError(f"The explanations of the {what} have shape {tuple(a_t.shape)}, "
-                             f"but the original ones (a_batch) have shape {reference_shape}. "
-                             "Pass a_batch computed with the same explain_func, or leave it out.")
-        return a_t
+    def _explainer(self, call: Call, x: torch.Tensor, targets: torch.Tensor, a: Any,
+                   what: dict[str, str]) -> Explain:
+        """The sanity core's ``explain(model, step)``: ``a`` (checked) or the explanations
+        of the original model for ``"original"``, then those of each compared model,
+        which must have the original's shape."""
+        original: list[torch.Tensor] = []  # computed once, however often asked for
 
-    def _compare(self, step: str, original: torch.Tensor, other: torch.Tensor,
-                 rows: list[dict[str, Any]], **info: Any) -> None:
-        for name, values in compare(original, other, self._similarities).items():
-            self.scores.setdefault(name, {})[step] = values
-            rows.extend({"similarity": name, "step": step, "sample": i, "value": float(v), **info}
-                        for i, v in enumerate(values))
+        def explain(model: torch.nn.Module, step: str) -> torch.Tensor:
+            name = what.get(step, f"model with layer '{step}' randomised")
+            if step == "original" and original:
+                return original[0]
+            if step == "original" and a is not None:
+                out = self._prepare_attributions(a, x, what["a"], call.channel_last)
+            else:
+                out = self._prepare_attributions(self._explained(call, model, x, targets, name),
+                                                 x, name, call.channel_last)
+            if step == "original":
+                original.append(out)
+            elif out.shape != original[0].shape:
+                raise ValueError(f"The explanations of the {name} have shape "
+                                 f"{tuple(out.shape)}, but the original ones ({what['a']}) have "
+                                 f"shape {tuple(original[0].shape)}. Pass {what['a']} computed "
+                                 "with the same explain_func, or leave it out.")
+            return out
+
+        return explain
+
+    def _keep(self, comparisons: Any, **info: Any) -> list[str]:
+        """Store every comparison (``scores``, ``results``); return the steps in order."""
+        self.scores, rows, steps = {}, [], []
+        for c in comparisons:
+            for name, values in c.similarities.items():
+                self.scores.setdefault(name, {})[c.step] = values
+                rows.extend({"similarity": name, "step": c.step, "sample": i,
+                             "value": float(v), "time_s": c.time_s,
+                             **{k: f(c) for k, f in info.items()}}
+                            for i, v in enumerate(values))
+            steps.append(c.step)
+        self.results = pd.DataFrame(rows)
+        return steps
 
     def _summary(self, steps: Sequence[str]) -> Any:
         means = {name: {step: float(np.nanmean(self.scores[name][step])) for step in steps}
@@ -120,16 +143,15 @@ class _RandomisationMetric(QuantusRoarMetric):
         self.all_evaluation_scores.append(out)
         return out
 
-    def _require_explain_func(self, explain_func: Callable | None) -> Callable:
-        if explain_func is None:
+    def _require_explain_func(self, call: Call) -> None:
+        if call.explain_func is None:
             raise ValueError(f"{type(self).__name__} recomputes explanations of changed models "
                              "and needs an 'explain_func' (for example "
                              "explain_func=quantus_roar.explain, explain_func_kwargs={'method': "
                              "'Gradient'}).")
-        if not callable(explain_func):
+        if not callable(call.explain_func):
             raise TypeError(f"The 'explain_func' parameter of {type(self).__name__} must be "
-                            f"callable. Got {type(explain_func).__name__} instead.")
-        return explain_func
+                            f"callable. Got {type(call.explain_func).__name__} instead.")
 
 
 @final
@@ -171,12 +193,11 @@ class ModelRandomisation(_RandomisationMetric):
         ``SanitySeeds.derive(seed).layers`` (``quantus.MPRT(seed=L - 1)``
         draws the same weights as layer seed ``L``); the floor model and the
         ceiling's training have their own derived seeds.
-    abs, normalise, normalise_func, normalise_func_kwargs
-        Quantus' preprocessing, applied to every explanation.
-    return_aggregate : bool, default False
-        Return ``aggregate_func`` (default ``np.mean``) of the per-layer means.
-    aggregate_func, default_plot_func, disable_warnings, display_progressbar
-        As in every Quantus metric.
+    **kwargs
+        Quantus' base arguments (:class:`~quantus_roar.metrics._base.QuantusRoarMetric`);
+        the preprocessing applies to every explanation, and
+        ``return_aggregate=True`` returns ``aggregate_func`` (default
+        ``np.mean``) of the per-step means.
 
     Attributes
     ----------
@@ -187,6 +208,19 @@ class ModelRandomisation(_RandomisationMetric):
     layers : list of str
         The layers in execution order found in the last call.
 
+    Notes
+    -----
+    Called as every Quantus metric (see
+    :meth:`~quantus_roar.metrics._base.QuantusRoarMetric.__call__`);
+    ``explain_func`` is required (every step is explained again), and
+    ``x_train, y_train`` (default ``x_batch, y_batch``) train the ceiling
+    model. ``a_batch``, when given, are the original model's explanations
+    and must match its output shape. Returns ``{step: mean similarity}`` for
+    each layer in the order randomised, then ``"floor"`` (every layer
+    fresh) and, with a retrainer, ``"ceiling"``; nested ``{similarity:
+    {...}}`` for several similarities. The steps are computed by
+    :func:`quantus_roar.sanity.model_randomisation`, as in the runner.
+
     References
     ----------
     .. [1] Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018.
@@ -195,7 +229,9 @@ class ModelRandomisation(_RandomisationMetric):
     """
 
     name = "ModelRandomisation"
+    call_keywords = ("x_train", "y_train")
 
+    @validated(layer_order=Choice(LAYER_ORDERS))
     def __init__(
         self,
         layer_order: str = "top_down",
@@ -203,123 +239,40 @@ class ModelRandomisation(_RandomisationMetric):
         retrainer: Any = None,
         seed: int = 0,
         target: str = "predicted",
-        abs: bool = False,
-        normalise: bool = False,
-        normalise_func: Callable | None = None,
-        normalise_func_kwargs: dict | None = None,
-        return_aggregate: bool = False,
-        aggregate_func: Callable | None = None,
-        default_plot_func: Callable | None = None,
-        disable_warnings: bool = False,
-        display_progressbar: bool = False,
         **kwargs: Any,
     ):
-        self.layer_order = check_choice(layer_order, "layer_order", type(self).__name__,
-                                        LAYER_ORDERS)
-        super().__init__(
-            similarity, retrainer, seed, target=target, abs=abs, normalise=normalise,
-            normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
-            return_aggregate=return_aggregate, aggregate_func=aggregate_func,
-            default_plot_func=default_plot_func, disable_warnings=disable_warnings,
-            display_progressbar=display_progressbar, **kwargs,
-        )
+        self.layer_order = layer_order
+        super().__init__(similarity, retrainer, seed, target=target, **kwargs)
         self.layers: list[str] = []
 
-    def __call__(
-        self,
-        model: torch.nn.Module,
-        x_batch: Any,
-        y_batch: Any,
-        a_batch: Any = None,
-        s_batch: Any = None,
-        channel_first: bool | None = None,
-        explain_func: Callable | None = None,
-        explain_func_kwargs: dict | None = None,
-        model_predict_kwargs: dict | None = None,
-        softmax: bool | None = False,
-        device: str | torch.device | None = None,
-        batch_size: int = 64,
-        x_train: Any = None,
-        y_train: Any = None,
-        **kwargs: Any,
-    ) -> dict:
-        """Similarity of the original explanations to those of each randomised model.
+    def _check_keywords(self, keywords: dict[str, Any]) -> None:
+        if (keywords.get("x_train") is None) != (keywords.get("y_train") is None):
+            raise ValueError(f"{type(self).__name__}.__call__ needs both 'x_train' and "
+                             "'y_train', or neither (to train the ceiling model on x_batch, "
+                             "y_batch). Got only one.")
 
-        Parameters
-        ----------
-        model : torch.nn.Module
-            The trained model; never modified.
-        x_batch, y_batch : array-like
-            Samples explained (for their labels ``y_batch``).
-        a_batch : array-like, optional
-            Explanations of the original model; computed with ``explain_func``
-            when missing (they must match its output shape).
-        explain_func, explain_func_kwargs
-            Required: every step is explained again.
-        batch_size : int, default 64
-            Samples per explain_func call.
-        x_train, y_train : array-like, optional
-            Training data of the ceiling model (default ``x_batch, y_batch``).
-        s_batch, channel_first, model_predict_kwargs, softmax, device
-            As in Quantus.
-
-        Returns
-        -------
-        dict
-            ``{layer: mean similarity}`` for each step in the order applied,
-            then ``"floor"`` (fresh model) and, with a retrainer,
-            ``"ceiling"``; nested ``{similarity: {...}}`` for several
-            similarities.
-        """
-        owner = type(self).__name__
-        check_call_kwargs(kwargs)
-        explain_func = self._require_explain_func(explain_func)
-        check_batch_size(batch_size, f"{owner}.__call__")
-        if (x_train is None) != (y_train is None):
-            raise ValueError(f"{owner}.__call__ needs both 'x_train' and 'y_train', or neither "
-                             "(to train the ceiling model on x_batch, y_batch). Got only one.")
-        inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
-                              device=device)
-        dev = model_device(model, device)
+    def _evaluate(self, call: Call, x_train: Any = None, y_train: Any = None) -> dict:
+        self._require_explain_func(call)
         if self.retrainer is not None:
-            train = check_inputs(model, x_train if x_train is not None else x_batch,
-                                 y_train if y_train is not None else y_batch, owner,
-                                 channel_first=channel_first, device=device,
-                                 x_name="x_train", y_name="y_train",
-                                 sample_shape=tuple(inputs.x.shape[1:]), min_classes=2)
-        x = inputs.x
-        self._choose_similarities(x, inputs.channel_last)
-        self.layers = [name for name, _ in execution_order(model, x[:1].to(dev))]
-        y = explanation_targets(model, x, inputs.y, self.target, batch_size=batch_size,
-                                device=dev, owner=f"{owner}.__call__")
-        ctx = (explain_func, explain_kwargs(explain_func_kwargs, device), batch_size)
-        if a_batch is None:
-            original = self._explain(model, x, y, *ctx, "original model", inputs.channel_last,
-                                     None)
-        else:
-            original = self._prepare_attributions(a_batch, x, "a_batch", inputs.channel_last)
-        shape = tuple(original.shape)
-        self.scores, rows = {}, []
-        steps = []
+            train = (self._more_inputs(call, x_train, y_train, ("x_train", "y_train"), 2)
+                     if x_train is not None else
+                     self._more_inputs(call, call.x, call.y, ("x_batch", "y_batch"), 2))
+        self._choose_similarities(call.x, call.channel_last)
+        self.layers = [name for name, _ in execution_order(call.model, call.x[:1].to(call.device))]
+        targets = self._targets(call, call.x, call.y)
+        explain = self._explainer(call, call.x, targets, call.a_batch, {
+            "a": "a_batch", "original": "original model", "floor": "freshly initialised model",
+            "ceiling": "model trained with another seed"})
         seeds = SanitySeeds.derive(self.seed)
         ceiling = (None if self.retrainer is None
                    else self.retrainer.fit(train.x, train.y, seed=seeds.ceiling))
-        what = {"floor": "freshly initialised model", "ceiling": "model trained with another seed"}
-        bar = tqdm(model_randomisation_steps(model, self.layers, self.layer_order, seeds,
-                                             ceiling),
-                   total=len(self.layers) + 1 + (ceiling is not None),
+        comparisons = model_randomisation(
+            call.model, explain, self.layers, seeds=seeds, similarities=self._similarities,
+            layer_order=self.layer_order, ceiling=ceiling)  # type: ignore[arg-type]
+        bar = tqdm(comparisons, total=len(self.layers) + 1 + (ceiling is not None),
                    desc="randomising layers", disable=not self.display_progressbar, leave=False)
-        for i, (step, changed) in enumerate(bar):
-            start = time.perf_counter()
-            a = self._explain(changed, x, y, *ctx,
-                              what.get(step, f"model with layer '{step}' randomised"),
-                              inputs.channel_last, shape)
-            position = i if step not in what else (-1 if step == "floor" else -2)
-            self._compare(step, original, a, rows, position=position,
-                          time_s=time.perf_counter() - start)
-            steps.append(step)
-        self.results = pd.DataFrame(rows)
-        return self._summary(steps)
+        position = {**{name: i for i, name in enumerate(self.layers)}, "floor": -1, "ceiling": -2}
+        return self._summary(self._keep(bar, position=lambda c: position[c.step]))
 
 
 @final
@@ -361,9 +314,8 @@ class DataRandomisation(_RandomisationMetric):
     executor : {None, "local", "ray"} or quantus_roar.executors.Executor
         Where the random-label and the ceiling model are trained (two tasks,
         in parallel on Ray); as :class:`~quantus_roar.ROAR`.
-    abs, normalise, normalise_func, normalise_func_kwargs, return_aggregate,
-    aggregate_func, default_plot_func, disable_warnings, display_progressbar
-        As :class:`ModelRandomisation`.
+    **kwargs
+        Quantus' base arguments, as :class:`ModelRandomisation`.
 
     Attributes
     ----------
@@ -371,13 +323,30 @@ class DataRandomisation(_RandomisationMetric):
         Of the random-label model on the permuted training labels and on the
         true test labels.
 
+    Notes
+    -----
+    Called as every Quantus metric (see
+    :meth:`~quantus_roar.metrics._base.QuantusRoarMetric.__call__`) with
+    ``explain_func`` required. ``x_batch, y_batch`` are the training data
+    (labels permuted for the random-label model), split into train and test
+    when no ``x_test, y_test`` are given; ``a_batch`` (only its test part
+    is used) or ``a_test`` are the true-label model's explanations of the
+    test samples. Returns ``{"random_labels": mean, "floor": mean,
+    "ceiling": mean}``, nested ``{similarity: {...}}`` for several
+    similarities, computed by :func:`quantus_roar.sanity.data_randomisation`
+    as in the runner.
+
     References
     ----------
     .. [1] Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018.
     """
 
     name = "DataRandomisation"
+    call_keywords = ("x_test", "y_test", "a_test")
+    min_classes = 2
 
+    @validated(min_train_accuracy=Real(0, 1, open="low"), max_epochs=Int(1),
+               test_size=Real(0, 1, open="both"), executor=ExecutorName())
     def __init__(
         self,
         retrainer: Any = None,
@@ -388,45 +357,23 @@ class DataRandomisation(_RandomisationMetric):
         seed: int = 0,
         target: str = "predicted",
         executor: Any = None,
-        abs: bool = False,
-        normalise: bool = False,
-        normalise_func: Callable | None = None,
-        normalise_func_kwargs: dict | None = None,
-        return_aggregate: bool = False,
-        aggregate_func: Callable | None = None,
-        default_plot_func: Callable | None = None,
-        disable_warnings: bool = False,
-        display_progressbar: bool = False,
         **kwargs: Any,
     ):
-        owner = type(self).__name__
-        if not 0.0 < float(min_train_accuracy) <= 1.0:
-            raise ValueError(f"The 'min_train_accuracy' parameter of {owner} must be in (0, 1]. "
-                             f"Got {min_train_accuracy!r} instead.")
-        if not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
-            raise ValueError(f"The 'max_epochs' parameter of {owner} must be a positive integer. "
-                             f"Got {max_epochs!r} instead.")
-        if not 0.0 < float(test_size) < 1.0:
-            raise ValueError(f"The 'test_size' parameter of {owner} must be in (0, 1). Got "
-                             f"{test_size!r} instead.")
-        super().__init__(
-            similarity, retrainer, seed, target=target, abs=abs, normalise=normalise,
-            normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
-            return_aggregate=return_aggregate, aggregate_func=aggregate_func,
-            default_plot_func=default_plot_func, disable_warnings=disable_warnings,
-            display_progressbar=display_progressbar, **kwargs,
-        )
-        self.min_train_accuracy = float(min_train_accuracy)
-        self.max_epochs = int(max_epochs)
-        self.test_size = float(test_size)
-        self.executor = check_executor(executor, owner)
+        super().__init__(similarity, retrainer, seed, target=target, **kwargs)
+        self.min_train_accuracy = min_train_accuracy
+        self.max_epochs = max_epochs
+        self.test_size = test_size
+        self.executor = executor
         self.train_accuracy = float("nan")
         self.test_accuracy = float("nan")
         if retrainer is None:
-            self._warn(f"{owner} got no retrainer, so it will train copies of the model with "
-                       "TorchRetrainer's default recipe (for SmallCNN on digits). Pass "
-                       "retrainer=quantus_roar.TorchRetrainer(...) with a recipe that can fit "
-                       "random labels on your data.")
+            self._warn(f"{type(self).__name__} got no retrainer, so it will train copies of the "
+                       "model with TorchRetrainer's default recipe (for SmallCNN on digits). "
+                       "Pass retrainer=quantus_roar.TorchRetrainer(...) with a recipe that can "
+                       "fit random labels on your data.")
+
+    def _check_keywords(self, keywords: dict[str, Any]) -> None:
+        check_test_pair(keywords, type(self).__name__)
 
     def _fit_models(self, retrainer: Any, x: torch.Tensor, y_perm: torch.Tensor,
                     y: torch.Tensor, fit_seed: int, ceiling_seed: int
@@ -459,95 +406,35 @@ class DataRandomisation(_RandomisationMetric):
                        "(max_epochs, the retrainer's recipe) or use fewer training samples.")
         return model, done["ceiling"].value[0]
 
-    def __call__(
-        self,
-        model: torch.nn.Module,
-        x_batch: Any,
-        y_batch: Any,
-        a_batch: Any = None,
-        s_batch: Any = None,
-        channel_first: bool | None = None,
-        explain_func: Callable | None = None,
-        explain_func_kwargs: dict | None = None,
-        model_predict_kwargs: dict | None = None,
-        softmax: bool | None = False,
-        device: str | torch.device | None = None,
-        batch_size: int = 64,
-        x_test: Any = None,
-        y_test: Any = None,
-        a_test: Any = None,
-        **kwargs: Any,
-    ) -> dict:
-        """Similarity of true-label and random-label explanations of the test samples.
-
-        Parameters
-        ----------
-        model : torch.nn.Module
-            The model trained on the true labels; never modified.
-        x_batch, y_batch : array-like
-            Training data (labels permuted for the random-label model); split
-            into train and test when no ``x_test`` is given.
-        a_batch : array-like, optional
-            Explanations of ``x_batch`` by ``model``; only the test part is used.
-        x_test, y_test, a_test : array-like, optional
-            Samples to explain, and their original explanations.
-        explain_func, explain_func_kwargs, batch_size
-            Required explain function, called in batches.
-
-        Returns
-        -------
-        dict
-            ``{"random_labels": mean, "floor": mean, "ceiling": mean}``, nested
-            ``{similarity: {...}}`` for several similarities.
-        """
-        owner = type(self).__name__
-        check_call_kwargs(kwargs)
-        explain_func = self._require_explain_func(explain_func)
-        check_batch_size(batch_size, f"{owner}.__call__")
-        check_test_pair(x_test, y_test, owner)
-        inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
-                              device=device, min_classes=2)
+    def _evaluate(self, call: Call, x_test: Any = None, y_test: Any = None,
+                  a_test: Any = None) -> dict:
+        self._require_explain_func(call)
         if x_test is None:
-            tr, te = stratified_split(inputs.y, self.test_size, self.seed,
-                                      owner=f"{owner}.__call__")
-            x_tr, y_tr, x_te, y_te = inputs.x[tr], inputs.y[tr], inputs.x[te], inputs.y[te]
-            a_orig = None if a_batch is None else np.asarray(a_batch)[te]
+            tr, te = stratified_split(call.y, self.test_size, self.seed,
+                                      owner=f"{type(self).__name__}.__call__")
+            x_tr, y_tr, x_te, y_te = call.x[tr], call.y[tr], call.x[te], call.y[te]
+            a_orig, a_name = (None if call.a_batch is None else np.asarray(call.a_batch)[te],
+                              "a_batch")
         else:
-            test = check_inputs(model, x_test, y_test, owner, channel_first=channel_first,
-                                device=device, x_name="x_test", y_name="y_test",
-                                sample_shape=tuple(inputs.x.shape[1:]))
-            x_tr, y_tr, x_te, y_te = inputs.x, inputs.y, test.x, test.y
-            a_orig = a_test
-        retrainer = retrainer_or_default(self.retrainer, model, device)
-        self._choose_similarities(x_te, inputs.channel_last)
-        dev = model_device(model, device)
+            test = self._more_inputs(call, x_test, y_test, ("x_test", "y_test"))
+            x_tr, y_tr, x_te, y_te = call.x, call.y, test.x, test.y
+            a_orig, a_name = a_test, "a_test"
+        retrainer = retrainer_or_default(self.retrainer, call)
+        self._choose_similarities(x_te, call.channel_last)
         # Before any training: a model whose layers cannot be re-initialised fails here.
-        layers = [n for n, _ in execution_order(model, x_te[:1].to(dev))]
-        t_te = explanation_targets(model, x_te, y_te, self.target, batch_size=batch_size,
-                                   device=dev, owner=f"{owner}.__call__")
-        ctx = (explain_func, explain_kwargs(explain_func_kwargs, device), batch_size)
-        cl = inputs.channel_last
-        if a_orig is None:
-            original = self._explain(model, x_te, t_te, *ctx, "true-label model", cl, None)
-        else:
-            original = self._prepare_attributions(a_orig, x_te, "a_test", cl)
-        shape = tuple(original.shape)
+        layers = [n for n, _ in execution_order(call.model, x_te[:1].to(call.device))]
+        explain = self._explainer(call, x_te, self._targets(call, x_te, y_te), a_orig, {
+            "a": a_name, "original": "true-label model", "random_labels": "random-label model",
+            "floor": "freshly initialised model", "ceiling": "model trained with another seed"})
+        explain(call.model, "original")  # the original explanations, before any training
         seeds = SanitySeeds.derive(self.seed)
-        y_perm = torch.from_numpy(permuted_labels(y_tr, seeds))
-        self.scores, rows = {}, []
-        random_model, ceiling_model = self._fit_models(retrainer, x_tr, y_perm, y_tr, seeds.fit,
-                                                       seeds.ceiling)
+        random_model, ceiling = self._fit_models(
+            retrainer, x_tr, torch.from_numpy(permuted_labels(y_tr, seeds)), y_tr, seeds.fit,
+            seeds.ceiling)
         self.test_accuracy = float(retrainer.score(random_model, x_te, y_te))
-        a = self._explain(random_model, x_te, t_te, *ctx, "random-label model", cl, shape)
-        self._compare("random_labels", original, a, rows)
-        a = self._explain(fresh_model(model, layers, seeds.floor), x_te, t_te, *ctx,
-                          "freshly initialised model", cl, shape)
-        self._compare("floor", original, a, rows)
-        a = self._explain(ceiling_model, x_te, t_te, *ctx, "model trained with another seed",
-                          cl, shape)
-        self._compare("ceiling", original, a, rows)
-        self.results = pd.DataFrame(rows).assign(
-            random_label_train_accuracy=self.train_accuracy,
-            random_label_test_accuracy=self.test_accuracy,
-        )
-        return self._summary(["random_labels", "floor", "ceiling"])
+        steps = self._keep(data_randomisation(
+            call.model, explain, layers, seeds=seeds, similarities=self._similarities,
+            random_label_model=random_model, ceiling=ceiling))
+        self.results = self.results.assign(random_label_train_accuracy=self.train_accuracy,
+                                           random_label_test_accuracy=self.test_accuracy)
+        return self._summary(steps)

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, final
 
 import numpy as np
 import torch
 from quantus.helpers.enums import ScoreDirection
 
-from quantus_roar._validation import check_batch_size
+from quantus_roar._validation import Int, Real, validated
 from quantus_roar.curves import retrain_curve
 from quantus_roar.metrics._base import (
+    Call,
+    ExecutorName,
+    Inputs,
     RemovalMetric,
-    check_call_kwargs,
-    check_executor,
-    check_inputs,
-    check_retrainer,
-    check_test_pair,
-    compute_attributions,
+    Retrainer,
     retrainer_or_default,
 )
 from quantus_roar.removal import Removal
@@ -30,9 +28,25 @@ _DEFAULT_RECIPE = ("TorchRetrainer(model, epochs=12, batch_size=64, optimizer='a
                    "schedule='onecycle')")
 
 
+def check_test_pair(keywords: dict[str, Any], owner: str) -> None:
+    """Raise unless ``x_test`` and ``y_test`` are given together or not at all, and
+    ``a_test`` only with them."""
+    x_test, y_test = keywords.get("x_test"), keywords.get("y_test")
+    if (x_test is None) != (y_test is None):
+        raise ValueError(f"{owner}.__call__ needs both 'x_test' and 'y_test', or neither (to "
+                         "split x_batch). Got only one.")
+    if keywords.get("a_test") is not None and x_test is None:
+        raise ValueError(f"{owner}.__call__ got 'a_test' without 'x_test' and 'y_test'.")
+
+
 class _RetrainMetric(RemovalMetric):
     """Shared implementation of ROAR and KAR; see their docstrings."""
 
+    call_keywords = ("x_test", "y_test", "a_test")
+    min_classes = 2
+
+    @validated(n_retrains=Int(1), retrainer=Retrainer(), test_size=Real(0, 1, open="both"),
+               executor=ExecutorName())
     def __init__(
         self,
         percentages: float | Iterable[float] = (10, 30, 50, 70, 90),
@@ -43,37 +57,14 @@ class _RetrainMetric(RemovalMetric):
         seed: int = 0,
         target: str = "predicted",
         executor: Any = None,
-        abs: bool = False,
-        normalise: bool = False,
-        normalise_func: Callable | None = None,
-        normalise_func_kwargs: dict | None = None,
-        return_aggregate: bool = False,
-        aggregate_func: Callable | None = None,
-        default_plot_func: Callable | None = None,
-        disable_warnings: bool = False,
-        display_progressbar: bool = False,
         **kwargs: Any,
     ):
-        owner = type(self).__name__
-        if not isinstance(n_retrains, (int, np.integer)) or n_retrains < 1:
-            raise ValueError(f"The 'n_retrains' parameter of {owner} must be a positive integer. "
-                             f"Got {n_retrains!r} instead.")
-        if not 0.0 < float(test_size) < 1.0:
-            raise ValueError(f"The 'test_size' parameter of {owner} must be in (0, 1). Got "
-                             f"{test_size!r} instead.")
-        check_retrainer(retrainer, owner)
-        super().__init__(
-            percentages, removal=removal, seed=seed, target=target, abs=abs,
-            normalise=normalise,
-            normalise_func=normalise_func, normalise_func_kwargs=normalise_func_kwargs,
-            return_aggregate=return_aggregate, aggregate_func=aggregate_func,
-            default_plot_func=default_plot_func, disable_warnings=disable_warnings,
-            display_progressbar=display_progressbar, **kwargs,
-        )
-        self.n_retrains = int(n_retrains)
+        super().__init__(percentages, removal=removal, seed=seed, target=target, **kwargs)
+        self.n_retrains = n_retrains
         self.retrainer = retrainer
-        self.test_size = float(test_size)
-        self.executor = check_executor(executor, owner)
+        self.test_size = test_size
+        self.executor = executor
+        owner = type(self).__name__
         if retrainer is None:
             self._warn(
                 f"{owner} got no retrainer, so it will train fresh copies of the model with the "
@@ -85,109 +76,35 @@ class _RetrainMetric(RemovalMetric):
             self._warn(f"{owner}(n_retrains={self.n_retrains}) gives no usable spread between "
                        "retrains; Hooker et al. use 5.")
 
-    def __call__(
-        self,
-        model: torch.nn.Module,
-        x_batch: Any,
-        y_batch: Any,
-        a_batch: Any = None,
-        s_batch: Any = None,
-        channel_first: bool | None = None,
-        explain_func: Callable | None = None,
-        explain_func_kwargs: dict | None = None,
-        model_predict_kwargs: dict | None = None,
-        softmax: bool | None = False,
-        device: str | torch.device | None = None,
-        batch_size: int = 64,
-        x_test: Any = None,
-        y_test: Any = None,
-        a_test: Any = None,
-        **kwargs: Any,
-    ) -> dict | float:
-        """Retrain on the modified data and return the test accuracy per percentage.
+    def _check_keywords(self, keywords: dict[str, Any]) -> None:
+        check_test_pair(keywords, type(self).__name__)
 
-        Parameters
-        ----------
-        model : torch.nn.Module
-            The trained model whose explanations are evaluated; it explains
-            missing attributions and (without a ``retrainer``) is the template
-            of the retrained models. It is not modified.
-        x_batch, y_batch : array-like
-            Inputs and integer labels: the training set when ``x_test`` is
-            given, else split into train and test (stratified, seeded,
-            ``test_size``).
-        a_batch : array-like, optional
-            Attributions of ``x_batch`` (shape of ``x_batch``, one channel, or
-            no channel axis). Computed with ``explain_func`` when missing.
-        s_batch, model_predict_kwargs, softmax
-            Accepted for Quantus compatibility; not used.
-        channel_first : bool, optional
-            Layout of image / time-series inputs; inferred when None.
-        explain_func, explain_func_kwargs
-            Quantus explain function, called as ``explain_func(model=model,
-            inputs=x, targets=y, **explain_func_kwargs)`` in batches of
-            ``batch_size`` for missing ``a_batch`` / ``a_test``.
-        device : str or torch.device, optional
-            Device for the explanations and the default retrainer.
-        batch_size : int, default 64
-            Batch size of the explanation calls.
-        x_test, y_test, a_test : array-like, optional
-            A separate test set and its attributions.
+    def _splits(self, call: Call, held_out: Inputs | tuple[np.ndarray, np.ndarray],
+                a_test: Any) -> tuple[Split, Split]:
+        """The training and test split with their attributions (computed when missing):
+        ``held_out`` is the checked test set, or the indices of a split of ``x_batch``."""
+        cl = call.channel_last
+        a = self._attributions(call, call.a_batch, call.x, call.y)
+        if isinstance(held_out, Inputs):
+            a_te = self._attributions(call, a_test, held_out.x, held_out.y, "a_test")
+            return (Split(call.x, call.y, a, None, cl),
+                    Split(held_out.x, held_out.y, a_te, None, cl))
+        tr, te = held_out
+        return (Split(call.x[tr], call.y[tr], a[tr], torch.from_numpy(tr), cl),
+                Split(call.x[te], call.y[te], a[te], torch.from_numpy(te), cl))
 
-        Returns
-        -------
-        dict or float
-            ``{percentage: acc}``: mean test accuracy over the retrains per
-            percentage, with the unmodified data at 0 (% removed, ROAR) or
-            at 100 (% kept, KAR); with
-            ``return_aggregate=True`` the normalised area under that curve
-            (see :func:`quantus_roar.curves.normalised_auc`), or
-            ``aggregate_func`` of the accuracies when one was given.
-        """
-        owner = type(self).__name__
-        check_call_kwargs(kwargs)
-        progress = self.display_progressbar
-        check_batch_size(batch_size, f"{owner}.__call__")
-        check_test_pair(x_test, y_test, owner)
-        inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
-                              device=device, min_classes=2)
-        if a_test is not None and x_test is None:
-            raise ValueError(f"{owner}.__call__ got 'a_test' without 'x_test' and 'y_test'.")
-        if x_test is None:
-            tr, te = stratified_split(inputs.y, self.test_size, self.seed,
-                                      owner=f"{owner}.__call__")
-            test = None
-        else:
-            test = check_inputs(model, x_test, y_test, owner, channel_first=channel_first,
-                                device=device, x_name="x_test", y_name="y_test",
-                                sample_shape=tuple(inputs.x.shape[1:]))
-        retrainer = retrainer_or_default(self.retrainer, model, device)
-
-        if a_batch is None:
-            a_batch = compute_attributions(model, inputs.x, inputs.y, explain_func,
-                                           explain_func_kwargs, batch_size, owner,
-                                           progress=progress, target=self.target,
-                                           device=device)
-        a = self._prepare_attributions(a_batch, inputs.x, "a_batch", inputs.channel_last)
-        if test is None:
-            x_tr, y_tr, a_tr = inputs.x[tr], inputs.y[tr], a[tr]
-            x_te, y_te, a_te = inputs.x[te], inputs.y[te], a[te]
-            train_ids, test_ids = torch.from_numpy(tr), torch.from_numpy(te)
-        else:
-            if a_test is None:
-                a_test = compute_attributions(model, test.x, test.y, explain_func,
-                                              explain_func_kwargs, batch_size, owner,
-                                              what="a_test", progress=progress,
-                                              target=self.target, device=device)
-            a_te = self._prepare_attributions(a_test, test.x, "a_test", test.channel_last)
-            x_tr, y_tr, a_tr = inputs.x, inputs.y, a
-            x_te, y_te = test.x, test.y
-            train_ids, test_ids = None, None
-        cl = inputs.channel_last
+    def _evaluate(self, call: Call, x_test: Any = None, y_test: Any = None,
+                  a_test: Any = None) -> dict | float:
+        held_out = (self._more_inputs(call, x_test, y_test, ("x_test", "y_test"))
+                    if x_test is not None else
+                    stratified_split(call.y, self.test_size, self.seed,
+                                     owner=f"{type(self).__name__}.__call__"))
+        retrainer = retrainer_or_default(self.retrainer, call)  # checks the model first
+        train, test = self._splits(call, held_out, a_test)
         results = retrain_curve(
-            retrainer, Split(x_tr, y_tr, a_tr, train_ids, cl),
-            Split(x_te, y_te, a_te, test_ids, cl), self.percentages, removal=self.removal,
-            n_retrains=self.n_retrains, executor=self.executor, progress=progress,
+            retrainer, train, test, self.percentages, removal=self.removal,
+            n_retrains=self.n_retrains, executor=self.executor,
+            progress=self.display_progressbar,
         )
         curve = results.groupby("percentage", sort=True)["accuracy"].mean().to_dict()
         return self._finish({k: float(v) for k, v in curve.items()}, results)
@@ -246,21 +163,38 @@ class ROAR(_RetrainMetric):
         cluster ``ray.init`` connected to, or to a local one; pass
         ``quantus_roar.executors.RayExecutor(address)`` for a given cluster.
         The same seeds give the same numbers on every executor.
-    abs, normalise, normalise_func, normalise_func_kwargs
-        Quantus' attribution preprocessing (applied before ranking).
-    return_aggregate : bool, default False
-        Return one float, the normalised area under the accuracy curve.
-    aggregate_func : callable, optional
-        Replaces that area: called with the mean accuracies in increasing
-        order of percentage (the unmodified point included).
-    default_plot_func, disable_warnings, display_progressbar
-        As in every Quantus metric.
+    **kwargs
+        Quantus' base arguments (``abs``, ``normalise``, ``normalise_func``,
+        ``normalise_func_kwargs``, ``return_aggregate``, ``aggregate_func``,
+        ``default_plot_func``, ``disable_warnings``,
+        ``display_progressbar``), documented once in
+        :class:`~quantus_roar.metrics._base.QuantusRoarMetric`; the
+        preprocessing is applied before ranking. With
+        ``return_aggregate=True`` a call returns one float, the normalised
+        area under the accuracy curve, or ``aggregate_func`` of the mean
+        accuracies in increasing order of percentage (the unmodified point
+        included) when one is given.
 
     Attributes
     ----------
     results : pandas.DataFrame
         One row per (percentage, retrain) of the last call: ``accuracy``,
         training ``seed``, ``removed_fraction`` actually applied, timings.
+
+    Notes
+    -----
+    Called as every Quantus metric (see
+    :meth:`~quantus_roar.metrics._base.QuantusRoarMetric.__call__`), with a
+    held-out set as three more keywords: ``roar(model, x_batch, y_batch,
+    a_batch, x_test=None, y_test=None, a_test=None, explain_func=...)``.
+    ``x_batch, y_batch`` are the training set when ``x_test, y_test`` are
+    given, else split into train and test (stratified, seeded,
+    ``test_size``); missing ``a_batch`` / ``a_test`` are computed with
+    ``explain_func`` for the ``target`` classes. ``model`` explains and
+    (without a ``retrainer``) is the template of the retrained models; it is
+    not modified. Returns ``{percentage: accuracy}``, the mean test accuracy
+    over the retrains, with the unmodified data at 0 (% removed, ROAR) or
+    at 100 (% kept, KAR).
 
     References
     ----------

@@ -1,0 +1,243 @@
+"""The units of a run: groups of cells computed together (all retrains of one
+estimator's ROAR curve, one deletion curve, one estimator's sanity check), and
+:func:`plan`, every unit of a run in the order they are computed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from quantus_roar.benchmark.context import RunContext
+from quantus_roar.benchmark.store import Cell, Key
+from quantus_roar.curves import deletion_curve, unmodified_point
+from quantus_roar.executors import Executor, LocalExecutor
+from quantus_roar.retrain import RetrainJob
+from quantus_roar.retrain.base import fit_score_many
+from quantus_roar.sanity import (
+    Comparison,
+    Explain,
+    data_randomisation,
+    model_randomisation,
+)
+from quantus_roar.splits import Split
+from quantus_roar.streaming import RemovedDataset
+from quantus_roar.tasks import retrain_group_task
+
+__all__ = ["Unit", "plan", "retrain_task"]
+
+_CHUNK = 4096
+
+
+@dataclass
+class Unit:
+    """Cells computed together: their keys and the function computing them."""
+
+    metric: str
+    estimator: str
+    keys: list[Key]
+    compute: Callable[[list[Key]], list[Cell]]
+    remote: bool = False  # retraining: an executor task unless the data is streamed
+
+
+# --------------------------------------------------------------------------- units
+
+
+def _order(metric: str) -> str:
+    return "keep_top" if metric in ("kar", "kar-noretrain") else "remove_top"
+
+
+def retrain_task(ctx: RunContext, ex: Executor, metric: str, estimator: str, keys: list[Key]
+                 ) -> tuple[Callable[..., Any], tuple, Callable[[dict], list[Cell]]]:
+    """The missing (percentage, seed) retrains of one estimator's ROAR or KAR curve (or of
+    the shared baseline) as one executor task: the unmodified data and the attributions go
+    by handle, the task computes its masks (:func:`quantus_roar.tasks.retrain_group`)."""
+    cfg = ctx.config
+    jobs = [(float(key[2]), ctx.seeds[key[3]]) for key in keys]
+    if metric == "baseline":
+        a_tr = a_te = None
+    else:
+        a_tr = ctx.handle(("a", estimator, "train"), lambda: ctx.attributions(estimator, "train"))
+        a_te = ctx.handle(("a", estimator, "test"), lambda: ctx.attributions(estimator, "test"))
+    options = {"removal": cfg.removal(_order(metric)), "stats": ctx.stats,
+               "train_ids": ctx.train_ids, "test_ids": ctx.test_ids,
+               "progress": ctx.progress and isinstance(ex, LocalExecutor)}
+    args = (ctx.retrainer, jobs, options, ctx.handle("x_train", lambda: ctx.data.x_train),
+            ctx.handle("y_train", lambda: ctx.data.y_train), a_tr,
+            ctx.handle("x_test", lambda: ctx.data.x_test),
+            ctx.handle("y_test", lambda: ctx.data.y_test), a_te)
+
+    def finish(out: dict) -> list[Cell]:
+        per_job = out["retrain_time_s"] / max(1, len(keys))
+        return [Cell(*key, "accuracy", acc, per_job)
+                for key, acc in zip(keys, out["accuracy"], strict=True)]
+
+    return retrain_group_task, args, finish
+
+
+def _streamed_retrain_unit(ctx: RunContext, metric: str, estimator: str,
+                           keys: list[Key]) -> list[Cell]:
+    """As :func:`retrain_task`, in this process, reading batches from the memory-mapped data."""
+    jobs = []
+    for key in keys:
+        if metric == "baseline":
+            x_tr = RemovedDataset(ctx.data.x_train, ctx.data.y_train)
+            x_te = RemovedDataset(ctx.data.x_test, ctx.data.y_test)
+        else:
+            x_tr = ctx.removed(estimator, "train", float(key[2]), _order(metric))
+            x_te = ctx.removed(estimator, "test", float(key[2]), _order(metric))
+        jobs.append(RetrainJob(x_tr, None, x_te, None, ctx.seeds[key[3]]))
+    done_keys = keys
+    start = time.perf_counter()
+    scores = fit_score_many(ctx.retrainer, jobs, progress=ctx.progress)
+    per_job = (time.perf_counter() - start) / max(1, len(jobs))
+    return [Cell(*key, "accuracy", float(acc), per_job)
+            for key, acc in zip(done_keys, scores, strict=True)]
+
+
+def _deletion_unit(ctx: RunContext, metric: str, estimator: str, keys: list[Key]) -> list[Cell]:
+    cfg = ctx.config
+    order = _order(metric)
+    start = time.perf_counter()
+    x, y = ctx.data.x_test, ctx.data.y_test
+    a = ctx.attributions(estimator, "test")
+    rule = cfg.removal(order)
+    # Chunks of _CHUNK samples, so memory-mapped data is never read whole; sample ids
+    # keep every chunk's masks those of the whole set.
+    starts = range(0, len(x), _CHUNK)
+    frames = [deletion_curve(ctx.model, Split(ctx.tensor(x[lo : lo + _CHUNK]),
+                                              ctx.tensor(y[lo : lo + _CHUNK]),
+                                              ctx.tensor(a[lo : lo + _CHUNK]),
+                                              int(ctx.test_ids[0]) + lo),
+                             cfg.percentages, removal=rule, stats=ctx.stats, batch_size=256)
+              for lo in starts]
+    sizes = [min(_CHUNK, len(x) - lo) for lo in starts]
+    wall = (time.perf_counter() - start) / (len(cfg.percentages) + 1)
+    cells = []
+    for i, p in enumerate(frames[0]["percentage"]):
+        for q in ("accuracy", "true_class_score"):
+            value = sum(float(f[q].iloc[i]) * n for f, n in zip(frames, sizes, strict=True))
+            cells.append(Cell(metric, estimator, str(p), 0, q, value / len(x), wall))
+    wanted = set(keys)
+    return [c for c in cells if c.key in wanted]
+
+
+def _by_repeat(keys: list[Key]) -> dict[int, list[Key]]:
+    """The keys of a sanity unit grouped by repeat (their seed), in order."""
+    out: dict[int, list[Key]] = {}
+    for key in keys:
+        out.setdefault(int(key[3]), []).append(key)
+    return out
+
+
+def _sanity_explain(ctx: RunContext, estimator: str) -> Explain:
+    """The sanity cores' ``explain(model, step)`` with the run's cached estimator: the
+    original explanations are computed once per unit."""
+    original: list[torch.Tensor] = []
+
+    def explain(model: nn.Module, step: str) -> torch.Tensor:
+        if step != "original":
+            return ctx.sanity_attributions(model, estimator)
+        if not original:
+            original.append(ctx.sanity_attributions(ctx.model, estimator))
+        return original[0]
+
+    return explain
+
+
+def _counted(items: Iterator[Comparison], bar: Any) -> Iterator[Comparison]:
+    for item in items:
+        yield item
+        bar.update()
+
+
+def _sanity_cells(comparisons: Iterator[Comparison], keys: list[Key]) -> list[Cell]:
+    """One cell per (key, similarity): the mean over the sanity samples."""
+    by_step = {key[2]: key for key in keys}
+    return [Cell(*by_step[c.step], name, float(np.nanmean(values)), c.time_s)
+            for c in comparisons for name, values in c.similarities.items()]
+
+
+def _model_randomisation_unit(ctx: RunContext, metric: str, estimator: str,
+                              keys: list[Key]) -> list[Cell]:
+    explain, cells = _sanity_explain(ctx, estimator), []
+    bar = tqdm(total=len(keys), desc="randomising layers", leave=False, disable=not ctx.progress)
+    for s, wanted in _by_repeat(keys).items():
+        steps = {key[2] for key in wanted}
+        comparisons = model_randomisation(
+            ctx.model, explain, ctx.layers, seeds=ctx.sanity_seeds(s),
+            similarities=ctx.config.similarities, layer_order=ctx.config.layer_order,
+            ceiling=ctx.ceiling_model(s) if "ceiling" in steps else None, steps=steps)
+        cells += _sanity_cells(_counted(comparisons, bar), wanted)
+    bar.close()
+    return cells
+
+
+def _data_randomisation_unit(ctx: RunContext, metric: str, estimator: str,
+                             keys: list[Key]) -> list[Cell]:
+    if estimator == "-":  # the random-label models themselves
+        cells = []
+        for key in keys:
+            start = time.perf_counter()
+            _, train_acc, test_acc = ctx.random_label_model(key[3])
+            wall = time.perf_counter() - start
+            cells += [Cell(*key, "train_accuracy", train_acc, wall),
+                      Cell(*key, "test_accuracy", test_acc, wall)]
+        return cells
+    explain, cells = _sanity_explain(ctx, estimator), []
+    for s, wanted in _by_repeat(keys).items():
+        steps = {key[2] for key in wanted}
+        comparisons = data_randomisation(
+            ctx.model, explain, ctx.layers, seeds=ctx.sanity_seeds(s),
+            similarities=ctx.config.similarities,
+            random_label_model=(ctx.random_label_model(s)[0] if "random_labels" in steps
+                                else None),
+            ceiling=ctx.ceiling_model(s) if "ceiling" in steps else None, steps=steps)
+        cells += _sanity_cells(comparisons, wanted)
+    return cells
+
+
+def plan(ctx: RunContext) -> Iterator[Unit]:
+    """Every unit of the run, in the order they are computed."""
+    cfg = ctx.config
+    ps = [str(p) for p in cfg.percentages]
+    seeds = range(cfg.retrains)
+    sanity = range(cfg.sanity_seeds)
+    if {"roar", "kar"} & set(cfg.metrics):
+        yield Unit("baseline", "-", [("baseline", "-", "0", s) for s in seeds],
+                    lambda keys: _streamed_retrain_unit(ctx, "baseline", "-", keys),
+                    remote=True)
+    if "data-randomisation" in cfg.metrics:
+        yield Unit("data-randomisation", "-",
+                    [("data-randomisation", "-", "random_label_model", s) for s in sanity],
+                    lambda keys: _data_randomisation_unit(ctx, "data-randomisation", "-", keys))
+    for e in cfg.estimators:
+        for metric in cfg.metrics:
+            if metric in ("roar-noretrain", "kar-noretrain"):
+                unmodified = str(unmodified_point(_order(metric)))
+                keys = [(metric, e, p, 0) for p in dict.fromkeys([unmodified, *ps])]
+                fn = _deletion_unit
+            elif metric in ("roar", "kar"):
+                # The shared baseline unit is KAR's 100 % kept.
+                keys = [(metric, e, p, s) for p in ps for s in seeds
+                        if not (metric == "kar" and p == "100")]
+                fn = _streamed_retrain_unit
+            elif metric == "model-randomisation":
+                steps = [*(ctx.layers[::-1] if cfg.layer_order == "top_down" else ctx.layers),
+                         "floor", "ceiling"]
+                keys = [(metric, e, step, s) for s in sanity for step in steps]
+                fn = _model_randomisation_unit
+            else:
+                keys = [(metric, e, step, s) for s in sanity
+                        for step in ("random_labels", "floor", "ceiling")]
+                fn = _data_randomisation_unit
+            yield Unit(metric, e, keys,
+                        lambda keys, fn=fn, metric=metric, e=e: fn(ctx, metric, e, keys),
+                        remote=metric in ("roar", "kar"))
+

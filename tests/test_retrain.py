@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -13,7 +14,13 @@ from torch.func import functional_call, stack_module_state, vmap
 from quantus_roar.data import load_digits_data
 from quantus_roar.exceptions import NotResettableError
 from quantus_roar.models import SmallCNN, SmallResNet
-from quantus_roar.retrain import RetrainJob, TorchRetrainer, fit_score_many, torch_retrainer
+from quantus_roar.retrain import (
+    Recipe,
+    RetrainJob,
+    TorchRetrainer,
+    fit_score_many,
+    torch_retrainer,
+)
 from quantus_roar.retrain.grouped import grouped_forward, supports_grouped
 
 
@@ -101,12 +108,90 @@ def test_constructor_errors():
         TorchRetrainer()
     with pytest.raises(ValueError, match=r"exactly one of 'model'.*Got both"):
         TorchRetrainer(SmallCNN(), model_fn=SmallCNN)
-    with pytest.raises(ValueError, match="'epochs' parameter of TorchRetrainer must be a positive"):
+    with pytest.raises(ValueError, match="'epochs' parameter of TorchRetrainer must be an integer "
+                                         ">= 1"):
         TorchRetrainer(SmallCNN(), epochs=0)
     with pytest.raises(ValueError, match=r"'optimizer' parameter .* one of"):
         TorchRetrainer(SmallCNN(), optimizer="lbfgs")
     with pytest.raises(ValueError, match="'validation_split' parameter"):
         TorchRetrainer(SmallCNN(), validation_split=1.0)
+
+
+def test_a_recipe_and_its_keywords_train_the_same_model():
+    x, y = _tiny_data()
+    by_recipe = TorchRetrainer(SmallCNN(), recipe=Recipe(epochs=2, lr=1e-3))
+    by_keywords = TorchRetrainer(SmallCNN(), epochs=2, lr=1e-3)
+    assert by_recipe.recipe == by_keywords.recipe == Recipe(epochs=2, lr=1e-3)
+    assert _state_equal(by_recipe.fit(x, y, seed=5), by_keywords.fit(x, y, seed=5))
+    # keywords replace those fields of a given recipe; the attributes are the recipe's fields
+    r = TorchRetrainer(SmallCNN(), Recipe(epochs=2, optimizer="sgd"), lr=1e-3, momentum=0.5)
+    assert r.recipe == Recipe(epochs=2, optimizer="sgd", lr=1e-3, momentum=0.5)
+    assert (r.epochs, r.optimizer, r.lr, r.momentum, r.schedule, r.batch_size) == (
+        2, "sgd", 1e-3, 0.5, "onecycle", 64)
+    longer = copy.copy(r)
+    longer.epochs = 4
+    assert (longer.recipe.epochs, r.recipe.epochs) == (4, 2)
+
+
+def test_every_keyword_of_the_constructor_still_works():
+    def flip(xb, generator):
+        return xb.flip(-1)
+
+    kwargs = {"epochs": 3, "lr": 1e-3, "optimizer": "sgd", "weight_decay": 1e-4, "momentum": 0.8,
+              "schedule": "cosine", "label_smoothing": 0.1, "augment": flip,
+              "validation_split": 0.1, "batch_size": 32}
+    own = {"device": "cpu", "ensemble": False, "max_ensemble": 4, "num_workers": 0}
+    for r in (TorchRetrainer(SmallCNN(), **kwargs, **own),
+              TorchRetrainer(model_fn=SmallCNN, **kwargs, **own)):
+        assert r.recipe == Recipe(**kwargs)
+        assert {k: getattr(r, k) for k in kwargs} == kwargs
+        assert (r.device, r.ensemble, r.max_ensemble, r.num_workers) == (
+            torch.device("cpu"), False, 4, 0)
+
+
+def test_the_settings_stay_public_attributes():
+    """A run's fingerprint reads a retrainer's public attributes: the same names as ever."""
+    r = TorchRetrainer(SmallCNN(), recipe=Recipe(epochs=2))
+    assert {k for k in vars(r) if not k.startswith("_")} == {
+        "model", "model_fn", "device", "ensemble", "max_ensemble", "num_workers", "epochs",
+        "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule",
+        "label_smoothing", "augment", "validation_split"}
+    assert type(r.lr) is float and type(r.epochs) is int
+
+
+def test_an_unknown_keyword_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match=r"TorchRetrainer got unexpected keyword argument\(s\) "
+                                        r"'epoch' \(did you mean 'epochs'\?\)\. Its keywords are "
+                                        r"model, recipe, .* the fields of Recipe: epochs, "):
+        TorchRetrainer(SmallCNN(), epoch=3)
+    with pytest.raises(TypeError, match=r"argument\(s\) 'colour'\. "):
+        TorchRetrainer(SmallCNN(), recipe=Recipe(), colour="red")
+    with pytest.raises(TypeError, match=r"'recipe' parameter of TorchRetrainer must be a "
+                                        r"quantus_roar\.retrain\.Recipe or None\. Got dict"):
+        TorchRetrainer(SmallCNN(), recipe={"epochs": 2})
+
+
+def test_a_recipe_is_frozen_and_checked():
+    recipe = Recipe(epochs=np.int64(2), lr=np.float32(0.5))
+    assert (recipe.epochs, recipe.lr) == (2, 0.5)
+    assert type(recipe.epochs) is int and type(recipe.lr) is float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.lr = 0.1
+    with pytest.raises(ValueError, match=r"The 'lr' parameter of Recipe must be a finite number "
+                                         r"> 0\. Got -1 instead\."):
+        Recipe(lr=-1)
+    with pytest.raises(TypeError, match=r"'epochs' parameter of Recipe must be an integer\. "
+                                        r"Got True instead"):
+        Recipe(epochs=True)
+    with pytest.raises(ValueError, match=r"'schedule' parameter of Recipe must be one of"):
+        Recipe(schedule="linear")
+    with pytest.raises(ValueError, match=r"'momentum' parameter of Recipe"):
+        dataclasses.replace(recipe, momentum=1.0)
+    with pytest.raises(TypeError, match=r"'augment' parameter of Recipe must be callable"):
+        Recipe(augment="flip")
+    # given to the retrainer, the values are checked in its name
+    with pytest.raises(ValueError, match=r"'lr' parameter of TorchRetrainer must be"):
+        TorchRetrainer(SmallCNN(), recipe=recipe, lr=0)
 
 
 @pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "vmap"])

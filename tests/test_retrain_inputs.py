@@ -410,7 +410,7 @@ def test_constructor_refuses_bad_recipe(kwargs, error, name):
 
 def test_constructor_refuses_an_augment_that_is_not_callable():
     with pytest.raises(TypeError, match=r"'augment' parameter of TorchRetrainer must be callable "
-                                        r"\(x_batch, generator\) -> x_batch, or None\. Got str"):
+                                        r"\(x_batch, generator\) -> x_batch, or None\. Got 'flip'"):
         TorchRetrainer(_linear(), augment="flip")
 
 
@@ -514,7 +514,7 @@ def test_adam_default_recipe_and_other_schedules_are_unchanged(kwargs, monkeypat
 def test_fit_until_refuses_bad_min_accuracy(min_accuracy, error, no_training):
     x, y = _data()
     with pytest.raises(error, match=r"'min_accuracy' parameter of TorchRetrainer\.fit_until must "
-                                    r"be a training accuracy in \[0, 1\]"):
+                                    r"be a (finite )?number"):
         _retrainer().fit_until(x, y, seed=0, min_accuracy=min_accuracy, max_epochs=2)
     with pytest.raises(TypeError, match=r"'max_epochs' parameter of TorchRetrainer\.fit_until"):
         _retrainer().fit_until(x, y, seed=0, min_accuracy=0.5, max_epochs=True)

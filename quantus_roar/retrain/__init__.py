@@ -8,7 +8,8 @@ from quantus_roar.retrain.base import (
     fit_score_many,
     fit_task,
 )
+from quantus_roar.retrain.recipe import Recipe
 from quantus_roar.retrain.torch_retrainer import TorchRetrainer
 
-__all__ = ["RetrainJob", "Retrainer", "RetrainerBase", "TorchRetrainer", "fit_score_many",
-           "fit_task", "keep_freed_memory"]
+__all__ = ["Recipe", "RetrainJob", "Retrainer", "RetrainerBase", "TorchRetrainer",
+           "fit_score_many", "fit_task", "keep_freed_memory"]

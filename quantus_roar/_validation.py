@@ -6,9 +6,10 @@ Each helper returns the cleaned value or raises with one message template:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ __all__ = [
     "check_params",
     "check_percentages",
     "check_seed",
+    "evaluating",
     "like_input",
     "model_device",
     "model_dtype",
@@ -122,6 +124,18 @@ def model_device(model: torch.nn.Module, device: Any = None) -> torch.device:
                                   "torch.device", repr(device))) from err
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in ``eval()`` mode for the block; its own mode is restored after it,
+    also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def model_dtype(model: torch.nn.Module) -> torch.dtype:

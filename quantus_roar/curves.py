@@ -37,6 +37,7 @@ from quantus_roar._validation import (
     check_labels,
     check_model,
     check_percentages,
+    evaluating,
     model_device,
     model_dtype,
 )
@@ -308,6 +309,30 @@ def _curve_frame(results: dict, groups: list[list[int]], jobs: list[tuple[float,
         .reset_index(drop=True)
 
 
+def _scored(model: torch.nn.Module, batch: torch.Tensor, y: torch.Tensor, softmax: bool,
+            owner: str) -> torch.Tensor:
+    """Correct predictions and the summed true-class score of each of the ``P`` versions
+    of a chunk, ``batch`` of shape (P, B, ...): shape (2, P), float64."""
+    n_p, n_b = batch.shape[:2]
+    raw = model(batch.flatten(0, 1))
+    if not isinstance(raw, torch.Tensor) or raw.ndim != 2:
+        shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+        raise ValueError(f"{owner} needs a classifier returning (N, n_classes) scores. The "
+                         f"model returned {shape} for {n_p * n_b} inputs.")
+    if not bool(torch.isfinite(raw).all()):
+        raise ValueError(f"The model given to {owner} returned NaN or inf scores; its weights "
+                         "or inputs are broken, so no accuracy can be measured.")
+    out = raw.unflatten(0, (n_p, n_b))
+    if int(y.max()) >= out.shape[-1]:
+        raise ValueError(f"The 'data.y' parameter of {owner} must hold class labels in "
+                         f"[0, {out.shape[-1]}) for a model with {out.shape[-1]} outputs. Got "
+                         f"labels up to {int(y.max())} instead.")
+    correct = (out.argmax(-1) == y).sum(dim=1).double()
+    probs = out.softmax(-1) if softmax else out
+    score = probs.gather(-1, y.expand(n_p, -1)[..., None])[..., 0].sum(dim=1).double()
+    return torch.stack([correct, score])
+
+
 @torch.no_grad()
 def deletion_curve(
     model: torch.nn.Module,
@@ -372,9 +397,7 @@ def deletion_curve(
     ids = sample_ids(data, len(x_t)).to(device)
     n, n_p = len(x_t), len(ps) + 1
     totals = torch.zeros(3, n_p, dtype=torch.float64, device=device)  # correct, score, removed
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for start in tqdm(range(0, n, batch_size), desc="deleting", disable=not progress,
                           leave=False):
             xb = x_t[start : start + batch_size].to(device)
@@ -389,26 +412,7 @@ def deletion_curve(
                     xr = xr.movedim(2, -1)
                 batch = torch.cat([batch, xr])
                 totals[2, 1:] += frac.to(device) * len(xb)
-            raw = model(batch.flatten(0, 1))
-            if not isinstance(raw, torch.Tensor) or raw.ndim != 2:
-                shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
-                raise ValueError(f"{owner} needs a classifier returning (N, n_classes) scores. "
-                                 f"The model returned {shape} for {len(batch.flatten(0, 1))} "
-                                 "inputs.")
-            if not bool(torch.isfinite(raw).all()):
-                raise ValueError(f"The model given to {owner} returned NaN or inf scores; its "
-                                 "weights or inputs are broken, so no accuracy can be measured.")
-            out = raw.unflatten(0, (n_p, len(xb)))
-            if start == 0 and int(y_t.max()) >= out.shape[-1]:
-                raise ValueError(f"The 'data.y' parameter of {owner} must hold class labels in "
-                                 f"[0, {out.shape[-1]}) for a model with {out.shape[-1]} "
-                                 f"outputs. Got labels up to {int(y_t.max())} instead.")
-            totals[0] += (out.argmax(-1) == yb).sum(dim=1).double()
-            probs = out.softmax(-1) if softmax else out
-            totals[1] += probs.gather(-1, yb.expand(n_p, -1)[..., None])[..., 0].sum(dim=1) \
-                .double()
-    finally:
-        model.train(was_training)
+            totals[:2] += _scored(model, batch, yb, softmax, owner)
     correct, score, removed = (totals / n).tolist()
     return pd.DataFrame({
         "percentage": [unmodified_point(rule.order), *(_key(p) for p in ps)],

@@ -29,6 +29,9 @@ from torch.overrides import TorchFunctionMode
 from quantus_roar._hashing import STREAM_RANDOM, content_keys, hash_keys, mix32
 from quantus_roar._validation import (
     INPUT_HINT,
+    Int,
+    Real,
+    Seed,
     as_tensor,
     check_batch_size,
     check_channel_first,
@@ -36,10 +39,10 @@ from quantus_roar._validation import (
     check_finite,
     check_labels,
     check_model,
-    check_number,
-    check_seed,
+    evaluating,
     model_device,
     model_dtype,
+    validated,
 )
 from quantus_roar.exceptions import NotAClassifierError
 
@@ -255,13 +258,9 @@ def predicted_classes(model: nn.Module, x: Any, *, batch_size: int = 256,
     check_batch_size(batch_size, "predicted_classes")
     device = model_device(model, device)
     x_t = _input_tensor(x, "x", "predicted_classes", model_dtype(model))
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         parts = [model(x_t[i : i + batch_size].to(device=device))
                  .argmax(dim=-1).cpu() for i in range(0, len(x_t), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
@@ -292,6 +291,26 @@ def explanation_targets(model: nn.Module, x: Any, y: Any, target: str, *,
 # --------------------------------------------------------------------------- public
 
 
+def _resolved(method: str, noise: str | None) -> tuple[str, str | None]:
+    """The base method and noise ensemble of ``explain(method=..., noise=...)``: Quantus'
+    names and the estimator presets (``"IntegratedGradients_VarGrad"``) resolved."""
+    method = QUANTUS_ALIASES.get(method, method)
+    if method in ESTIMATORS and method not in BASE_METHODS + CONTROLS:
+        preset = ESTIMATORS[method]
+        if noise is not None and noise != preset["noise"]:
+            raise ValueError(f"explain(method={method!r}) already implies "
+                             f"noise={preset['noise']!r}; got noise={noise!r} as well.")
+        method, noise = preset["method"], preset["noise"]
+    check_choice(method, "method", "explain",
+                 tuple(dict.fromkeys((*BASE_METHODS, *CONTROLS, *ESTIMATORS, *QUANTUS_ALIASES))))
+    check_choice(noise, "noise", "explain", (None, *NOISE_TYPES))
+    if noise is not None and method in CONTROLS:
+        raise ValueError(f"explain(method={method!r}) is a control; it takes no noise "
+                         f"ensemble. Got noise={noise!r}.")
+    return method, noise
+
+
+@validated(n_samples=Int(1), stdev=Real(0.0), seed=Seed(), batch_size=Int(1))
 def explain(
     model: nn.Module,
     inputs: np.ndarray | torch.Tensor,
@@ -376,25 +395,7 @@ def explain(
        workshop 2015.
     """
     owner = "explain"
-    method = QUANTUS_ALIASES.get(method, method)
-    if method in ESTIMATORS and method not in BASE_METHODS + CONTROLS:
-        preset = ESTIMATORS[method]
-        if noise is not None and noise != preset["noise"]:
-            raise ValueError(f"explain(method={method!r}) already implies "
-                             f"noise={preset['noise']!r}; got noise={noise!r} as well.")
-        method, noise = preset["method"], preset["noise"]
-    check_choice(method, "method", owner,
-                 tuple(dict.fromkeys((*BASE_METHODS, *CONTROLS, *ESTIMATORS, *QUANTUS_ALIASES))))
-    check_choice(noise, "noise", owner, (None, *NOISE_TYPES))
-    if noise is not None and method in CONTROLS:
-        raise ValueError(f"explain(method={method!r}) is a control; it takes no noise "
-                         f"ensemble. Got noise={noise!r}.")
-    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise ValueError(f"The 'n_samples' parameter of {owner} must be a positive integer. "
-                         f"Got {n_samples!r} instead.")
-    check_number(stdev, "stdev", owner, low=0.0)
-    check_seed(seed, owner)
-    check_batch_size(batch_size, owner)
+    method, noise = _resolved(method, noise)
     check_model(model, owner)
     device = model_device(model, device)
     x = _input_tensor(inputs, "inputs", owner, model_dtype(model)).to(device)
@@ -441,12 +442,8 @@ def n_classes(model: nn.Module, x: torch.Tensor, owner: str = "n_classes") -> in
         If the model does not return (N, n_classes) scores. Errors the model
         itself raises propagate unchanged.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         out = model(x)
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise NotAClassifierError(
@@ -460,40 +457,44 @@ def _explain_gradient_method(
     model: nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, noise: str | None,
     n_samples: int, stdev: float, seed: int, batch_size: int, method_kwargs: dict[str, Any],
 ) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        if method == "GuidedBackprop":
-            _check_relu_modules(model, x[:1])
-        if method == "IntegratedGradients":
-            method_kwargs = {"internal_batch_size": batch_size, **method_kwargs}
-        base = _base_attribution(model, method, method_kwargs)
+    with evaluating(model):
+        return _gradient_maps(model, x, t, method, noise, n_samples, stdev, seed, batch_size,
+                              method_kwargs)
 
-        def run(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            parts = []
-            with warnings.catch_warnings():
-                # captum's notices that it sets requires_grad / hooks ReLUs: expected here.
-                warnings.filterwarnings("ignore", message=".*(require gradients|backward hooks)")
-                for i in range(0, len(inputs), batch_size):
-                    chunk = inputs[i : i + batch_size].detach().requires_grad_(True)
-                    parts.append(base(chunk, targets[i : i + batch_size]).detach())
-            return torch.cat(parts)
 
-        if noise is None:
-            return run(x, t)
-        # Noisy copies of as many inputs at once as fit in a few batches.
-        per_chunk = max(1, (4 * batch_size) // n_samples)
-        outs = []
-        for start in range(0, len(x), per_chunk):
-            xc, tc = x[start : start + per_chunk], t[start : start + per_chunk]
-            noisy = noisy_inputs(xc, n_samples, stdev, seed)
-            maps = run(noisy.flatten(0, 1), tc.repeat(n_samples)).unflatten(0, noisy.shape[:2])
-            if noise == "SmoothGrad":
-                outs.append(maps.mean(0))
-            elif noise == "SmoothGradSquared":
-                outs.append((maps * maps).mean(0))
-            else:
-                outs.append(((maps * maps).mean(0) - maps.mean(0) ** 2).clamp_min(0.0))
-        return torch.cat(outs)
-    finally:
-        model.train(was_training)
+def _gradient_maps(
+    model: nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, noise: str | None,
+    n_samples: int, stdev: float, seed: int, batch_size: int, method_kwargs: dict[str, Any],
+) -> torch.Tensor:
+    if method == "GuidedBackprop":
+        _check_relu_modules(model, x[:1])
+    if method == "IntegratedGradients":
+        method_kwargs = {"internal_batch_size": batch_size, **method_kwargs}
+    base = _base_attribution(model, method, method_kwargs)
+
+    def run(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        parts = []
+        with warnings.catch_warnings():
+            # captum's notices that it sets requires_grad / hooks ReLUs: expected here.
+            warnings.filterwarnings("ignore", message=".*(require gradients|backward hooks)")
+            for i in range(0, len(inputs), batch_size):
+                chunk = inputs[i : i + batch_size].detach().requires_grad_(True)
+                parts.append(base(chunk, targets[i : i + batch_size]).detach())
+        return torch.cat(parts)
+
+    if noise is None:
+        return run(x, t)
+    # Noisy copies of as many inputs at once as fit in a few batches.
+    per_chunk = max(1, (4 * batch_size) // n_samples)
+    outs = []
+    for start in range(0, len(x), per_chunk):
+        xc, tc = x[start : start + per_chunk], t[start : start + per_chunk]
+        noisy = noisy_inputs(xc, n_samples, stdev, seed)
+        maps = run(noisy.flatten(0, 1), tc.repeat(n_samples)).unflatten(0, noisy.shape[:2])
+        if noise == "SmoothGrad":
+            outs.append(maps.mean(0))
+        elif noise == "SmoothGradSquared":
+            outs.append((maps * maps).mean(0))
+        else:
+            outs.append(((maps * maps).mean(0) - maps.mean(0) ** 2).clamp_min(0.0))
+    return torch.cat(outs)

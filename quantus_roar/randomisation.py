@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from quantus_roar._validation import evaluating
 from quantus_roar.exceptions import NotResettableError
 
 __all__ = ["LAYER_ORDERS", "execution_order", "fresh_model", "randomised_models",
@@ -79,12 +80,10 @@ def execution_order(model: nn.Module, x_example: torch.Tensor) -> list[tuple[str
     for m in model.modules():
         if _owns_parameters(m):
             handles.append(m.register_forward_pre_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        model(x_example)
+        with evaluating(model):
+            model(x_example)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     if not order:

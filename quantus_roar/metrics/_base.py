@@ -44,6 +44,7 @@ __all__ = [
     "RemovalMetric",
     "Retrainer",
     "check_call_kwargs",
+    "check_classes",
     "check_executor",
     "check_inputs",
     "check_retrainer",
@@ -98,7 +99,7 @@ def _n_classes(model: torch.nn.Module, x: torch.Tensor, device: torch.device, ow
 def check_inputs(
     model: Any, x: Any, y: Any, owner: str, *, channel_first: bool | None = None,
     device: Any = None, names: tuple[str, str] = ("x_batch", "y_batch"),
-    like: Inputs | None = None, min_classes: int = 1,
+    like: Inputs | None = None,
 ) -> Inputs:
     """Check the model, inputs and labels of a metric call before any work is done.
 
@@ -113,8 +114,6 @@ def check_inputs(
     like : Inputs, optional
         Checked inputs ``x`` must match: their per-sample shape (checked
         before the model sees ``x``) and their layout.
-    min_classes : int, default 1
-        Fewest distinct labels ``y`` must hold (2 where a model is trained).
 
     Raises
     ------
@@ -124,8 +123,8 @@ def check_inputs(
     ValueError
         Inputs that are not (N, F), (N, C, T) or (N, C, H, W), or that hold
         NaN or inf; ``len(y) != len(x)``; labels that are not integers in
-        [0, n_classes); fewer than ``min_classes`` classes; a model on the
-        meta device, or one that cannot run on the inputs.
+        [0, n_classes); a model on the meta device, or one that cannot run on
+        the inputs.
     """
     call = _owner_call(owner)
     x_name, y_name = names
@@ -148,13 +147,19 @@ def check_inputs(
     channel_last = like.channel_last if like is not None else _channel_last(x_t, channel_first)
     n_classes = _n_classes(model, x_t, model_device(model, device), call, x_name, channel_last)
     y_t = check_labels(y_t, len(x_t), y_name, call, n_classes=n_classes, x_name=x_name)
-    n_distinct = int(torch.unique(y_t).numel())
-    if n_distinct < min_classes:
-        raise ValueError(f"The '{y_name}' parameter of {call} must hold at least {min_classes} "
-                         f"classes: a model trained on {n_distinct} class predicts it always, so "
-                         "every accuracy would be 1.0 whatever the attributions. Got only class "
-                         f"{int(y_t[0])}.")
     return Inputs(x_t, y_t, n_classes, channel_last)
+
+
+def check_classes(inputs: Inputs, min_classes: int, y_name: str, owner: str) -> Inputs:
+    """``inputs`` if their labels hold at least ``min_classes`` classes (2 where a model
+    is trained on them: on one class every accuracy is 1.0)."""
+    n_distinct = int(torch.unique(inputs.y).numel())
+    if n_distinct < min_classes:
+        raise ValueError(f"The '{y_name}' parameter of {_owner_call(owner)} must hold at least "
+                         f"{min_classes} classes: a model trained on {n_distinct} class "
+                         "predicts it always, so every accuracy would be 1.0 whatever the "
+                         f"attributions. Got only class {int(inputs.y[0])}.")
+    return inputs
 
 
 def check_executor(executor: Any, owner: str) -> Any:
@@ -381,8 +386,9 @@ class QuantusRoarMetric(quantus.Metric):
         check_call_kwargs(kwargs)
         batch_size = check_batch_size(batch_size, _owner_call(owner))
         self._check_keywords(keywords)
-        inputs = check_inputs(model, x_batch, y_batch, owner, channel_first=channel_first,
-                              device=device, min_classes=self.min_classes)
+        inputs = check_classes(check_inputs(model, x_batch, y_batch, owner,
+                                            channel_first=channel_first, device=device),
+                               self.min_classes, "y_batch", owner)
         call = Call(model, inputs, a_batch, explain_func,
                     explain_kwargs(explain_func_kwargs, device), model_device(model, device),
                     device, batch_size, self.default_softmax if softmax is None else softmax,
@@ -398,8 +404,10 @@ class QuantusRoarMetric(quantus.Metric):
     def _more_inputs(self, call: Call, x: Any, y: Any, names: tuple[str, str],
                      min_classes: int = 1) -> Inputs:
         """Check a second set of inputs (``x_test``, ``x_train``) against the call's."""
-        return check_inputs(call.model, x, y, type(self).__name__, device=call.user_device,
-                            names=names, like=call.inputs, min_classes=min_classes)
+        owner = type(self).__name__
+        return check_classes(check_inputs(call.model, x, y, owner, device=call.user_device,
+                                          names=names, like=call.inputs),
+                             min_classes, names[1], owner)
 
     def _targets(self, call: Call, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The classes explained for ``x``: the model's predictions, or ``y``."""

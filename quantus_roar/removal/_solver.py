@@ -70,6 +70,14 @@ def noisy_linear_fill(
     return out
 
 
+def _threshold(rhs: torch.Tensor, tol: float) -> torch.Tensor:
+    """Squared residual norm per plane at which CG stops: ``tol`` times the right-hand
+    side's norm. Below a few float eps the residual stagnates; stopping there keeps CG
+    stable."""
+    eps = torch.finfo(rhs.dtype).eps
+    return (max(tol, 16 * eps) * torch.linalg.vector_norm(rhs, dim=1).clamp_min(1e-30)) ** 2
+
+
 def _noisy_linear_solve(
     x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int
 ) -> torch.Tensor:
@@ -131,9 +139,7 @@ def _noisy_linear_solve(
     mean = p.sum(1) / ((h * w) - ap.sum(1)).clamp_min(1)
     torch.mul(ap, -1 / 12, out=nr12)
     rhs = torch.mul(sums[0, :b], ap, out=res).div_(12)  # zero on kept positions
-    # Below a few float eps the residual stagnates; stopping there keeps CG stable.
-    threshold = (max(tol, 16 * torch.finfo(dt).eps)
-                 * torch.linalg.vector_norm(rhs, dim=1).clamp_min(1e-30)) ** 2
+    threshold = _threshold(rhs, tol)
     u.copy_(p)
     # The start: each removed value's mean over its kept neighbours, whose
     # weight is c - S(r) / 12 (at least 1/12 where one is kept), or the

@@ -12,8 +12,15 @@ from quantus_roar.metrics import (
     ROARNoRetrain,
 )
 from quantus_roar.models import SmallCNN, SmallResNet
-from quantus_roar.removal import channel_means, feature_ranks, impute, removal_counts, removal_masks
-from quantus_roar.retrain import Retrainer, RetrainJob, TorchRetrainer
+from quantus_roar.removal import (
+    Removal,
+    channel_means,
+    feature_ranks,
+    impute,
+    removal_counts,
+    removal_masks,
+)
+from quantus_roar.retrain import Recipe, Retrainer, RetrainJob, TorchRetrainer
 
 __version__ = "0.1.0.dev0"
 
@@ -28,6 +35,8 @@ __all__ = [
     "NotResettableError",
     "QuantusRoarWarning",
     "ROARNoRetrain",
+    "Recipe",
+    "Removal",
     "RetrainJob",
     "Retrainer",
     "SmallCNN",

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from quantus_roar._validation import check_int, check_labels, to_tensor
 from quantus_roar.removal import Removal
 
 __all__ = ["RemovedDataset", "chunked_channel_means"]
@@ -32,12 +33,7 @@ def chunked_channel_means(x: np.ndarray, chunk: int = _CHUNK) -> np.ndarray:
 
     Returns float32 of shape (C,), as :func:`quantus_roar.removal.channel_means`.
     """
-    expected = ("The 'chunk' parameter of chunked_channel_means must be a positive integer "
-                f"(samples read at a time). Got {chunk!r} instead.")
-    if isinstance(chunk, (bool, np.bool_)) or not isinstance(chunk, (int, np.integer)):
-        raise TypeError(expected)
-    if chunk < 1:
-        raise ValueError(expected)
+    chunk = check_int(chunk, "chunk", "chunked_channel_means", low=1)
     if x.ndim < 2 or len(x) == 0:
         raise ValueError("chunked_channel_means needs a non-empty batch of shape (N, C, ...). Got "
                          f"shape {tuple(x.shape)}.")
@@ -75,34 +71,6 @@ def _check_array(v: Any, name: str) -> None:
     if len(v.shape) < 1:
         raise ValueError(f"The '{name}' parameter of RemovedDataset must be batch-first, of "
                          f"shape (N, ...). Got a scalar of shape {tuple(v.shape)} instead.")
-
-
-def _checked_labels(y: Any) -> np.ndarray:
-    """The labels as a 1-d integer-valued array (read once: labels are small)."""
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().numpy()
-    try:
-        arr = np.asarray(y)
-    except (TypeError, ValueError) as err:
-        raise TypeError("The 'y' parameter of RemovedDataset must be integer class labels, one "
-                        f"per input. Got a {type(y).__name__} numpy cannot read ({err}).") from None
-    if arr.dtype.kind not in "iuf":
-        got = "booleans" if arr.dtype.kind == "b" else f"dtype {arr.dtype}"
-        raise TypeError("The 'y' parameter of RemovedDataset must be integer class labels, one "
-                        f"per input. Got {got} instead.")
-    if arr.ndim != 1:
-        raise ValueError("The 'y' parameter of RemovedDataset must be integer class labels of "
-                         f"shape (N,), one per input. Got shape {arr.shape} instead.")
-    if arr.dtype.kind == "f":
-        bad = ~(np.isfinite(arr) & (arr == np.round(arr)))
-        if bool(bad.any()):
-            raise ValueError("The 'y' parameter of RemovedDataset must be integer class labels. "
-                             f"Got {int(bad.sum())} label(s) that are not whole numbers, e.g. "
-                             f"{arr[bad][:5].tolist()}; they would be truncated.")
-    if len(arr) and (float(arr.min()) < 0 or float(arr.max()) >= 2**63):
-        raise ValueError("The 'y' parameter of RemovedDataset must be class labels 0..K-1. Got "
-                         f"labels from {arr.min()} to {arr.max()} instead.")
-    return arr
 
 
 class RemovedDataset(Dataset):
@@ -154,19 +122,15 @@ class RemovedDataset(Dataset):
         _check_array(x, "x")
         if a is not None:
             _check_array(a, "a")
-        y = _checked_labels(y)
+        y = check_labels(to_tensor(y, "y", "RemovedDataset"), len(y) if hasattr(y, "__len__")
+                         else -1, "y", "RemovedDataset").numpy()
         if len(x) != len(y) or (a is not None and len(a) != len(x)):
             got = f"{len(x)} inputs, {len(y)} labels" + (
                 "" if a is None else f", {len(a)} attributions")
             raise ValueError(f"RemovedDataset needs one label (and attribution) per input. Got "
                              f"{got}.")
-        if isinstance(first_id, (bool, np.bool_)) or not isinstance(first_id,
-                                                                    (int, np.integer)):
-            raise TypeError("The 'first_id' parameter of RemovedDataset must be a non-negative "
-                            f"integer (the id of x[0]). Got {first_id!r} instead.")
-        if first_id < 0 or first_id + len(x) > 2**63:
-            raise ValueError("The 'first_id' parameter of RemovedDataset must be a non-negative "
-                             f"integer (the id of x[0]). Got {first_id!r} instead.")
+        first_id = check_int(first_id, "first_id", "RemovedDataset", low=0,
+                             high=2**63 - len(x) + 1)  # the id of x[0]; ids fit in int64
         if a is not None and percentage is None:
             raise ValueError("RemovedDataset needs a 'percentage' when attributions are given.")
         self.removal = Removal.ensure(removal, owner="RemovedDataset", **rule)

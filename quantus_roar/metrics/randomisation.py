@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, final
 
@@ -129,8 +130,10 @@ class _RandomisationMetric(QuantusRoarMetric):
         return steps
 
     def _summary(self, steps: Sequence[str]) -> Any:
-        means = {name: {step: float(np.nanmean(self.scores[name][step])) for step in steps}
-                 for name in self._similarities}
+        with warnings.catch_warnings():  # all-NaN steps: compare() has warned already
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = {name: {step: float(np.nanmean(self.scores[name][step])) for step in steps}
+                     for name in self._similarities}
         if self.return_aggregate:
             agg = self.aggregate_func or np.mean
             reduced = {name: float(agg(np.asarray(list(per.values()))))

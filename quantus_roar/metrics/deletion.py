@@ -93,9 +93,11 @@ class KARNoRetrain(_DeletionMetric):
 
     References
     ----------
-    .. [1] Rong et al., "A Consistent and Efficient Evaluation Strategy for
+    .. [1] Samek et al., "Evaluating the Visualization of What a Deep Neural
+       Network Has Learned", IEEE TNNLS 2017 (LeRF, least relevant first).
+    .. [2] Rong et al., "A Consistent and Efficient Evaluation Strategy for
        Attribution Methods", ICML 2022.
-    .. [2] Hooker et al., "A Benchmark for Interpretability Methods in Deep
+    .. [3] Hooker et al., "A Benchmark for Interpretability Methods in Deep
        Neural Networks", NeurIPS 2019.
     """
 

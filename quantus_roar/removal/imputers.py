@@ -261,14 +261,9 @@ IMPUTER_KWARGS: dict[str, frozenset[str]] = {
 
 
 def impute(
-    x: torch.Tensor | np.ndarray,
-    masks: torch.Tensor | np.ndarray,
-    imputer: str | Imputer = "channel_mean",
-    *,
-    stats: Any = None,
-    seed: int = 0,
-    sample_ids: Any = None,
-    **kwargs: Any,
+    x: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray,
+    imputer: str | Imputer = "channel_mean", *, stats: Any = None, seed: int = 0,
+    sample_ids: Any = None, **kwargs: Any,
 ) -> torch.Tensor | np.ndarray:
     """Replace the removed features of ``x``; ``x`` itself is never modified.
 

@@ -292,6 +292,23 @@ def test_bad_settings_are_clear_errors(kwargs, match):
         RunConfig(**kwargs)
 
 
+def test_checked_settings_keep_the_types_the_fingerprint_saw():
+    # integer settings are stored as ints; number settings as given (1 stays 1, not 1.0),
+    # so checking them leaves every earlier run's fingerprint as it was
+    cfg = RunConfig(retrains=np.int64(3), seed=np.uint32(7), epochs=np.int16(2),
+                    min_train_accuracy=1, lr=1, weight_decay=0, percentages=(10.0, 12.5))
+    d = cfg.to_dict()
+    assert [type(d[k]) for k in ("retrains", "seed", "epochs")] == [int, int, int]
+    assert (d["min_train_accuracy"], d["lr"], d["weight_decay"]) == (1, 1, 0)
+    assert [type(d[k]) for k in ("min_train_accuracy", "lr", "weight_decay")] == [int] * 3
+    assert d["percentages"] == [10, 12.5] and type(d["percentages"][0]) is int
+    with pytest.raises(TypeError, match=r"'momentum' setting must be a finite number in "
+                                        r"\[0, 1\) \(or left out\)\. Got True"):
+        RunConfig(momentum=True)
+    with pytest.raises(ValueError, match=r"'optimizer' setting must be 'adam' or 'sgd'"):
+        RunConfig(optimizer="rmsprop")
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         RunConfig.from_toml(tmp_path / "missing.toml")

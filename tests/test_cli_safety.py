@@ -480,7 +480,7 @@ def test_a_full_disk_while_storing_names_the_file_and_keeps_what_was_committed(t
     ('percentages = "abc"', SettingTypeError, "'percentages' setting must be a list of numbers"),
     ('retrains = "3"', SettingTypeError, "'retrains' setting must be a positive integer"),
     ("retrains = 2.0", SettingTypeError, "'retrains' setting must be a positive integer"),
-    ('lr = "0.1"', SettingTypeError, "'lr' setting must be a number"),
+    ('lr = "0.1"', SettingTypeError, "'lr' setting must be a finite number"),
     ('min_train_accuracy = "high"', SettingTypeError, "'min_train_accuracy' setting"),
     ("sanity_samples = -1", ValueError, "'sanity_samples' setting must be an integer >= 0"),
     ("seed = -1", ValueError, r"'seed' setting must be an integer in \[0, 2\*\*32\)"),

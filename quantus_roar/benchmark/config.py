@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import numbers
 import re
 import sys
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from quantus_roar._validation import check_percentages
+from quantus_roar._validation import Choice, Constraint, Int, Percentages, Real
 from quantus_roar.exceptions import QuantusRoarWarning
 from quantus_roar.explainers import ESTIMATORS, TARGETS
 from quantus_roar.randomisation import LAYER_ORDERS
@@ -103,6 +102,13 @@ def _percentages(value: Any) -> tuple[float, ...]:
     if dupes:
         raise ValueError(f"The 'percentages' setting has duplicate percentages {dupes} (in "
                          f"{ps}); list each percentage once.")
+    Percentages()(ps, "percentages", "RunConfig")  # range
+    if max(ps) <= 1.0:
+        intended = ",".join(f"{p * 100:g}" for p in ps)
+        warnings.warn(f"The 'percentages' setting {list(ps)} removes at most 1 % of the "
+                      "features: percentages are in (0, 100], not fractions. If you meant "
+                      f"{intended} %, pass --percentages {intended}.", QuantusRoarWarning,
+                      stacklevel=4)  # the caller of RunConfig(...)
     return tuple(ps)
 
 
@@ -193,20 +199,8 @@ def _check_user_work(config: RunConfig) -> None:
         if recipe:
             raise ValueError(f"The 'retrainer' setting replaces the recipe, but {recipe} "
                              "is set too; set the recipe on your retrainer instead.")
-    for name, low, high in (("weight_decay", 0.0, None), ("momentum", 0.0, 1.0),
-                            ("label_smoothing", 0.0, 1.0), ("validation_split", 0.0, 1.0)):
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if not _is_number(value):
-            raise _type_error(name, "a number (or left out)", value)
-        if not math.isfinite(value) or value < low or (high is not None and value >= high):
-            where = f">= {low:g}" if high is None else f"in [{low:g}, {high:g})"
-            raise ValueError(f"The '{name}' setting must be a finite number {where}. Got "
-                             f"{value!r} instead.")
-    if config.schedule is not None and config.schedule not in _SCHEDULES:
-        raise ValueError(f"The 'schedule' setting must be one of {list(_SCHEDULES)}. Got "
-                         f"{config.schedule!r} instead.")
+    for name, rule in _RECIPE_SETTINGS.items():
+        _checked(config, name, *rule)
     if _is_data(config.dataset) and config.stream:
         raise ValueError("The 'stream' setting streams a dataset read from files; arrays "
                          "given as a BenchmarkData are already in memory. Leave stream off.")
@@ -214,6 +208,97 @@ def _check_user_work(config: RunConfig) -> None:
     if aug is not None and not callable(aug) and not _is_spec(aug):
         raise _type_error("augment", "a 'package.module:function' spec (or, from Python, a "
                           "function)", aug)
+
+
+# What each plain setting must be, declared once (quantus_roar._validation's constraints),
+# with the words that say so in its error message, in the order they are checked. The
+# constraint decides whether a value is allowed; the message names the setting (the key of
+# a TOML file) and what is allowed.
+_UNIT = "a finite number in [0, 1)"
+_RECIPE_SETTINGS: dict[str, tuple[Constraint, str]] = {
+    "weight_decay": (Real(0.0, optional=True), "a finite number >= 0"),
+    "momentum": (Real(0.0, 1.0, open="high", optional=True), _UNIT),
+    "label_smoothing": (Real(0.0, 1.0, open="high", optional=True), _UNIT),
+    "validation_split": (Real(0.0, 1.0, open="high", optional=True), _UNIT),
+    "schedule": (Choice(_SCHEDULES, optional=True), f"one of {list(_SCHEDULES)}"),
+}
+_SETTINGS: dict[str, tuple[Constraint, str]] = {
+    "target": (Choice(TARGETS), f"one of {list(TARGETS)}"),
+    "granularity": (Choice(GRANULARITIES), f"one of {list(GRANULARITIES)}"),
+    "reduce": (Choice(REDUCES), f"one of {list(REDUCES)}"),
+    "imputer": (Choice(IMPUTERS), f"one of {list(IMPUTERS)}"),
+    "layer_order": (Choice(LAYER_ORDERS), f"one of {list(LAYER_ORDERS)}"),
+    "retrains": (Int(1), "a positive integer"),
+    "sanity_seeds": (Int(1), "a positive integer"),
+    "max_epochs": (Int(1), "a positive integer"),
+    "explain_batch_size": (Int(1), "a positive integer"),
+    "sanity_samples": (Int(0), "an integer >= 0 (0: every test sample)"),
+    "epochs": (Int(1, optional=True), "a positive integer"),
+    "batch_size": (Int(1, optional=True), "a positive integer"),
+    "image_size": (Int(1, optional=True), "a positive integer"),
+    "seed": (Int(0, RUN_MAX_SEED), "an integer in [0, 2**32), the seeds numpy's legacy "
+             "generator and scikit-learn accept (the datasets are loaded and split with them)"),
+    "min_train_accuracy": (Real(0.0, 1.0, open="low"), "a number in (0, 1]"),
+    "optimizer": (Choice(("adam", "sgd"), optional=True), "'adam' or 'sgd'"),
+    "lr": (Real(0.0, open="low", optional=True), "a finite number > 0"),
+}
+# The types a constraint is given, and how: a bool is never a number, a float never an
+# integer (however whole), whatever the constraint itself would accept.
+_KINDS: dict[type, tuple[Any, Any]] = {Int: (_is_int, int), Real: (_is_number, float)}
+
+
+def _checked(config: RunConfig, name: str, constraint: Constraint, what: str) -> Any:
+    """The setting ``name`` as stored: an integer setting as an int, any other as given
+    (a number keeps its type, which the fingerprint shows)."""
+    value = getattr(config, name)
+    if value is None and constraint.optional:
+        return None
+    is_kind, cast = _KINDS.get(type(constraint), (lambda v: True, lambda v: v))
+    if not is_kind(value):
+        raise _type_error(name, what + (" (or left out)" if constraint.optional else ""), value)
+    try:
+        cleaned = constraint(cast(value), name, "RunConfig")
+    except (ValueError, OverflowError):
+        raise ValueError(f"The '{name}' setting must be {what}. Got {value!r} "
+                         "instead.") from None
+    return cleaned if isinstance(constraint, Int) else value
+
+
+def _check_sources(config: RunConfig) -> None:
+    """The dataset and the model: a non-empty name (or, from Python, arrays or a factory)."""
+    for name, example in (("dataset", "'digits' or 'imagefolder:/data/images'"),
+                          ("model", "'smallcnn' or 'package.module:factory'")):
+        value = getattr(config, name)
+        if (name == "model" and callable(value)) or (name == "dataset" and _is_data(value)):
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise _type_error(name, f"a non-empty string such as {example}", value)
+
+
+def _estimators(config: RunConfig) -> tuple[str, ...]:
+    """The estimators named (default: every built-in one, then every one of explainers),
+    checked, each with an attributions file of its own."""
+    user = tuple(config.explainers or {})
+    given = (*ESTIMATORS, *user) if config.estimators is None else config.estimators
+    names = _names("estimators", given, _EstimatorNames((*ESTIMATORS, *user)), "estimator")
+    stems: dict[str, str] = {}
+    for e in names:  # one attributions file each (case-insensitive file systems)
+        other = stems.setdefault(file_name(e).lower(), e)
+        if other != e:
+            raise ValueError(f"The estimators {other!r} and {e!r} would share one "
+                             "attributions file (their names differ only in upper and "
+                             "lower case); give them names that differ otherwise.")
+    return names
+
+
+def _check_device(device: Any) -> None:
+    if device is None:
+        return
+    if not isinstance(device, str):
+        raise _type_error("device", _DEVICES, device)
+    if not _DEVICE.fullmatch(device):
+        raise ValueError(f"The 'device' setting must be {_DEVICES}, or left out for "
+                         f"CUDA when available. Got {device!r} instead.")
 
 
 @dataclass(frozen=True)
@@ -350,90 +435,18 @@ class RunConfig:
             object.__setattr__(self, name, value)
 
         _check_user_work(self)
-        for name in ("dataset", "model"):
-            value = getattr(self, name)
-            if (name == "model" and callable(value)) or (name == "dataset"
-                                                         and _is_data(value)):
-                continue
-            if not isinstance(value, str) or not value.strip():
-                raise _type_error(name, "a non-empty string" + (
-                    " such as 'digits' or 'imagefolder:/data/images'" if name == "dataset"
-                    else " such as 'smallcnn' or 'package.module:factory'"), value)
-        user = tuple(self.explainers or {})
-        if self.estimators is None:
-            setattr_("estimators", (*ESTIMATORS, *user))
-        allowed = _EstimatorNames((*ESTIMATORS, *user))
-        setattr_("estimators", _names("estimators", self.estimators, allowed, "estimator"))
-        stems: dict[str, str] = {}
-        for e in self.estimators:  # one attributions file each (case-insensitive file systems)
-            other = stems.setdefault(file_name(e).lower(), e)
-            if other != e:
-                raise ValueError(f"The estimators {other!r} and {e!r} would share one "
-                                 "attributions file (their names differ only in upper and "
-                                 "lower case); give them names that differ otherwise.")
+        _check_sources(self)
+        setattr_("estimators", _estimators(self))
         setattr_("metrics", _names("metrics", self.metrics, METRICS, "metric"))
         setattr_("similarities", _names("similarities", self.similarities, SIMILARITIES,
                                         "similarity"))
-        ps = _percentages(self.percentages)
-        check_percentages(ps, "RunConfig")  # range
-        setattr_("percentages", ps)
-        if max(ps) <= 1.0:
-            intended = ",".join(f"{p * 100:g}" for p in ps)
-            warnings.warn(f"The 'percentages' setting {list(ps)} removes at most 1 % of the "
-                          "features: percentages are in (0, 100], not fractions. If you meant "
-                          f"{intended} %, pass --percentages {intended}.", QuantusRoarWarning,
-                          stacklevel=3)
-        for name, allowed in (("target", TARGETS), ("granularity", GRANULARITIES),
-                              ("reduce", REDUCES),
-                              ("imputer", IMPUTERS), ("layer_order", LAYER_ORDERS)):
-            value = getattr(self, name)
-            if not isinstance(value, str) or value not in allowed:
-                raise ValueError(f"The '{name}' setting must be one of {list(allowed)}. Got "
-                                 f"{value!r} instead.")
-        for name, low, optional in (("retrains", 1, False), ("sanity_seeds", 1, False),
-                                    ("max_epochs", 1, False), ("explain_batch_size", 1, False),
-                                    ("sanity_samples", 0, False), ("epochs", 1, True),
-                                    ("batch_size", 1, True), ("image_size", 1, True)):
-            value = getattr(self, name)
-            if optional and value is None:
-                continue
-            what = "a positive integer" if low == 1 else "an integer >= 0 (0: every test sample)"
-            if not _is_int(value):
-                raise _type_error(name, what + (" (or left out)" if optional else ""), value)
-            if value < low:
-                raise ValueError(f"The '{name}' setting must be {what}. Got {value!r} instead.")
-            setattr_(name, int(value))
-        if not _is_int(self.seed):
-            raise _type_error("seed", "an integer in [0, 2**32)", self.seed)
-        if not 0 <= self.seed < RUN_MAX_SEED:
-            raise ValueError(f"The 'seed' setting must be an integer in [0, 2**32), the seeds "
-                             "numpy's legacy generator and scikit-learn accept (the datasets "
-                             f"are loaded and split with them). Got {self.seed!r} instead.")
-        setattr_("seed", int(self.seed))
-        if not _is_number(self.min_train_accuracy):
-            raise _type_error("min_train_accuracy", "a number in (0, 1]",
-                              self.min_train_accuracy)
-        if not 0.0 < self.min_train_accuracy <= 1.0:
-            raise ValueError("The 'min_train_accuracy' setting must be in (0, 1]. Got "
-                             f"{self.min_train_accuracy!r} instead.")
-        if self.optimizer not in (None, "adam", "sgd"):
-            raise ValueError(f"The 'optimizer' setting must be 'adam' or 'sgd'. Got "
-                             f"{self.optimizer!r} instead.")
-        if self.lr is not None:
-            if not _is_number(self.lr):
-                raise _type_error("lr", "a number > 0 (or left out)", self.lr)
-            if not (self.lr > 0 and math.isfinite(self.lr)):
-                raise ValueError(f"The 'lr' setting must be a finite number > 0. Got "
-                                 f"{self.lr!r} instead.")
+        setattr_("percentages", _percentages(self.percentages))
+        for name, rule in _SETTINGS.items():
+            setattr_(name, _checked(self, name, *rule))
         if not isinstance(self.stream, (bool, np.bool_)):
             raise _type_error("stream", "true or false (a boolean, not a string)", self.stream)
         setattr_("stream", bool(self.stream))
-        if self.device is not None:
-            if not isinstance(self.device, str):
-                raise _type_error("device", _DEVICES, self.device)
-            if not _DEVICE.fullmatch(self.device):
-                raise ValueError(f"The 'device' setting must be {_DEVICES}, or left out for "
-                                 f"CUDA when available. Got {self.device!r} instead.")
+        _check_device(self.device)
 
     # ------------------------------------------------------------------ building
 

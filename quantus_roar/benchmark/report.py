@@ -558,6 +558,156 @@ def _checked_frame(path: Path, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _read_store(out: Path) -> tuple[pd.DataFrame, dict[str, Any], list[str], dict[str, Any],
+                                     Any]:
+    """The checked cells, run description, layers, layer types and expected cell count."""
+    with ResultStore.open_existing(out) as store:
+        df = _checked_frame(store.path, store.frame())
+        run = _checked_meta(store.path, store.get_meta("run"), store.get_meta("layers"),
+                            store.get_meta("layer_types"), store.get_meta("expected_cells"))
+        layers = store.get_meta("layers") or []
+        layer_types = store.get_meta("layer_types") or {}
+        expected = store.get_meta("expected_cells")
+    return df, run, layers, layer_types, expected
+
+
+def _figures_folder(out: Path) -> Path:
+    figures = out / "figures"
+    try:
+        if figures.is_symlink():  # a link in place of the folder: replaced, never followed
+            figures.unlink()
+        figures.mkdir(exist_ok=True)
+    except OSError as err:
+        raise disk_error(err, figures, "create the folder") from err
+    return figures
+
+
+def _summary_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
+                     expected: Any) -> list[str]:
+    """The title, the run's settings, and how many cells are stored."""
+    n_keys = len(df.groupby(["metric", "estimator", "param", "seed"])) if len(df) else 0
+    lines = ["# quantus-roar benchmark report", ""]
+    lines += [f"Dataset `{run.get('dataset')}`, model `{run.get('model')}`, device "
+              f"`{run.get('device')}`, seed {run.get('seed')}; {len(estimators)} estimators, "
+              f"{len(run.get('percentages', []))} percentages x {run.get('retrains')} retrains, "
+              f"removal `{run.get('granularity')}`/`{run.get('reduce')}` with "
+              f"`{run.get('imputer')}` imputation.", ""]
+    status = f"{n_keys} cells stored" + (f" of {expected}" if expected else "")
+    total_s = float(df["wall_s"].groupby([df["metric"], df["estimator"], df["param"],
+                                          df["seed"]]).first().sum()) if len(df) else 0.0
+    lines += [f"{status}; compute time in cells {total_s / 60:.1f} min. Versions: "
+              f"{json.dumps(run.get('versions', {}))}. All values: `results.csv`.", ""]
+    return lines
+
+
+def _curve_sections(df: pd.DataFrame, estimators: list[str]) -> list[str]:
+    """ROAR and KAR: accuracy per percentage, ranked by AUC, against Random."""
+    lines: list[str] = []
+    for metric, title, better in (("roar", "ROAR (remove and retrain)", "lower"),
+                                  ("kar", "KAR (keep and retrain)", "higher")):
+        table = curve_table(df, metric, estimators)
+        if table.empty:
+            continue
+        where = "0 % removed" if metric == "roar" else "100 % kept"
+        lines += [f"## {title}", "",
+                  f"Test accuracy of models retrained on data with features "
+                  f"{'removed' if metric == 'roar' else 'kept'} by each estimator (mean ± std "
+                  f"over retrains; column headers are the share of features "
+                  f"{'removed' if metric == 'roar' else 'kept'}; *unmodified*: trained on "
+                  f"the data without removal, the point at {where}). Ranked by the "
+                  f"normalised area under the curve, unmodified point included ({better} is "
+                  "better).", ""]
+        text = _beats_random_text(table, metric)
+        if text:
+            lines += [text, ""]
+        lines += [_md(table)]
+    return lines
+
+
+def _noretrain_sections(df: pd.DataFrame, estimators: list[str]) -> list[str]:
+    """ROAR and KAR against deletion without retraining: the two rankings compared."""
+    lines: list[str] = []
+    for metric in ("roar", "kar"):
+        table, rho = noretrain_comparison(df, metric, estimators)
+        if table.empty:
+            continue
+        lines += [f"## {metric.upper()} with and without retraining", "",
+                  f"Spearman rank correlation of the estimators' AUC with and without "
+                  f"retraining: {spearman_text(table, rho)}. Without retraining the model "
+                  "sees inputs unlike its training data, so a ranking by deletion alone can "
+                  "mislead.", "", _md(table)]
+    return lines
+
+
+def _figure_lines(df: pd.DataFrame, run: dict[str, Any], estimators: list[str], out: Path,
+                  figures: Path) -> list[str]:
+    """The accuracy curves and the example images, where there is something to draw."""
+    lines: list[str] = []
+    if _curves_figure(df, estimators, figures / "curves.png"):
+        lines += ["![accuracy curves](figures/curves.png)", ""]
+    if _examples_figure(out, estimators, run, figures / "examples.png"):
+        lines += ["![what ROAR removes](figures/examples.png)", ""]
+    return lines
+
+
+def _similarities(df: pd.DataFrame, run: dict[str, Any]) -> list[str]:
+    return [s for s in run.get("similarities", []) if s in set(df["quantity"])]
+
+
+def _model_randomisation_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
+                                 layers: list[str], layer_types: dict[str, Any], figures: Path
+                                 ) -> list[str]:
+    """Similarity per estimator as the layers are re-initialised, one table per similarity."""
+    similarities = _similarities(df, run)
+    order = layers[::-1] if run.get("layer_order", "top_down") == "top_down" else layers
+    steps = [*order, "floor", "ceiling"]
+    mr = [(s, randomisation_table(df, "model-randomisation", s, estimators, steps))
+          for s in similarities]
+    if not any(not t.empty for _, t in mr):
+        return []
+    lines = ["## Model randomisation", "",
+             f"Similarity between the explanation of the trained model and that of the "
+             f"model with its layers re-initialised `{run.get('layer_order')}` (mean over "
+             "the explained test samples; ± std over sanity seeds). *floor*: a freshly "
+             "initialised model; *ceiling*: a model trained on the same data with another "
+             "seed. Lower similarity after randomisation passes the check.", ""]
+    if layer_types:
+        lines += ["Layers (execution order): " + ", ".join(
+            f"`{name}` {layer_types.get(name, '')}".rstrip() for name in layers) + ".", ""]
+    for sim, table in mr:
+        lines += [f"### {sim}", "", _md(table)]
+    if _randomisation_figure(df, estimators, steps, similarities,
+                             figures / "model_randomisation.png"):
+        lines += ["![model randomisation](figures/model_randomisation.png)", ""]
+        if {"Random", "Sobel"} <= set(estimators):
+            lines += ["Random and Sobel do not depend on the model, so their curves "
+                      "coincide: Random is the wide dashed black line with large circles, "
+                      "Sobel the thin red line with small squares drawn on top of it.", ""]
+    return lines
+
+
+def _data_randomisation_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str]
+                                ) -> list[str]:
+    """Similarity to a model trained on permuted labels, one table per similarity."""
+    dr = [(s, randomisation_table(df, "data-randomisation", s, estimators,
+                                  ["random_labels", "floor", "ceiling"]))
+          for s in _similarities(df, run)]
+    if not any(not t.empty for _, t in dr):
+        return []
+    acc = df[(df["metric"] == "data-randomisation") & (df["estimator"] == "-")]
+    tr = acc[acc["quantity"] == "train_accuracy"]["value"]
+    te = acc[acc["quantity"] == "test_accuracy"]["value"]
+    lines = ["## Data randomisation", "",
+             "Similarity between the explanations of the trained model and of a model "
+             "trained on permuted labels (*random_labels*), with floor and ceiling as "
+             f"above. The random-label model fitted its training labels to "
+             f"{_fmt(tr.mean(), tr.std())} accuracy; on the true test labels it scores "
+             f"{_fmt(te.mean(), te.std())}.", ""]
+    for sim, table in dr:
+        lines += [f"### {sim}", "", _md(table)]
+    return lines
+
+
 def build_report(out: str | Path) -> Path:
     """Write ``results.csv``, ``report.md`` and ``figures/*.png`` for the run in ``out``.
 
@@ -580,107 +730,17 @@ def build_report(out: str | Path) -> Path:
         cannot be written; the message names the file and the way out.
     """
     out = Path(out)
-    with ResultStore.open_existing(out) as store:
-        df = _checked_frame(store.path, store.frame())
-        run = _checked_meta(store.path, store.get_meta("run"), store.get_meta("layers"),
-                            store.get_meta("layer_types"), store.get_meta("expected_cells"))
-        layers = store.get_meta("layers") or []
-        layer_types = store.get_meta("layer_types") or {}
-        expected = store.get_meta("expected_cells")
+    df, run, layers, layer_types, expected = _read_store(out)
     write_text(out / "results.csv",
                df.drop(columns=["fingerprint", "finished_at"]).to_csv(index=False))
     estimators = _estimators(df, run)
-    figures = out / "figures"
-    try:
-        if figures.is_symlink():  # a link in place of the folder: replaced, never followed
-            figures.unlink()
-        figures.mkdir(exist_ok=True)
-    except OSError as err:
-        raise disk_error(err, figures, "create the folder") from err
-    similarities = [s for s in run.get("similarities", []) if s in set(df["quantity"])]
-    order = layers[::-1] if run.get("layer_order", "top_down") == "top_down" else layers
-    steps = [*order, "floor", "ceiling"]
-
-    n_keys = len(df.groupby(["metric", "estimator", "param", "seed"])) if len(df) else 0
-    lines = ["# quantus-roar benchmark report", ""]
-    lines += [f"Dataset `{run.get('dataset')}`, model `{run.get('model')}`, device "
-              f"`{run.get('device')}`, seed {run.get('seed')}; {len(estimators)} estimators, "
-              f"{len(run.get('percentages', []))} percentages x {run.get('retrains')} retrains, "
-              f"removal `{run.get('granularity')}`/`{run.get('reduce')}` with "
-              f"`{run.get('imputer')}` imputation.", ""]
-    status = f"{n_keys} cells stored" + (f" of {expected}" if expected else "")
-    total_s = float(df["wall_s"].groupby([df["metric"], df["estimator"], df["param"],
-                                          df["seed"]]).first().sum()) if len(df) else 0.0
-    lines += [f"{status}; compute time in cells {total_s / 60:.1f} min. Versions: "
-              f"{json.dumps(run.get('versions', {}))}. All values: `results.csv`.", ""]
-
-    for metric, title, better in (("roar", "ROAR (remove and retrain)", "lower"),
-                                  ("kar", "KAR (keep and retrain)", "higher")):
-        table = curve_table(df, metric, estimators)
-        if table.empty:
-            continue
-        where = "0 % removed" if metric == "roar" else "100 % kept"
-        lines += [f"## {title}", "",
-                  f"Test accuracy of models retrained on data with features "
-                  f"{'removed' if metric == 'roar' else 'kept'} by each estimator (mean ± std "
-                  f"over retrains; column headers are the share of features "
-                  f"{'removed' if metric == 'roar' else 'kept'}; *unmodified*: trained on "
-                  f"the data without removal, the point at {where}). Ranked by the "
-                  f"normalised area under the curve, unmodified point included ({better} is "
-                  "better).", ""]
-        text = _beats_random_text(table, metric)
-        if text:
-            lines += [text, ""]
-        lines += [_md(table)]
-    for metric in ("roar", "kar"):
-        table, rho = noretrain_comparison(df, metric, estimators)
-        if table.empty:
-            continue
-        lines += [f"## {metric.upper()} with and without retraining", "",
-                  f"Spearman rank correlation of the estimators' AUC with and without "
-                  f"retraining: {spearman_text(table, rho)}. Without retraining the model "
-                  "sees inputs unlike its training data, so a ranking by deletion alone can "
-                  "mislead.", "", _md(table)]
-    if _curves_figure(df, estimators, figures / "curves.png"):
-        lines += ["![accuracy curves](figures/curves.png)", ""]
-    if _examples_figure(out, estimators, run, figures / "examples.png"):
-        lines += ["![what ROAR removes](figures/examples.png)", ""]
-
-    mr = [(s, randomisation_table(df, "model-randomisation", s, estimators, steps))
-          for s in similarities]
-    if any(not t.empty for _, t in mr):
-        lines += ["## Model randomisation", "",
-                  f"Similarity between the explanation of the trained model and that of the "
-                  f"model with its layers re-initialised `{run.get('layer_order')}` (mean over "
-                  "the explained test samples; ± std over sanity seeds). *floor*: a freshly "
-                  "initialised model; *ceiling*: a model trained on the same data with another "
-                  "seed. Lower similarity after randomisation passes the check.", ""]
-        if layer_types:
-            lines += ["Layers (execution order): " + ", ".join(
-                f"`{name}` {layer_types.get(name, '')}".rstrip() for name in layers) + ".", ""]
-        for sim, table in mr:
-            lines += [f"### {sim}", "", _md(table)]
-        if _randomisation_figure(df, estimators, steps, similarities,
-                                 figures / "model_randomisation.png"):
-            lines += ["![model randomisation](figures/model_randomisation.png)", ""]
-            if {"Random", "Sobel"} <= set(estimators):
-                lines += ["Random and Sobel do not depend on the model, so their curves "
-                          "coincide: Random is the wide dashed black line with large circles, "
-                          "Sobel the thin red line with small squares drawn on top of it.", ""]
-    dr = [(s, randomisation_table(df, "data-randomisation", s, estimators,
-                                  ["random_labels", "floor", "ceiling"])) for s in similarities]
-    if any(not t.empty for _, t in dr):
-        acc = df[(df["metric"] == "data-randomisation") & (df["estimator"] == "-")]
-        tr = acc[acc["quantity"] == "train_accuracy"]["value"]
-        te = acc[acc["quantity"] == "test_accuracy"]["value"]
-        lines += ["## Data randomisation", "",
-                  "Similarity between the explanations of the trained model and of a model "
-                  "trained on permuted labels (*random_labels*), with floor and ceiling as "
-                  f"above. The random-label model fitted its training labels to "
-                  f"{_fmt(tr.mean(), tr.std())} accuracy; on the true test labels it scores "
-                  f"{_fmt(te.mean(), te.std())}.", ""]
-        for sim, table in dr:
-            lines += [f"### {sim}", "", _md(table)]
+    figures = _figures_folder(out)
+    lines = [*_summary_section(df, run, estimators, expected),
+             *_curve_sections(df, estimators),
+             *_noretrain_sections(df, estimators),
+             *_figure_lines(df, run, estimators, out, figures),
+             *_model_randomisation_section(df, run, estimators, layers, layer_types, figures),
+             *_data_randomisation_section(df, run, estimators)]
     path = out / "report.md"
     write_text(path, "\n".join(lines))
     return path

@@ -39,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
                     "no arguments: digits, SmallCNN, every estimator, all six metrics, 5 "
                     "percentages, 5 retrains, into ./roar-results. Finished cells are stored "
                     "as they complete; running the same command again resumes.")
+    _add_grid_flags(run)
+    _add_recipe_flags(run)
+    _add_run_flags(run)
+    report = sub.add_parser("report", help="rebuild report.md, results.csv and figures from "
+                                           "the stored results, without computing anything",
+                            allow_abbrev=False)
+    report.add_argument("out", type=Path, help="output folder of a run")
+    return parser
+
+
+def _add_grid_flags(run: argparse.ArgumentParser) -> None:
+    """What the run computes: data, model, estimators, metrics, percentages, retrains."""
     run.add_argument("--config", type=Path, help="TOML file with a [run] table of settings; "
                      "flags given on the command line override it")
     run.add_argument("--dataset", help="digits | synthetic | mnist:ROOT | cifar10:ROOT | "
@@ -57,20 +69,35 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--percentages", type=_percentages, help="e.g. 10,30,50,70,90")
     run.add_argument("--retrains", type=int, help="retrains per percentage (default 5)")
     run.add_argument("--epochs", type=int, help="training epochs of every retrain")
+
+
+# The training recipe (quantus_roar.TorchRetrainer's settings): flag, its type or its
+# choices, and its help (None: none); the setting is the flag's name with underscores.
+_RECIPE_FLAGS: tuple[tuple[str, Any, str | None], ...] = (
+    ("--batch-size", int, None),
+    ("--lr", float, "(peak) learning rate"),
+    ("--optimizer", ("adam", "sgd"), None),
+    ("--weight-decay", float, None),
+    ("--momentum", float, "SGD momentum"),
+    ("--schedule", ("onecycle", "cosine", "step", "none"), None),
+    ("--label-smoothing", float, None),
+    ("--validation-split", float, "share of each training set held out to pick the best epoch"),
+    ("--augment", None, "package.module:function called as augment(x_batch, generator) on "
+                        "every mini-batch (imported code)"),
+)
+
+
+def _add_recipe_flags(run: argparse.ArgumentParser) -> None:
     recipe = run.add_argument_group(
         "training recipe", "of every model the run trains (quantus_roar.TorchRetrainer); "
         "unset: its default")
-    recipe.add_argument("--batch-size", type=int, dest="batch_size")
-    recipe.add_argument("--lr", type=float, help="(peak) learning rate")
-    recipe.add_argument("--optimizer", choices=("adam", "sgd"))
-    recipe.add_argument("--weight-decay", type=float, dest="weight_decay")
-    recipe.add_argument("--momentum", type=float, help="SGD momentum")
-    recipe.add_argument("--schedule", choices=("onecycle", "cosine", "step", "none"))
-    recipe.add_argument("--label-smoothing", type=float, dest="label_smoothing")
-    recipe.add_argument("--validation-split", type=float, dest="validation_split",
-                        help="share of each training set held out to pick the best epoch")
-    recipe.add_argument("--augment", help="package.module:function called as "
-                        "augment(x_batch, generator) on every mini-batch (imported code)")
+    for flag, kind, help_ in _RECIPE_FLAGS:
+        choices = kind if isinstance(kind, tuple) else None
+        recipe.add_argument(flag, type=None if choices else kind, choices=choices, help=help_)
+
+
+def _add_run_flags(run: argparse.ArgumentParser) -> None:
+    """How the run computes (target, device, seed, memory, executor) and where it writes."""
     run.add_argument("--target", choices=("predicted", "label"),
                      help="class each attribution explains: the model's prediction (default, "
                           "as Hooker et al.) or the true label (lets a test mask encode its "
@@ -101,11 +128,6 @@ def _parser() -> argparse.ArgumentParser:
                      help="one line per finished cell: its key, values and compute time")
     run.add_argument("--no-progress", action="store_true", dest="no_progress",
                      help="hide progress bars")
-    report = sub.add_parser("report", help="rebuild report.md, results.csv and figures from "
-                                           "the stored results, without computing anything",
-                            allow_abbrev=False)
-    report.add_argument("out", type=Path, help="output folder of a run")
-    return parser
 
 
 _FLAGS = ("dataset", "model", "estimators", "metrics", "percentages", "retrains", "epochs",
@@ -198,7 +220,7 @@ def _command(args: argparse.Namespace) -> int:
 
     keep_freed_memory()  # CPU training reuses freed blocks (see retrain.allocator)
     summary = run(config, args.out, fresh=args.fresh, progress=not args.no_progress,
-                  verbose=args.verbose, executor=args.executor, ray_address=args.ray_address)
+                  executor=args.executor, ray_address=args.ray_address)
     print(f"{len(summary.computed)} cells computed, {summary.skipped} already stored, "
           f"{summary.wall_s:.1f} s. Report: {args.out / 'report.md'}")
     if summary.failed:

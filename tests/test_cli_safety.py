@@ -273,7 +273,7 @@ def test_links_planted_in_the_output_folder_are_replaced_not_followed(
 
 def test_attribution_partial_file_is_removed_on_failure_and_a_planted_one_ignored(
         tmp_path, monkeypatch):
-    import quantus_roar.benchmark.runner as runner
+    import quantus_roar.benchmark.specs as specs
 
     out = tmp_path / "run"
     victim = tmp_path / "victim.npy"
@@ -283,7 +283,7 @@ def test_attribution_partial_file_is_removed_on_failure_and_a_planted_one_ignore
     (out / "attributions").mkdir()
     (out / "attributions" / "Random.test.partial.npy").symlink_to(victim)
     calls = []
-    real = runner.explain
+    real = specs.explain
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -291,7 +291,7 @@ def test_attribution_partial_file_is_removed_on_failure_and_a_planted_one_ignore
             raise RuntimeError("injected failure in the second chunk")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "explain", failing)
+    monkeypatch.setattr(specs, "explain", failing)
     cfg = RunConfig(**TINY_CONFIG, explain_batch_size=16)  # the test split in chunks of 128
     with pytest.raises(RuntimeError, match="injected failure"):
         run(cfg, out, progress=False)

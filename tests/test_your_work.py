@@ -11,8 +11,8 @@ import torch
 
 import quantus_roar as qr
 from quantus_roar.benchmark import RunConfig, run
-from quantus_roar.benchmark.datasets import BenchmarkData, DatasetError
 from quantus_roar.benchmark.config import file_name
+from quantus_roar.benchmark.datasets import BenchmarkData, DatasetError
 from quantus_roar.benchmark.specs import probe_explainers, recipe_retrainer
 from quantus_roar.cli import main
 

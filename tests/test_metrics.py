@@ -355,3 +355,17 @@ def test_plot_writes_png(tmp_path, digits_model):
     path = tmp_path / "curve.png"
     fig = metric.plot(show=False, path_to_save=str(path))
     assert path.stat().st_size > 1000 and fig.axes[0].get_ylabel() == "test accuracy"
+
+
+def test_unknown_keywords_are_named_with_the_closest_match_and_never_their_values():
+    with pytest.raises(ValueError, match=r"in ROAR: 'n_retrain' \(did you mean 'n_retrains'\?\)"):
+        qr.ROAR(n_retrain=5)
+    with pytest.raises(ValueError, match=r"in ModelRandomisation: 'imputer'\. It takes abs,"):
+        qr.ModelRandomisation(imputer="zero")  # the removal shortcuts are the removal metrics'
+    metric = qr.ROARNoRetrain(percentages=(50,), disable_warnings=True)
+    x = np.zeros((6, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(ValueError) as err:
+        metric(qr.SmallCNN(), x, np.arange(6) % 3, x, x_test=x + 123.25)  # ROAR's, not ours
+    assert "'x_test'" in str(err.value) and "123.25" not in str(err.value)
+    with pytest.raises(ValueError, match=r"'explain_fnc' \(did you mean 'explain_func'\?\)"):
+        metric(qr.SmallCNN(), x, np.arange(6) % 3, x, explain_fnc=qr.explain)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,14 +45,31 @@ __all__ = [
     "QuantusRoarMetric",
     "RemovalMetric",
     "Retrainer",
-    "check_call_kwargs",
     "check_classes",
     "check_executor",
     "check_inputs",
+    "check_kwargs",
     "check_retrainer",
     "explain_kwargs",
     "retrainer_or_default",
 ]
+
+# Quantus' call arguments, declared by QuantusRoarMetric.__call__.
+_CALL_ARGUMENTS = ("model", "x_batch", "y_batch", "a_batch", "s_batch", "channel_first",
+                   "explain_func", "explain_func_kwargs", "model_predict_kwargs", "softmax",
+                   "device", "batch_size")
+
+
+def _init_keywords(cls: type) -> set[str]:
+    """The keywords the ``__init__`` methods of ``cls`` and its bases declare."""
+    names: set[str] = set(_RULE_SHORTCUTS) if issubclass(cls, RemovalMetric) else set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None and klass is not object:
+            names |= {n for n, p in inspect.signature(init).parameters.items()
+                      if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names
+
 
 _OPTIONAL_FUNC = Func("callable (e.g. np.mean) or None", optional=True)
 
@@ -251,11 +270,20 @@ def retrainer_or_default(retrainer: Any, call: Call) -> Any:
     return TorchRetrainer(call.model, device=call.device)
 
 
-def check_call_kwargs(kwargs: dict) -> None:
-    """Reject unknown call arguments the way Quantus does (``custom_batch`` is ignored)."""
-    kwargs.pop("custom_batch", None)
+def check_kwargs(kwargs: dict, owner: str, known: Iterable[str]) -> None:
+    """Reject unknown keyword arguments with Quantus' ``ValueError`` (after its
+    deprecation notices), naming them -- not their values, which may be whole arrays --
+    with the closest known name."""
+    kwargs.pop("custom_batch", None)  # Quantus' own, not used by whole-dataset metrics
     quantus.helpers.warn.deprecation_warnings(kwargs)
-    quantus.helpers.warn.check_kwargs(kwargs)
+    if not kwargs:
+        return
+    known = sorted(known)
+    hints = [f"'{k}'" + (f" (did you mean '{m[0]}'?)"
+                         if (m := difflib.get_close_matches(str(k), known, n=1)) else "")
+             for k in kwargs]
+    raise ValueError(f"Unexpected keyword arguments encountered in {owner}: "
+                     f"{', '.join(hints)}. It takes {', '.join(known)}.")
 
 
 class QuantusRoarMetric(quantus.Metric):
@@ -313,6 +341,7 @@ class QuantusRoarMetric(quantus.Metric):
         display_progressbar: bool = False,
         **kwargs: Any,
     ):
+        check_kwargs(kwargs, type(self).__name__, _init_keywords(type(self)))
         self.seed = seed
         self.target = target
         self.results: pd.DataFrame | None = None
@@ -383,7 +412,7 @@ class QuantusRoarMetric(quantus.Metric):
         """
         owner = type(self).__name__
         keywords = {k: kwargs.pop(k) for k in self.call_keywords if k in kwargs}
-        check_call_kwargs(kwargs)
+        check_kwargs(kwargs, _owner_call(owner), [*_CALL_ARGUMENTS, *self.call_keywords])
         batch_size = check_batch_size(batch_size, _owner_call(owner))
         self._check_keywords(keywords)
         inputs = check_classes(check_inputs(model, x_batch, y_batch, owner,

@@ -137,7 +137,7 @@ def test_runner_on_ray_equals_local_and_resumes_across_executors(tmp_path):
 def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(tmp_path, monkeypatch,
                                                                       uninterrupted_small):
     marker = tmp_path / "killed-once"
-    original = runner_module._retrain_task
+    original = runner_module.retrain_task
 
     def kill_in_kar(ctx, ex, metric, estimator, keys):
         fn, args, finish = original(ctx, ex, metric, estimator, keys)
@@ -145,7 +145,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(tmp_path, 
             return ray_helpers.kill_worker_once, (str(marker), *args), finish
         return fn, args, finish
 
-    monkeypatch.setattr(runner_module, "_retrain_task", kill_in_kar)
+    monkeypatch.setattr(runner_module, "retrain_task", kill_in_kar)
     out = tmp_path / "run"
     summary = run(RunConfig(**SMALL), out, progress=False, report=False, executor="ray")
     assert marker.exists(), "the worker was not killed"
@@ -157,7 +157,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(tmp_path, 
 
 def test_a_unit_that_keeps_failing_is_reported_and_the_others_are_stored(
         tmp_path, monkeypatch, uninterrupted_small, caplog):
-    original = runner_module._retrain_task
+    original = runner_module.retrain_task
 
     def fail_roar_random(ctx, ex, metric, estimator, keys):
         fn, args, finish = original(ctx, ex, metric, estimator, keys)
@@ -165,7 +165,7 @@ def test_a_unit_that_keeps_failing_is_reported_and_the_others_are_stored(
             return ray_helpers.always_fail, args, finish
         return fn, args, finish
 
-    monkeypatch.setattr(runner_module, "_retrain_task", fail_roar_random)
+    monkeypatch.setattr(runner_module, "retrain_task", fail_roar_random)
     out = tmp_path / "run"
     ex = RayExecutor(max_retries=1)
     summary = run(RunConfig(**SMALL), out, progress=False, report=True, executor=ex)
@@ -181,7 +181,7 @@ def test_a_unit_that_keeps_failing_is_reported_and_the_others_are_stored(
     pd.testing.assert_series_equal(values, expected, check_exact=True)
     assert "cells stored of" in (out / "report.md").read_text()
 
-    monkeypatch.setattr(runner_module, "_retrain_task", original)
+    monkeypatch.setattr(runner_module, "retrain_task", original)
     again = run(RunConfig(**SMALL), out, progress=False, report=False, executor="ray")
     assert sorted(set(again.computed)) == [("roar", "Random", "50", s) for s in (0, 1)]
     pd.testing.assert_series_equal(_values(out), reference, check_exact=True)

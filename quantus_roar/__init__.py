@@ -8,6 +8,7 @@ from quantus_roar.metrics import (
     ROAR,
     DataRandomisation,
     KARNoRetrain,
+    MaskLeakage,
     ModelRandomisation,
     ROARNoRetrain,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "DataRandomisation",
     "FunctionalReLUError",
     "KARNoRetrain",
+    "MaskLeakage",
     "ModelRandomisation",
     "NotResettableError",
     "QuantusRoarWarning",

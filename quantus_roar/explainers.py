@@ -16,6 +16,7 @@ signature::
 from __future__ import annotations
 
 import inspect
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -39,22 +40,36 @@ from quantus_roar._validation import (
     check_finite,
     check_labels,
     check_model,
+    check_number,
     evaluating,
     model_device,
     model_dtype,
     validated,
 )
 from quantus_roar.exceptions import NotAClassifierError
+from quantus_roar.removal import gaussian_blur
 
 __all__ = [
-    "BASE_METHODS", "CONTROLS", "ESTIMATORS", "NOISE_TYPES", "QUANTUS_ALIASES", "TARGETS",
-    "FunctionalReLUError", "explain", "explanation_targets", "n_classes", "noisy_inputs",
+    "BASE_METHODS",
+    "CONTROLS",
+    "DEFAULT_FIXED_PRIOR",
+    "ESTIMATORS",
+    "NOISE_TYPES",
+    "QUANTUS_ALIASES",
+    "TARGETS",
+    "FixedPrior",
+    "FunctionalReLUError",
+    "explain",
+    "explanation_targets",
+    "fixed_prior_source",
+    "n_classes",
+    "noisy_inputs",
     "predicted_classes",
 ]
 
 BASE_METHODS: tuple[str, ...] = ("Gradient", "IntegratedGradients", "GuidedBackprop",
                                  "InputXGradient", "Saliency")
-CONTROLS: tuple[str, ...] = ("Random", "Sobel")
+CONTROLS: tuple[str, ...] = ("Random", "Sobel", "InputMagnitude", "BlurredRandom")
 NOISE_TYPES: tuple[str, ...] = ("SmoothGrad", "SmoothGradSquared", "VarGrad")
 
 #: The benchmark's estimators: every base method of the ROAR paper plain and
@@ -65,8 +80,7 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     **{f"{base}_{noise}": {"method": base, "noise": noise}
        for base in ("Gradient", "IntegratedGradients", "GuidedBackprop")
        for noise in NOISE_TYPES},
-    "Random": {"method": "Random", "noise": None},
-    "Sobel": {"method": "Sobel", "noise": None},
+    **{control: {"method": control, "noise": None} for control in CONTROLS},
 }
 
 #: Quantus' method names that :func:`explain` accepts, and the method each runs here.
@@ -193,6 +207,36 @@ def _sobel(x: torch.Tensor) -> torch.Tensor:
 def _random(x: torch.Tensor, seed: int) -> torch.Tensor:
     keys = hash_keys(seed, STREAM_RANDOM, content_keys(x), x[0].numel())
     return ((keys.double() + 0.5) / 2.0**32).to(torch.float32).reshape(x.shape)
+
+
+def _blurred_random(x: torch.Tensor, seed: int, sigma: Any) -> torch.Tensor:
+    """:func:`_random` blurred with a Gaussian of std ``sigma`` features over the spatial
+    axes: masks with the shape of blobs, but no information about the image."""
+    sigma = check_number(sigma, "sigma", "explain(method='BlurredRandom')", low=0.0,
+                         low_open=True)
+    if x.ndim not in (3, 4):
+        raise ValueError("method='BlurredRandom' needs images (N, C, H, W) or time series "
+                         f"(N, C, T) to blur over. Got shape {tuple(x.shape)} instead; use "
+                         "'Random' for tabular data.")
+    noise = _random(x, seed)
+    planes = noise if x.ndim == 4 else noise[:, :, None]
+    return gaussian_blur(planes, float(sigma)).reshape(x.shape)
+
+
+def _control(x: torch.Tensor, method: str, seed: int, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The model-free controls: Random, Sobel, InputMagnitude (|x|), BlurredRandom."""
+    allowed = {"sigma"} if method == "BlurredRandom" else set()
+    unknown = sorted(set(kwargs) - allowed - _IG_ONLY)
+    if unknown:
+        raise TypeError(f"explain(method={method!r}) got keyword argument(s) {unknown}; it "
+                        f"takes {sorted(allowed) or 'none'}.")
+    if method == "Random":
+        return _random(x, seed)
+    if method == "Sobel":
+        return _sobel(x)
+    if method == "InputMagnitude":
+        return x.abs()
+    return _blurred_random(x, seed, kwargs.get("sigma", 1.0))
 
 
 def _base_attribution(model: nn.Module, method: str, kwargs: dict[str, Any]
@@ -343,8 +387,14 @@ def explain(
         ``"InputXGradient"`` -- a control -- ``"Random"`` (uniform values from a
         counter-based hash of the seed and the input's content: the same
         image and seed give the same map in any batch), ``"Sobel"`` (per channel
-        ``sqrt(gx² + gy²)`` of the Sobel derivatives, images only) -- or any
-        name in :data:`ESTIMATORS`, such as ``"IntegratedGradients_VarGrad"``.
+        ``sqrt(gx² + gy²)`` of the Sobel derivatives, images only),
+        ``"InputMagnitude"`` (``|x|``: removes the brightest pixels first, no
+        model involved), ``"BlurredRandom"`` (Random blurred with a Gaussian of
+        std ``sigma`` features, default 1, over the spatial axes: masks with
+        shape but no information about the image; images and time series)
+        -- or any name in :data:`ESTIMATORS`, such as
+        ``"IntegratedGradients_VarGrad"``. :class:`FixedPrior`, the control
+        that removes the same pixels from every image, is a class of its own.
         Quantus' names are accepted too (:data:`QUANTUS_ALIASES`):
         ``"Saliency"`` is the absolute gradient, as in Quantus; ``"Control
         Var. Sobel Filter"`` and ``"Control Var. Random Uniform"`` run this
@@ -358,7 +408,7 @@ def explain(
         Noise std as a fraction of each input's value range (max - min).
     seed : int, default 0
         Seeds the noise (with the batch content, see :func:`noisy_inputs`) and
-        the Random control.
+        the Random and BlurredRandom controls.
     device : str or torch.device, optional
         Where to compute; default the model's device.
     batch_size : int, default 256
@@ -366,7 +416,7 @@ def explain(
     reduce_channels : bool, default False
         Sum over the channel axis, returning (N, 1, ...).
     **method_kwargs
-        Passed to the captum method. The Integrated Gradients options
+        Passed to the captum method (``sigma`` to BlurredRandom). The Integrated Gradients options
         ``n_steps``, ``baselines`` and ``internal_batch_size`` are ignored by
         the other methods (one kwargs dict serves a whole benchmark); any
         other keyword the captum method does not accept is an error.
@@ -412,10 +462,8 @@ def explain(
     t = check_labels(t, len(x), "targets", owner, n_classes=k,
                      x_name="inputs").to(device)
 
-    if method == "Random":
-        out = _random(x, seed)
-    elif method == "Sobel":
-        out = _sobel(x)
+    if method in CONTROLS:
+        out = _control(x, method, seed, method_kwargs)
     else:
         out = _explain_gradient_method(model, x, t, method, noise, int(n_samples), float(stdev),
                                        seed, int(batch_size), method_kwargs)
@@ -429,6 +477,104 @@ def explain(
                          f"({sorted(method_kwargs) or 'none given'}: e.g. a NaN baseline) and "
                          "the model's outputs.")
     return out.detach().to(torch.float32).cpu().numpy()
+
+
+#: The benchmark's fixed-prior control: the training-set mean of SmoothGrad² maps.
+DEFAULT_FIXED_PRIOR = "FixedPrior(Gradient_SmoothGradSquared)"
+_PRIOR_NAME = re.compile(r"FixedPrior\((?P<source>.+)\)")
+
+
+def fixed_prior_source(name: str) -> str | None:
+    """The estimator whose mean map a ``"FixedPrior(<estimator>)"`` name asks for, else None.
+
+    Examples
+    --------
+    >>> fixed_prior_source("FixedPrior(Gradient_SmoothGradSquared)"), fixed_prior_source("Random")
+    ('Gradient_SmoothGradSquared', None)
+    """
+    match = _PRIOR_NAME.fullmatch(name) if isinstance(name, str) else None
+    return match.group("source").strip() if match else None
+
+
+class FixedPrior:
+    """A leakage control: the same attribution map for every input.
+
+    Its masks remove the same features from every image, so they carry no
+    information about any one image or its class; if ROAR still ranks it
+    above Random, the ranking rewards *where* features are removed (e.g.
+    the centre of digits), not what the model used. Built from a prior map,
+    usually :meth:`from_attributions`: the training-set mean of a named
+    estimator's maps. The map's values are replaced by their ranks, ties
+    broken by a fixed seeded order, so with ``granularity="pixel"`` every
+    image gets exactly the same mask.
+
+    Called with Quantus' explain_func signature; the model and targets are
+    not used.
+
+    Parameters
+    ----------
+    prior : array-like
+        One map, shape (1, H, W), (C, H, W), (H, W) for images, (C, T) for
+        time series or (F,) for tabular data; channels are summed (absolute
+        values) into one.
+    seed : int, default 0
+        The order of tied values.
+
+    Examples
+    --------
+    >>> prior = FixedPrior(np.array([[0.0, 3.0], [1.0, 1.0]]))
+    >>> a = prior(None, np.zeros((2, 1, 2, 2)), [0, 1])
+    >>> a.shape, a[0, 0].tolist() == a[1, 0].tolist()
+    ((2, 1, 2, 2), True)
+    >>> sorted(a[0, 0].ravel().tolist())  # ranks: the tie of 1.0 broken by the seed
+    [1.0, 2.0, 3.0, 4.0]
+    """
+
+    @validated(seed=Seed())
+    def __init__(self, prior: Any, *, seed: int = 0):
+        #: The prior's absolute values.
+        self.prior = _input_tensor(np.asarray(prior)[None], "prior", "FixedPrior",
+                                   torch.float64)[0].abs()
+        self.seed = seed
+
+    def map_for(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The map every input of ``shape`` (N, C, *spatial) or (N, F) gets: the ranks of
+        the prior, channels summed, from 1 (least important) to the number of features."""
+        spatial = shape[2:] if len(shape) >= 3 else shape[1:]
+        if tuple(self.prior.shape[-len(spatial):]) != tuple(spatial) or (
+                len(shape) == 2 and self.prior.numel() != shape[1]):
+            raise ValueError(f"FixedPrior holds a map of shape {tuple(self.prior.shape)}, which "
+                             f"does not fit inputs of shape {shape}: its last axes must be "
+                             f"{tuple(spatial)}.")
+        p = self.prior.reshape(-1, *spatial).sum(dim=0)
+        flat = p.reshape(-1).numpy()
+        tiebreak = np.random.default_rng(self.seed).permutation(flat.size)
+        order = np.lexsort((tiebreak, flat))  # by value, ties by the fixed permutation
+        ranks = np.empty(flat.size, dtype=np.float32)
+        ranks[order] = np.arange(1, flat.size + 1, dtype=np.float32)
+        return torch.from_numpy(ranks.reshape((1, *spatial) if len(shape) >= 3 else spatial))
+
+    @classmethod
+    def from_attributions(cls, a: Any, *, seed: int = 0, chunk: int = 4096) -> FixedPrior:
+        """The prior of the mean absolute map over ``a`` (N, ...), read ``chunk`` samples at
+        a time (``a`` may be a memory-mapped array)."""
+        total = None
+        for start in range(0, len(a), chunk):
+            part = np.abs(np.asarray(a[start : start + chunk], dtype=np.float64)).sum(axis=0)
+            total = part if total is None else total + part
+        if total is None:
+            raise ValueError("The 'a' parameter of FixedPrior.from_attributions must be a "
+                             "non-empty batch of attributions. Got none.")
+        return cls(total / len(a), seed=seed)
+
+    def __call__(self, model: Any = None, inputs: Any = None, targets: Any = None,
+                 **kwargs: Any) -> np.ndarray:
+        shape = tuple(np.shape(inputs))
+        one = self.map_for(shape)
+        return one[None].expand(shape[0], *one.shape).numpy().copy()
+
+    def __repr__(self) -> str:
+        return f"FixedPrior(prior of shape {tuple(self.prior.shape)}, seed={self.seed})"
 
 
 @torch.no_grad()

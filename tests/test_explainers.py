@@ -178,7 +178,8 @@ def test_estimators_cover_the_paper_grid():
         assert ESTIMATORS[base] == {"method": base, "noise": None}
         for noise in ("SmoothGrad", "SmoothGradSquared", "VarGrad"):
             assert ESTIMATORS[f"{base}_{noise}"] == {"method": base, "noise": noise}
-    assert {"Random", "Sobel"} <= set(ESTIMATORS) and len(ESTIMATORS) == 14
+    controls = {"Random", "Sobel", "InputMagnitude", "BlurredRandom"}
+    assert controls <= set(ESTIMATORS) and len(ESTIMATORS) == 12 + len(controls)
 
 
 def test_every_estimator_runs_through_quantus_evaluate(digits):

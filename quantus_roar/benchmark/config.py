@@ -16,7 +16,12 @@ import numpy as np
 
 from quantus_roar._validation import Choice, Constraint, Int, Percentages, Real
 from quantus_roar.exceptions import QuantusRoarWarning
-from quantus_roar.explainers import ESTIMATORS, TARGETS
+from quantus_roar.explainers import (
+    DEFAULT_FIXED_PRIOR,
+    ESTIMATORS,
+    TARGETS,
+    fixed_prior_source,
+)
 from quantus_roar.randomisation import LAYER_ORDERS
 from quantus_roar.removal import GRANULARITIES, IMPUTERS, REDUCES, Removal
 from quantus_roar.similarity import SIMILARITIES
@@ -29,7 +34,7 @@ else:  # pragma: no cover
 __all__ = ["METRICS", "RUN_MAX_SEED", "RunConfig", "SettingTypeError", "file_name"]
 
 #: The runner's metrics, in the order they are computed per estimator.
-METRICS: tuple[str, ...] = ("roar-noretrain", "kar-noretrain", "roar", "kar",
+METRICS: tuple[str, ...] = ("roar-noretrain", "kar-noretrain", "roar", "kar", "mask-leakage",
                             "model-randomisation", "data-randomisation")
 
 # The quick preset: the four estimators that span the paper's outcomes, three
@@ -113,9 +118,13 @@ def _percentages(value: Any) -> tuple[float, ...]:
 
 
 class _EstimatorNames(tuple):
-    """Built-in and user names, and any ``package.module:function`` spec."""
+    """Built-in and user names, any ``package.module:function`` spec, and
+    ``FixedPrior(<one of those>)``."""
 
     def __contains__(self, name: object) -> bool:
+        source = fixed_prior_source(name) if isinstance(name, str) else None
+        if source is not None:
+            return source in self and fixed_prior_source(source) is None
         return super().__contains__(name) or _is_spec(name)
 
 
@@ -279,7 +288,8 @@ def _estimators(config: RunConfig) -> tuple[str, ...]:
     """The estimators named (default: every built-in one, then every one of explainers),
     checked, each with an attributions file of its own."""
     user = tuple(config.explainers or {})
-    given = (*ESTIMATORS, *user) if config.estimators is None else config.estimators
+    given = ((*ESTIMATORS, DEFAULT_FIXED_PRIOR, *user) if config.estimators is None
+             else config.estimators)
     names = _names("estimators", given, _EstimatorNames((*ESTIMATORS, *user)), "estimator")
     stems: dict[str, str] = {}
     for e in names:  # one attributions file each (case-insensitive file systems)
@@ -531,6 +541,12 @@ class RunConfig:
         return Removal(order=order, granularity=self.granularity,  # type: ignore[arg-type]
                        reduce=self.reduce, imputer=self.imputer,  # type: ignore[arg-type]
                        seed=self.seed)
+
+    def metric_removal(self, metric: str) -> Removal:
+        """The removal rule of one of :data:`METRICS`: KAR's keeps, the others remove,
+        and mask leakage trains on the masks themselves (:meth:`Removal.mask_only`)."""
+        rule = self.removal("keep_top" if metric in ("kar", "kar-noretrain") else "remove_top")
+        return rule.mask_only() if metric == "mask-leakage" else rule
 
     def recipe(self) -> dict[str, Any]:
         """The recipe settings given, as keyword arguments of :class:`~quantus_roar.TorchRetrainer`

@@ -20,7 +20,7 @@ from quantus_roar.benchmark.config import RunConfig, file_name
 from quantus_roar.benchmark.datasets import BenchmarkData
 from quantus_roar.benchmark.specs import explainer, model_factory, recipe_retrainer
 from quantus_roar.executors import Executor
-from quantus_roar.explainers import explanation_targets
+from quantus_roar.explainers import FixedPrior, explanation_targets, fixed_prior_source
 from quantus_roar.randomisation import execution_order
 from quantus_roar.removal import channel_means
 from quantus_roar.sanity import (
@@ -84,6 +84,11 @@ class RunContext:
         self.retrainer = (config.retrainer if config.retrainer is not None
                           else recipe_retrainer(config, self.factory, device))
         self.explainers = {e: explainer(config, e) for e in config.estimators}
+        for e in config.estimators:  # FixedPrior(<source>): the mean map of the source
+            source = fixed_prior_source(e)
+            if source is not None:
+                self.explainers.setdefault(source, explainer(config, source))
+                self.explainers[e] = self._prior_explainer(source)
         self.n_train, self.n_test = len(data.y_train), len(data.y_test)
         self.train_ids = torch.arange(self.n_train)
         self.test_ids = torch.arange(self.n_train, self.n_train + self.n_test)
@@ -247,6 +252,17 @@ class RunContext:
         finally:
             bar.close()
 
+    def prior(self, source: str) -> FixedPrior:
+        """The fixed prior of ``source``: its mean absolute map over the training set."""
+        return self.memo(("prior", source), lambda: FixedPrior.from_attributions(
+            self.attributions(source, "train"), seed=self.config.seed))
+
+    def _prior_explainer(self, source: str) -> Callable[..., np.ndarray]:
+        def explain(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                    device: torch.device) -> np.ndarray:
+            return self.prior(source)(model, x.cpu().numpy(), t)
+        return explain
+
     def attributions(self, estimator: str, split: str) -> np.ndarray:
         """Attributions of ``split`` by the model, computed once and cached as ``.npy``."""
         def build() -> np.ndarray:
@@ -285,12 +301,19 @@ class RunContext:
 
     # ------------------------------------------------------------------ removal
 
-    def removed(self, estimator: str, split: str, p: float, order: str) -> RemovedDataset:
-        """The streamed split with features removed at ``p``, as a lazy Dataset."""
-        cfg = self.config
-        x, y = self.split(split)
+    def inputs(self, split: str, kind: str = "x") -> np.ndarray:
+        """The inputs of ``split``, or (``kind="zeros"``) all-zero inputs of their shape:
+        what mask leakage fills, so that the filled inputs are the masks."""
+        x, _ = self.split(split)
+        return x if kind == "x" else np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)
+
+    def removed(self, estimator: str, split: str, p: float, metric: str) -> RemovedDataset:
+        """The streamed split with features removed at ``p`` under ``metric``'s rule, as a
+        lazy Dataset."""
+        _, y = self.split(split)
         ids = self.train_ids if split == "train" else self.test_ids
+        x = self.inputs(split, "zeros" if metric == "mask-leakage" else "x")
         return RemovedDataset(x, y, self.attributions(estimator, split), p,
-                              first_id=int(ids[0]), removal=cfg.removal(order),
+                              first_id=int(ids[0]), removal=self.config.metric_removal(metric),
                               stats=self.stats)
 

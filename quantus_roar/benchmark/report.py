@@ -187,6 +187,81 @@ def curve_table(df: pd.DataFrame, metric: str, estimators: list[str]) -> pd.Data
     return table.sort_values(["rank", "estimator"]).drop(columns="_auc").reset_index(drop=True)
 
 
+#: Mask-only accuracy this far above chance counts as "the masks predict the class".
+LEAKAGE_MARGIN = 0.10
+
+
+def leakage_table(df: pd.DataFrame, estimators: list[str], chance: float | None
+                  ) -> pd.DataFrame:
+    """Mask leakage per estimator and percentage: mean ± std over retrains of the test
+    accuracy of models trained on the ROAR masks alone, and a plain-words verdict.
+
+    An estimator's masks *predict the class* where their mean accuracy exceeds
+    ``chance`` (always answering the most frequent training class) by more than
+    :data:`LEAKAGE_MARGIN` at some percentage.
+    """
+    cur = df[(df["metric"] == "mask-leakage") & (df["quantity"] == "accuracy")]
+    if cur.empty:
+        return pd.DataFrame()
+    cur = cur.assign(percentage=cur["param"].map(_pct))
+    stats_ = cur.groupby(["estimator", "percentage"])["value"].agg(["mean", "std"])
+    rows = []
+    for e in [e for e in estimators if e in stats_.index.get_level_values(0)]:
+        row: dict[str, Any] = {"estimator": e}
+        for p in sorted(stats_.loc[e].index):
+            row[f"{p:g}%"] = _fmt(*stats_.loc[(e, p)])
+        worst = stats_.loc[e]["mean"]
+        if chance is not None:
+            top = float(worst.max())
+            at = float(worst.idxmax())
+            row["verdict"] = (f"masks predict the class ({top:.2f} at {at:g} %)"
+                              if top > chance + LEAKAGE_MARGIN else
+                              f"within {LEAKAGE_MARGIN:.2f} of chance")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _leakage_section(df: pd.DataFrame, estimators: list[str], chance: float | None
+                     ) -> list[str]:
+    table = leakage_table(df, estimators, chance)
+    if table.empty:
+        return []
+    level = "unknown" if chance is None else f"{chance:.3f}"
+    lines = ["## Mask leakage", "",
+             "Test accuracy of models trained on the ROAR masks alone (1 where a feature "
+             "is removed, 0 elsewhere; the same ranking, split, seeds and recipe as ROAR; "
+             f"mean ± std over retrains). Chance, always answering the most frequent "
+             f"training class: {level}. Where the masks predict the class, ROAR's accuracy "
+             "at that percentage partly measures what the mask's shape gives away, not only "
+             "the information removed (Rong et al., 2022).", ""]
+    corr = _leakage_correlation(df, estimators)
+    if corr:
+        lines += [corr, ""]
+    return [*lines, _md(table)]
+
+
+def _leakage_correlation(df: pd.DataFrame, estimators: list[str]) -> str:
+    """Pearson r across estimators of ROAR accuracy and mask-only accuracy, per percentage."""
+    roar = accuracies(df, "roar")
+    leak = df[(df["metric"] == "mask-leakage") & (df["quantity"] == "accuracy")]
+    if roar.empty or leak.empty:
+        return ""
+    leak = leak.assign(percentage=leak["param"].map(_pct))
+    a = roar.groupby(["percentage", "estimator"])["accuracy"].mean()
+    b = leak.groupby(["percentage", "estimator"])["value"].mean()
+    parts = []
+    for p in sorted(set(b.index.get_level_values(0)) & set(a.index.get_level_values(0))):
+        common = [e for e in estimators if (p, e) in a.index and (p, e) in b.index]
+        x, y = a.loc[[(p, e) for e in common]], b.loc[[(p, e) for e in common]]
+        if len(common) >= 3 and float(x.std()) > 0 and float(y.std()) > 0:
+            parts.append(f"{np.corrcoef(x, y)[0, 1]:+.2f} at {p:g} %")
+    if not parts:
+        return ""
+    return ("Across estimators, ROAR accuracy and mask-only accuracy correlate with Pearson "
+            f"r = {', '.join(parts)} (n = {len(estimators)} estimators): the closer to -1, "
+            "the more the ROAR ranking follows what the masks alone reveal.")
+
+
 def _beats_random_text(table: pd.DataFrame, metric: str) -> str:
     """The paragraph that defines every value of the *beats Random* column."""
     if "beats Random" not in table.columns:
@@ -528,7 +603,7 @@ def _checked_meta(path: Path, run: Any, layers: Any, layer_types: Any, expected:
 
 
 # Metrics whose param is a percentage (a number).
-_CURVES = ("baseline", "roar", "kar", "roar-noretrain", "kar-noretrain")
+_CURVES = ("baseline", "roar", "kar", "roar-noretrain", "kar-noretrain", "mask-leakage")
 
 
 def _checked_frame(path: Path, df: pd.DataFrame) -> pd.DataFrame:
@@ -569,6 +644,13 @@ def _read_store(out: Path) -> tuple[pd.DataFrame, dict[str, Any], list[str], dic
         layer_types = store.get_meta("layer_types") or {}
         expected = store.get_meta("expected_cells")
     return df, run, layers, layer_types, expected
+
+
+def _chance(out: Path) -> float | None:
+    """The run's chance level (stored by the runner with mask leakage), if any."""
+    with ResultStore.open_existing(out) as store:
+        value = store.get_meta("chance")
+    return float(value) if _is_number(value) else None
 
 
 def _figures_folder(out: Path) -> Path:
@@ -731,6 +813,7 @@ def build_report(out: str | Path) -> Path:
     """
     out = Path(out)
     df, run, layers, layer_types, expected = _read_store(out)
+    chance = _chance(out)
     write_text(out / "results.csv",
                df.drop(columns=["fingerprint", "finished_at"]).to_csv(index=False))
     estimators = _estimators(df, run)
@@ -738,6 +821,7 @@ def build_report(out: str | Path) -> Path:
     lines = [*_summary_section(df, run, estimators, expected),
              *_curve_sections(df, estimators),
              *_noretrain_sections(df, estimators),
+             *_leakage_section(df, estimators, chance),
              *_figure_lines(df, run, estimators, out, figures),
              *_model_randomisation_section(df, run, estimators, layers, layer_types, figures),
              *_data_randomisation_section(df, run, estimators)]

@@ -301,6 +301,9 @@ def _planned(ctx: RunContext, store: ResultStore) -> list[Unit]:
         store.set_meta("layers", ctx.layers)
         store.set_meta("layer_types", {n: type(modules[n]).__name__ for n in ctx.layers})
     store.set_meta("classes", ctx.data.classes)
+    if "mask-leakage" in ctx.config.metrics:  # what mask leakage is compared with
+        y_tr, y_te = np.asarray(ctx.data.y_train), np.asarray(ctx.data.y_test)
+        store.set_meta("chance", float(np.mean(y_te == np.bincount(y_tr).argmax())))
     store.set_meta("expected_cells", sum(len(u.keys) for u in units))
     ctx.save_examples()
     return units

@@ -17,7 +17,7 @@ from torch import nn
 from quantus_roar._validation import as_tensor
 from quantus_roar.benchmark.config import RunConfig
 from quantus_roar.benchmark.datasets import BenchmarkData
-from quantus_roar.explainers import ESTIMATORS, explain, explanation_targets
+from quantus_roar.explainers import ESTIMATORS, explain, explanation_targets, fixed_prior_source
 from quantus_roar.models import SmallCNN, SmallResNet
 from quantus_roar.retrain import TorchRetrainer
 
@@ -111,11 +111,22 @@ Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.device], np.n
 def explainer(config: RunConfig, name: str) -> Explainer:
     """The explain function of estimator ``name``: a built-in, one of ``config.explainers``,
     or an imported ``package.module:function``, as ``f(model, x, targets, device) -> array``.
+    A ``FixedPrior(<estimator>)`` needs the run's training attributions of its source, so
+    :class:`~quantus_roar.benchmark.context.RunContext` builds it.
 
     A user's function is called with Quantus' convention, ``f(model=..., inputs=...,
     targets=...)`` on numpy arrays (plus ``device`` when it takes one); its output
     must be finite and of the shape of the inputs or one channel.
     """
+    source = fixed_prior_source(name)
+    if source is not None:
+        explainer(config, source)  # checks (imports) the source
+
+        def needs_a_run(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                        device: torch.device) -> np.ndarray:
+            raise RuntimeError(f"{name} is the mean map of {source} over a run's training "
+                               "set; the run's context builds it (RunContext.prior).")
+        return needs_a_run
     if name in ESTIMATORS:
         def builtin(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
                     device: torch.device) -> np.ndarray:
@@ -164,7 +175,8 @@ def probe_explainers(config: RunConfig, data: BenchmarkData, factory: Callable[[
         One line naming the estimator: ``The explain function 'os:getcwd' failed on
         2 samples: TypeError: ...``.
     """
-    user = [e for e in config.estimators if e not in ESTIMATORS]
+    user = list(dict.fromkeys(fixed_prior_source(e) or e for e in config.estimators))
+    user = [e for e in user if e not in ESTIMATORS]  # a prior's source is probed itself
     if not user:
         return
     n = min(_PROBE, len(data.y_test))

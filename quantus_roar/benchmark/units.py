@@ -65,12 +65,15 @@ def retrain_task(ctx: RunContext, ex: Executor, metric: str, estimator: str, key
     else:
         a_tr = ctx.handle(("a", estimator, "train"), lambda: ctx.attributions(estimator, "train"))
         a_te = ctx.handle(("a", estimator, "test"), lambda: ctx.attributions(estimator, "test"))
-    options = {"removal": cfg.removal(_order(metric)), "stats": ctx.stats,
+    options = {"removal": cfg.metric_removal(metric), "stats": ctx.stats,
                "train_ids": ctx.train_ids, "test_ids": ctx.test_ids,
                "progress": ctx.progress and isinstance(ex, LocalExecutor)}
-    args = (ctx.retrainer, jobs, options, ctx.handle("x_train", lambda: ctx.data.x_train),
+    # Mask leakage fills all-zero inputs: what the models see are the masks alone.
+    x_name = "zeros" if metric == "mask-leakage" else "x"
+    args = (ctx.retrainer, jobs, options,
+            ctx.handle(f"{x_name}_train", lambda: ctx.inputs("train", x_name)),
             ctx.handle("y_train", lambda: ctx.data.y_train), a_tr,
-            ctx.handle("x_test", lambda: ctx.data.x_test),
+            ctx.handle(f"{x_name}_test", lambda: ctx.inputs("test", x_name)),
             ctx.handle("y_test", lambda: ctx.data.y_test), a_te)
 
     def finish(out: dict) -> list[Cell]:
@@ -90,8 +93,8 @@ def _streamed_retrain_unit(ctx: RunContext, metric: str, estimator: str,
             x_tr = RemovedDataset(ctx.data.x_train, ctx.data.y_train)
             x_te = RemovedDataset(ctx.data.x_test, ctx.data.y_test)
         else:
-            x_tr = ctx.removed(estimator, "train", float(key[2]), _order(metric))
-            x_te = ctx.removed(estimator, "test", float(key[2]), _order(metric))
+            x_tr = ctx.removed(estimator, "train", float(key[2]), metric)
+            x_te = ctx.removed(estimator, "test", float(key[2]), metric)
         jobs.append(RetrainJob(x_tr, None, x_te, None, ctx.seeds[key[3]]))
     done_keys = keys
     start = time.perf_counter()
@@ -103,11 +106,10 @@ def _streamed_retrain_unit(ctx: RunContext, metric: str, estimator: str,
 
 def _deletion_unit(ctx: RunContext, metric: str, estimator: str, keys: list[Key]) -> list[Cell]:
     cfg = ctx.config
-    order = _order(metric)
     start = time.perf_counter()
     x, y = ctx.data.x_test, ctx.data.y_test
     a = ctx.attributions(estimator, "test")
-    rule = cfg.removal(order)
+    rule = cfg.metric_removal(metric)
     # Chunks of _CHUNK samples, so memory-mapped data is never read whole; sample ids
     # keep every chunk's masks those of the whole set.
     starts = range(0, len(x), _CHUNK)
@@ -223,8 +225,9 @@ def plan(ctx: RunContext) -> Iterator[Unit]:
                 unmodified = str(unmodified_point(_order(metric)))
                 keys = [(metric, e, p, 0) for p in dict.fromkeys([unmodified, *ps])]
                 fn = _deletion_unit
-            elif metric in ("roar", "kar"):
-                # The shared baseline unit is KAR's 100 % kept.
+            elif metric in ("roar", "kar", "mask-leakage"):
+                # The shared baseline unit is KAR's 100 % kept; mask leakage's 0 % (no
+                # mask at all) is chance, reported from the labels.
                 keys = [(metric, e, p, s) for p in ps for s in seeds
                         if not (metric == "kar" and p == "100")]
                 fn = _streamed_retrain_unit
@@ -239,5 +242,5 @@ def plan(ctx: RunContext) -> Iterator[Unit]:
                 fn = _data_randomisation_unit
             yield Unit(metric, e, keys,
                         lambda keys, fn=fn, metric=metric, e=e: fn(ctx, metric, e, keys),
-                        remote=metric in ("roar", "kar"))
+                        remote=metric in ("roar", "kar", "mask-leakage"))
 

@@ -2,8 +2,9 @@
 
 from quantus_roar.metrics.deletion import KARNoRetrain, ROARNoRetrain
 from quantus_roar.metrics.randomisation import DataRandomisation, ModelRandomisation
-from quantus_roar.metrics.roar import KAR, ROAR
+from quantus_roar.metrics.roar import KAR, ROAR, MaskLeakage
 
 __all__ = [
-    "KAR", "ROAR", "DataRandomisation", "KARNoRetrain", "ModelRandomisation", "ROARNoRetrain",
+    "KAR", "ROAR", "DataRandomisation", "KARNoRetrain", "MaskLeakage", "ModelRandomisation",
+    "ROARNoRetrain",
 ]

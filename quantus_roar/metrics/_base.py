@@ -584,6 +584,8 @@ class RemovalMetric(QuantusRoarMetric):
         DataType.IMAGE, DataType.TABULAR, DataType.TIMESERIES}
     evaluation_category: ClassVar[EvaluationCategory] = EvaluationCategory.FAITHFULNESS
     order: ClassVar[str] = "remove_top"
+    #: Whether the metric's removal fills with an imputer of the user's choice.
+    takes_imputer: ClassVar[bool] = True
 
     @validated(percentages=Percentages())
     def __init__(
@@ -597,14 +599,21 @@ class RemovalMetric(QuantusRoarMetric):
         owner = type(self).__name__
         self.percentages = tuple(float(p) for p in percentages)
         shortcuts = {k: kwargs.pop(k) for k in _RULE_SHORTCUTS if k in kwargs}
+        if not self.takes_imputer and {"imputer", "imputer_kwargs"} & set(shortcuts):
+            raise TypeError(f"{owner} fills nothing of its own (it measures the masks); it "
+                            "takes no 'imputer' or 'imputer_kwargs'.")
         #: The removal rule every call applies (quantus_roar.removal.Removal).
-        self.removal = metric_removal(removal, shortcuts, self.order, seed, owner)
+        self.removal = self._adapted(metric_removal(removal, shortcuts, self.order, seed, owner))
         super().__init__(seed=seed, **kwargs)
         if max(self.percentages) <= 1.0:
             intended = ", ".join(f"{p * 100:g}" for p in self.percentages)
             self._warn(f"{owner}(percentages={list(self.percentages)}) removes at most 1 % of "
                        "the features: percentages are in (0, 100], not fractions. If you meant "
                        f"{intended} %, pass percentages=({intended}).")
+
+    def _adapted(self, removal: Removal) -> Removal:
+        """The rule the metric applies, made from the one given (unchanged here)."""
+        return removal
 
     @property
     def granularity(self) -> str:

@@ -7,7 +7,7 @@ from typing import Any, final
 
 import numpy as np
 import torch
-from quantus.helpers.enums import ScoreDirection
+from quantus.helpers.enums import EvaluationCategory, ScoreDirection
 
 from quantus_roar._validation import Int, Real, validated
 from quantus_roar.curves import retrain_curve
@@ -22,7 +22,7 @@ from quantus_roar.metrics._base import (
 from quantus_roar.removal import Removal
 from quantus_roar.splits import Split, stratified_split
 
-__all__ = ["KAR", "ROAR"]
+__all__ = ["KAR", "ROAR", "MaskLeakage"]
 
 _DEFAULT_RECIPE = ("TorchRetrainer(model, epochs=12, batch_size=64, optimizer='adam', lr=1e-2, "
                    "schedule='onecycle')")
@@ -238,3 +238,76 @@ class KAR(_RetrainMetric):
     score_direction = ScoreDirection.HIGHER
     order = "keep_top"
 
+
+
+@final
+class MaskLeakage(_RetrainMetric):
+    """How much the removal masks alone tell about the class (Rong et al., 2022).
+
+    Trains fresh models, as :class:`ROAR` does, on the *masks* of the ROAR
+    removal instead of the modified images: every input is 1 where ROAR
+    removes a feature and 0 elsewhere, train and test alike, with the same
+    ranking, ties, counts, split, seeds and retrainer. If these models
+    predict the class well above chance, ROAR's accuracy drop at that
+    percentage partly measures what the *shape* of the mask gives away (a
+    digit's outline, an object's silhouette), not only the information
+    removed: a ranking can look good or bad in ROAR through its masks.
+    Report it beside ROAR and KAR, with the controls whose masks carry no
+    class information (``BlurredRandom``, :class:`~quantus_roar.explainers.FixedPrior`).
+
+    Parameters
+    ----------
+    percentages, n_retrains, retrainer, test_size, seed, target, executor
+        As :class:`ROAR`.
+    removal : quantus_roar.removal.Removal, optional
+        The ROAR rule whose masks are measured (granularity, reduce, seed;
+        its imputer is not used, and the order is ``"remove_top"``).
+        The ``granularity`` and ``reduce`` shortcuts work as for ROAR.
+    **kwargs
+        Quantus' base arguments, as :class:`ROAR`.
+
+    Attributes
+    ----------
+    results : pandas.DataFrame
+        One row per (percentage, retrain), as :class:`ROAR`, and ``chance``:
+        the test accuracy of always predicting the most frequent training
+        class. The row at 0 % (all-zero masks) is the chance the retrained
+        models themselves reach without any information.
+    chance : float
+        That accuracy, for the last call.
+
+    Notes
+    -----
+    Called as :class:`ROAR`; returns ``{percentage: mask-only accuracy}``.
+
+    References
+    ----------
+    .. [1] Rong et al., "A Consistent and Efficient Evaluation Strategy for
+       Attribution Methods", ICML 2022, Sec. 4 (class information leaking
+       through the removal masks).
+    .. [2] Hooker, Erhan, Kindermans and Kim, "A Benchmark for
+       Interpretability Methods in Deep Neural Networks", NeurIPS 2019.
+    """
+
+    name = "MaskLeakage"
+    score_direction = ScoreDirection.LOWER
+    evaluation_category = EvaluationCategory.NONE
+    order = "remove_top"
+
+    takes_imputer = False
+    chance = float("nan")
+
+    def _adapted(self, removal: Removal) -> Removal:
+        """The rule that makes the inputs the masks: a fill of 1 on all-zero inputs."""
+        return removal.mask_only()
+
+    def _splits(self, call: Call, held_out: Inputs | tuple[np.ndarray, np.ndarray],
+                a_test: Any) -> tuple[Split, Split]:
+        train, test = super()._splits(call, held_out, a_test)
+        counts = torch.bincount(train.y)
+        self.chance = float((test.y == int(counts.argmax())).double().mean())
+        return (train._replace(x=torch.zeros_like(train.x)),
+                test._replace(x=torch.zeros_like(test.x)))
+
+    def _finish(self, curve: dict, results: Any) -> Any:
+        return super()._finish(curve, results.assign(chance=self.chance))

@@ -11,8 +11,9 @@ numpy output.
   :func:`removal_masks`, :func:`removal_counts`.
 * :mod:`~quantus_roar.removal.imputers` -- the fills as small objects
   (:class:`ChannelMean`, :class:`Zero`, :class:`ImageMean`, :class:`Blur`,
-  :class:`NoisyLinear`; names are shortcuts, :meth:`Imputer.ensure`) and
-  :func:`impute`. ROAD's solver lives in ``_solver``.
+  :class:`NoisyLinear`, :class:`Constant`; names are shortcuts,
+  :meth:`Imputer.ensure`), :func:`impute` and :func:`gaussian_blur`. ROAD's
+  solver lives in ``_solver``.
 
 Layouts
 -------
@@ -39,11 +40,13 @@ from quantus_roar.removal.imputers import (
     IMPUTERS,
     Blur,
     ChannelMean,
+    Constant,
     ImageMean,
     Imputer,
     NoisyLinear,
     Zero,
     channel_means,
+    gaussian_blur,
     impute,
 )
 from quantus_roar.removal.ranking import (
@@ -64,6 +67,7 @@ __all__ = [
     "REDUCES",
     "Blur",
     "ChannelMean",
+    "Constant",
     "ImageMean",
     "Imputer",
     "NoisyLinear",
@@ -71,6 +75,7 @@ __all__ = [
     "Zero",
     "channel_means",
     "feature_ranks",
+    "gaussian_blur",
     "impute",
     "removal_counts",
     "removal_masks",

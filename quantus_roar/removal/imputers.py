@@ -65,8 +65,9 @@ def _check_stats(stats: Any, x: torch.Tensor) -> torch.Tensor:
     return s.reshape(1, -1, *([1] * (x.ndim - 2)))
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W) images, edges replicated."""
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) images (std ``sigma`` pixels, kernel
+    radius ``ceil(3 sigma)``), edges replicated; a (B, C, 1, W) batch is blurred along W."""
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     g = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -208,7 +209,7 @@ class Blur(Imputer):
 
     def fill(self, x: torch.Tensor, masks: torch.Tensor, *, stats: Any, seed: int,
              sample_ids: Any) -> torch.Tensor:
-        return _gaussian_blur(x, self.sigma)
+        return gaussian_blur(x, self.sigma)
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,24 @@ class NoisyLinear(Imputer):
         return fill + self.noise * hash_normal(seed, ids, c * h * w, x.dtype).view(n, c, h, w)
 
 
+@dataclass(frozen=True)
+class Constant(Imputer):
+    """One value everywhere, e.g. 0.5; :class:`~quantus_roar.MaskLeakage` fills with 1 on
+    all-zero inputs, so that the inputs are the masks themselves."""
+
+    name: ClassVar[str] = "constant"
+    value: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", check_number(self.value, "value", "Constant"))
+
+    def fill(self, x: torch.Tensor, masks: torch.Tensor, *, stats: Any, seed: int,
+             sample_ids: Any) -> torch.Tensor:
+        return torch.full((), self.value, dtype=x.dtype, device=x.device)
+
+
 _BY_NAME: dict[str, type[Imputer]] = {
-    cls.name: cls for cls in (ChannelMean, Zero, ImageMean, Blur, NoisyLinear)}
+    cls.name: cls for cls in (ChannelMean, Zero, ImageMean, Blur, NoisyLinear, Constant)}
 IMPUTERS: tuple[str, ...] = tuple(_BY_NAME)
 # Keyword arguments each imputer accepts.
 IMPUTER_KWARGS: dict[str, frozenset[str]] = {

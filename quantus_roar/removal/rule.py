@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from quantus_roar._validation import as_tensor, check_choice, check_seed
-from quantus_roar.removal.imputers import ChannelMean, Imputer, impute
+from quantus_roar.removal.imputers import ChannelMean, Constant, Imputer, impute
 from quantus_roar.removal.ranking import (
     GRANULARITIES,
     ORDERS,
@@ -94,6 +94,12 @@ class Removal:
         return {"order": self.order, "granularity": self.granularity, "reduce": self.reduce,
                 "imputer": self.imputer.name, "imputer_kwargs": self.imputer.settings(),
                 "seed": self.seed}
+
+    def mask_only(self) -> Removal:
+        """The rule whose :meth:`apply` to all-zero inputs gives the masks themselves (1
+        where removed): ranking, ties and counts of this rule, filled with
+        ``Constant(1.0)``. What :class:`~quantus_roar.MaskLeakage` trains on."""
+        return replace(self, imputer=Constant(1.0))
 
     def masks(self, a: Any, percentages: float | Iterable[float], *,
               sample_ids: Any = None) -> torch.Tensor | np.ndarray:

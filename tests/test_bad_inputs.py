@@ -95,7 +95,7 @@ def test_explain_refuses_nan_input(data):
 # --------------------------------------------------------------------------- one class
 
 
-@pytest.mark.parametrize("cls", [qr.ROAR, qr.KAR])
+@pytest.mark.parametrize("cls", [qr.ROAR, qr.KAR, qr.MaskLeakage])
 def test_one_class_training_data_is_refused_before_retraining(data, cls):
     model, x, _, a = data
     metric = _quiet(cls, percentages=(50,), n_retrains=1, retrainer=NoTraining())
@@ -187,7 +187,7 @@ def test_randomisation_metrics_take_float64_input(data, cls):
 # --------------------------------------------------------------------------- constructors
 
 
-@pytest.mark.parametrize("cls", [qr.ROAR, qr.KAR, qr.ModelRandomisation,
+@pytest.mark.parametrize("cls", [qr.ROAR, qr.KAR, qr.MaskLeakage, qr.ModelRandomisation,
                                  qr.DataRandomisation])
 def test_a_retrainer_class_is_refused_at_construction(cls):
     with pytest.raises(TypeError, match=r"retrainer instance.*class TorchRetrainer.*"
@@ -196,7 +196,7 @@ def test_a_retrainer_class_is_refused_at_construction(cls):
 
 
 @pytest.mark.parametrize("cls", [qr.ROAR, qr.KAR, qr.ROARNoRetrain, qr.KARNoRetrain,
-                                 qr.ModelRandomisation, qr.DataRandomisation])
+                                 qr.MaskLeakage, qr.ModelRandomisation, qr.DataRandomisation])
 @pytest.mark.parametrize("seed", [-1, 2**70, 1.5, True])
 def test_bad_seeds_fail_at_construction(cls, seed):
     with pytest.raises((ValueError, TypeError), match=r"'seed' parameter of .*must be an "
@@ -339,6 +339,8 @@ def _entry_points(model, x, y, a):
                                                "batch_size"}),
         "KAR": (metric(qr.KAR, **retrain), {"x", "y", "a", "percentages", "seed",
                                              "batch_size"}),
+        "MaskLeakage": (metric(qr.MaskLeakage, **retrain), {"x", "y", "a", "percentages",
+                                                             "seed", "batch_size"}),
         "ROARNoRetrain": (metric(qr.ROARNoRetrain), {"x", "y", "a", "percentages", "seed",
                                                      "batch_size"}),
         "KARNoRetrain": (metric(qr.KARNoRetrain), {"x", "y", "a", "percentages", "seed",
@@ -392,7 +394,7 @@ def test_sweep_good_input_runs(data):
     model, x, y, a = data
     good = {"x": x, "y": y, "a": a, "seed": 0, "batch_size": 4, "percentages": (50,)}
     for name, (call, _) in _entry_points(model, x, y, a).items():
-        if name in ("ROAR", "KAR", "retrain_curve", "DataRandomisation"):
+        if name in ("ROAR", "KAR", "MaskLeakage", "retrain_curve", "DataRandomisation"):
             continue  # they train; NoTraining refuses by design
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

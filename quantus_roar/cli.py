@@ -61,11 +61,17 @@ def _add_grid_flags(run: argparse.ArgumentParser) -> None:
                      "Python import: name only your own code (python -m puts the current "
                      "folder first on the import path)")
     run.add_argument("--estimators", type=_csv, help="comma-separated names of "
-                     "quantus_roar.ESTIMATORS and package.module:function specs of your own "
-                     "explain functions (Quantus' signature; imported like --model) (default: "
-                     "every built-in)")
+                     "quantus_roar.ESTIMATORS, FixedPrior(<estimator>) controls and "
+                     "package.module:function specs of your own explain functions (Quantus' "
+                     "signature; imported like --model) (default: every built-in and "
+                     "FixedPrior(Gradient_SmoothGradSquared))")
     run.add_argument("--metrics", type=_csv, help="comma-separated: roar,kar,roar-noretrain,"
-                     "kar-noretrain,model-randomisation,data-randomisation (default: all)")
+                     "kar-noretrain,mask-leakage,model-randomisation,data-randomisation "
+                     "(default: all)")
+    run.add_argument("--imputers", type=_csv, help="a sweep over fills, e.g. "
+                     "channel_mean,zero,noisy_linear: every ROAR, KAR and deletion cell once "
+                     "per fill, and the report compares the rankings (default: the one "
+                     "imputer of the config, channel_mean)")
     run.add_argument("--percentages", type=_percentages, help="e.g. 10,30,50,70,90")
     run.add_argument("--retrains", type=int, help="retrains per percentage (default 5)")
     run.add_argument("--epochs", type=int, help="training epochs of every retrain")
@@ -133,7 +139,7 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
 _FLAGS = ("dataset", "model", "estimators", "metrics", "percentages", "retrains", "epochs",
           "target", "device", "seed", "stream", "image_size", "batch_size", "lr", "optimizer",
           "weight_decay", "momentum", "schedule", "label_smoothing", "validation_split",
-          "augment")
+          "augment", "imputers")
 
 
 def _config(args: argparse.Namespace) -> Any:

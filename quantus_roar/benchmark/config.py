@@ -31,7 +31,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["METRICS", "RUN_MAX_SEED", "RunConfig", "SettingTypeError", "file_name"]
+__all__ = ["FILLED_METRICS", "METRICS", "RUN_MAX_SEED", "RunConfig", "SettingTypeError",
+           "file_name"]
+
+#: The metrics whose numbers depend on the imputer (keyed per imputer in a sweep).
+FILLED_METRICS: tuple[str, ...] = ("roar-noretrain", "kar-noretrain", "roar", "kar")
 
 #: The runner's metrics, in the order they are computed per estimator.
 METRICS: tuple[str, ...] = ("roar-noretrain", "kar-noretrain", "roar", "kar", "mask-leakage",
@@ -301,6 +305,19 @@ def _estimators(config: RunConfig) -> tuple[str, ...]:
     return names
 
 
+def _imputers(config: RunConfig) -> tuple[str, ...] | None:
+    """The imputers of a sweep, checked; ``imputer`` must then be left alone or be the
+    first of them (the fill of the figures and the single-fill summaries)."""
+    if config.imputers is None:
+        return None
+    names = _names("imputers", config.imputers, IMPUTERS, "imputer")
+    if config.imputer not in ("channel_mean", names[0]):
+        raise ValueError(f"The 'imputer' setting ({config.imputer!r}) and the 'imputers' "
+                         f"setting ({list(names)}) disagree; give one, or list "
+                         f"{config.imputer!r} first in 'imputers'.")
+    return names
+
+
 def _check_device(device: Any) -> None:
     if device is None:
         return
@@ -377,6 +394,13 @@ class RunConfig:
         larger seed).
     granularity, reduce, imputer
         The removal rule (:mod:`quantus_roar.removal`).
+    imputers : tuple of str, optional
+        A sweep over fills, e.g. ``("channel_mean", "zero", "noisy_linear")``:
+        every ROAR, KAR and deletion cell is computed once per imputer and
+        stored under ``"<metric>@<imputer>"``; the report ranks the
+        estimators per fill and says how far the rankings agree. The first
+        is the fill of the figures. ``imputer`` must then be left alone or
+        be the first.
     layer_order : str
         Model randomisation order.
     similarities : tuple of str
@@ -439,6 +463,7 @@ class RunConfig:
     label_smoothing: float | None = None
     validation_split: float | None = None
     augment: Any = None
+    imputers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         def setattr_(name: str, value: Any) -> None:
@@ -457,6 +482,7 @@ class RunConfig:
             raise _type_error("stream", "true or false (a boolean, not a string)", self.stream)
         setattr_("stream", bool(self.stream))
         _check_device(self.device)
+        setattr_("imputers", _imputers(self))
 
     # ------------------------------------------------------------------ building
 
@@ -542,11 +568,29 @@ class RunConfig:
                        reduce=self.reduce, imputer=self.imputer,  # type: ignore[arg-type]
                        seed=self.seed)
 
+    @property
+    def fills(self) -> tuple[str, ...]:
+        """The imputers of the run: ``imputers``, or the one ``imputer``."""
+        return self.imputers or (self.imputer,)
+
+    def keyed(self, metric: str) -> tuple[str, ...]:
+        """The store's metric names of one of :data:`METRICS`: one per imputer
+        (``"roar@zero"``) for the metrics that fill, when ``imputers`` is set; else the
+        name itself."""
+        if self.imputers is None or metric not in FILLED_METRICS:
+            return (metric,)
+        return tuple(f"{metric}@{fill}" for fill in self.imputers)
+
     def metric_removal(self, metric: str) -> Removal:
-        """The removal rule of one of :data:`METRICS`: KAR's keeps, the others remove,
-        and mask leakage trains on the masks themselves (:meth:`Removal.mask_only`)."""
-        rule = self.removal("keep_top" if metric in ("kar", "kar-noretrain") else "remove_top")
-        return rule.mask_only() if metric == "mask-leakage" else rule
+        """The removal rule of a stored metric name (``"kar"``, ``"roar@zero"``): KAR's
+        keeps, the others remove, with the name's imputer (else ``imputer``), and mask
+        leakage trains on the masks themselves (:meth:`Removal.mask_only`)."""
+        base, _, fill = metric.partition("@")
+        order = "keep_top" if base in ("kar", "kar-noretrain") else "remove_top"
+        rule = Removal(order=order, granularity=self.granularity,  # type: ignore[arg-type]
+                       reduce=self.reduce, imputer=fill or self.imputer,  # type: ignore[arg-type]
+                       seed=self.seed)
+        return rule.mask_only() if base == "mask-leakage" else rule
 
     def recipe(self) -> dict[str, Any]:
         """The recipe settings given, as keyword arguments of :class:`~quantus_roar.TorchRetrainer`
@@ -591,7 +635,7 @@ class RunConfig:
 
 # Settings added after the first release: absent from to_dict while unset.
 _LATER = ("explainers", "retrainer", "weight_decay", "momentum", "schedule", "label_smoothing",
-          "validation_split", "augment")
+          "validation_split", "augment", "imputers")
 
 
 def fingerprint(config: RunConfig, data_digest: str, device_type: str) -> tuple[str, dict]:

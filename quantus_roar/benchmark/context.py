@@ -312,7 +312,7 @@ class RunContext:
         lazy Dataset."""
         _, y = self.split(split)
         ids = self.train_ids if split == "train" else self.test_ids
-        x = self.inputs(split, "zeros" if metric == "mask-leakage" else "x")
+        x = self.inputs(split, "zeros" if metric.startswith("mask-leakage") else "x")
         return RemovedDataset(x, y, self.attributions(estimator, split), p,
                               first_id=int(ids[0]), removal=self.config.metric_removal(metric),
                               stats=self.stats)

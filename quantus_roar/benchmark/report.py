@@ -39,6 +39,21 @@ _NORETRAIN = {"roar": "roar-noretrain", "kar": "kar-noretrain"}
 # Where the unmodified data sit on each curve's axis: 0 % removed (ROAR, MoRF deletion),
 # 100 % kept (KAR, LeRF deletion).
 _UNMODIFIED = {"roar": 0.0, "kar": 100.0, "roar-noretrain": 0.0, "kar-noretrain": 100.0}
+
+
+def _base(metric: str) -> str:
+    """The metric of a stored name: ``"roar@zero"`` (a sweep's) -> ``"roar"``."""
+    return metric.partition("@")[0]
+
+
+def _keyed(metric: str, fill: str | None) -> str:
+    """The stored name of ``metric`` under ``fill`` (None: a run without a sweep)."""
+    return metric if fill is None else f"{metric}@{fill}"
+
+
+def _fills(run: dict[str, Any]) -> list[str | None]:
+    """The imputers of a sweep, or ``[None]`` for a run with one fill."""
+    return list(run.get("imputers") or []) or [None]
 # Fewer paired retrain seeds than this give no usable spread: no test, no p-value.
 MIN_PAIRED_SEEDS = 3
 _COLUMNS = ["estimator", "percentage", "seed", "accuracy"]
@@ -82,7 +97,7 @@ def accuracies(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     cells at the unmodified point (KAR at 100 % kept is the unmodified data), the
     shared baseline of that seed is used and the estimator's own cell dropped.
     """
-    unmodified = _UNMODIFIED[metric]
+    unmodified = _UNMODIFIED[_base(metric)]
     cur = df[(df["metric"] == metric) & (df["quantity"] == "accuracy")]
     raw = cur["param"].map(_pct)
     legacy = (raw == 0.0) & (metric == "kar-noretrain")
@@ -92,7 +107,7 @@ def accuracies(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     cur = cur.sort_values("_legacy", kind="stable")[_COLUMNS]
     parts = []
     base = df[(df["metric"] == "baseline") & (df["quantity"] == "accuracy")]
-    if metric in _ORDER and len(base) and len(cur):
+    if _base(metric) in _ORDER and len(base) and len(cur):
         for e, seeds in cur.groupby("estimator")["seed"]:
             mine = base[base["seed"].isin(seeds)]
             parts.append(mine.assign(estimator=e, percentage=unmodified,
@@ -142,11 +157,11 @@ def curve_table(df: pd.DataFrame, metric: str, estimators: list[str]) -> pd.Data
     acc = accuracies(df, metric)
     if acc.empty:
         return pd.DataFrame()
-    unmodified = _UNMODIFIED[metric]
+    unmodified = _UNMODIFIED[_base(metric)]
     wide = acc.groupby(["estimator", "percentage"])["accuracy"].agg(["mean", "std"])
     auc = _auc_per_seed(acc)
     auc_stats = auc.groupby("estimator")["auc"].agg(["mean", "std"])
-    lower_better = metric == "roar"
+    lower_better = _base(metric) == "roar"
     random = auc[auc["estimator"] == "Random"].set_index("seed")["auc"]
     rows = []
     for e in [e for e in estimators if e in auc_stats.index]:
@@ -221,8 +236,8 @@ def leakage_table(df: pd.DataFrame, estimators: list[str], chance: float | None
     return pd.DataFrame(rows)
 
 
-def _leakage_section(df: pd.DataFrame, estimators: list[str], chance: float | None
-                     ) -> list[str]:
+def _leakage_section(df: pd.DataFrame, estimators: list[str], chance: float | None,
+                     fill: str | None = None) -> list[str]:
     table = leakage_table(df, estimators, chance)
     if table.empty:
         return []
@@ -234,15 +249,16 @@ def _leakage_section(df: pd.DataFrame, estimators: list[str], chance: float | No
              f"training class: {level}. Where the masks predict the class, ROAR's accuracy "
              "at that percentage partly measures what the mask's shape gives away, not only "
              "the information removed (Rong et al., 2022).", ""]
-    corr = _leakage_correlation(df, estimators)
+    corr = _leakage_correlation(df, estimators, _keyed("roar", fill))
     if corr:
         lines += [corr, ""]
     return [*lines, _md(table)]
 
 
-def _leakage_correlation(df: pd.DataFrame, estimators: list[str]) -> str:
+def _leakage_correlation(df: pd.DataFrame, estimators: list[str], roar_name: str = "roar"
+                         ) -> str:
     """Pearson r across estimators of ROAR accuracy and mask-only accuracy, per percentage."""
-    roar = accuracies(df, "roar")
+    roar = accuracies(df, roar_name)
     leak = df[(df["metric"] == "mask-leakage") & (df["quantity"] == "accuracy")]
     if roar.empty or leak.empty:
         return ""
@@ -258,8 +274,9 @@ def _leakage_correlation(df: pd.DataFrame, estimators: list[str]) -> str:
     if not parts:
         return ""
     return ("Across estimators, ROAR accuracy and mask-only accuracy correlate with Pearson "
-            f"r = {', '.join(parts)} (n = {len(estimators)} estimators): the closer to -1, "
-            "the more the ROAR ranking follows what the masks alone reveal.")
+            f"r = {', '.join(parts)} (n = {len(estimators)} estimators): the closer to +1, "
+            "the more ROAR accuracy follows what the masks alone reveal (a mask that gives "
+            "the class away keeps the retrained model's accuracy up, whatever was removed).")
 
 
 def _beats_random_text(table: pd.DataFrame, metric: str) -> str:
@@ -298,13 +315,14 @@ def noretrain_comparison(df: pd.DataFrame, metric: str, estimators: list[str]
     from scipy import stats
 
     with_rt = _auc_per_seed(accuracies(df, metric))
-    without = _auc_per_seed(accuracies(df, _NORETRAIN[metric]))
+    base, _, fill = metric.partition("@")
+    without = _auc_per_seed(accuracies(df, _keyed(_NORETRAIN[base], fill or None)))
     if with_rt.empty or without.empty:
         return pd.DataFrame(), float("nan")
     a = with_rt.groupby("estimator")["auc"].mean()
     b = without.groupby("estimator")["auc"].mean()
     common = [e for e in estimators if e in a.index and e in b.index]
-    asc = metric == "roar"
+    asc = base == "roar"
     table = pd.DataFrame({"estimator": common,
                           "AUC retrained": a[common].to_numpy(),
                           "rank retrained": a[common].rank(ascending=asc, method="min")
@@ -385,7 +403,8 @@ def _save_figure(fig: Any, path: Path) -> None:
         plt.close(fig)
 
 
-def _curves_figure(df: pd.DataFrame, estimators: list[str], path: Path) -> bool:
+def _curves_figure(df: pd.DataFrame, estimators: list[str], path: Path,
+                   fill: str | None = None) -> bool:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -397,10 +416,10 @@ def _curves_figure(df: pd.DataFrame, estimators: list[str], path: Path) -> bool:
     for metric, title in (("roar", "ROAR (retrained)"), ("kar", "KAR (retrained)"),
                           ("roar-noretrain", "ROAR without retraining"),
                           ("kar-noretrain", "KAR without retraining")):
-        acc = accuracies(df, metric)
+        acc = accuracies(df, _keyed(metric, fill))
         if not acc.empty:
-            panels.append((title, acc, "features removed (%)" if metric.startswith("roar")
-                           else "features kept (%)"))
+            xlabel = "features removed (%)" if metric.startswith("roar") else "features kept (%)"
+            panels.append((title if fill is None else f"{title}, {fill}", acc, xlabel))
     if not panels:
         return False
     ncols = 2 if len(panels) == 4 else len(panels)
@@ -622,7 +641,7 @@ def _checked_frame(path: Path, df: pd.DataFrame) -> pd.DataFrame:
         row = df[seeds.isna() | (seeds != seeds.round())].iloc[0]
         raise _not_ours(path, f"a cell whose seed is not an integer ({_shown(row['seed'])})")
     df["seed"] = seeds.astype(int)
-    curve = df["metric"].isin(_CURVES)
+    curve = df["metric"].str.partition("@")[0].isin(_CURVES)
     params = pd.to_numeric(df.loc[curve, "param"], errors="coerce")
     if params.isna().any():
         row = df[curve][params.isna()].iloc[0]
@@ -682,42 +701,95 @@ def _summary_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str
     return lines
 
 
-def _curve_sections(df: pd.DataFrame, estimators: list[str]) -> list[str]:
-    """ROAR and KAR: accuracy per percentage, ranked by AUC, against Random."""
+def _curve_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None]
+                    ) -> list[str]:
+    """ROAR and KAR: accuracy per percentage, ranked by AUC, against Random (per fill)."""
     lines: list[str] = []
-    for metric, title, better in (("roar", "ROAR (remove and retrain)", "lower"),
-                                  ("kar", "KAR (keep and retrain)", "higher")):
-        table = curve_table(df, metric, estimators)
-        if table.empty:
-            continue
-        where = "0 % removed" if metric == "roar" else "100 % kept"
-        lines += [f"## {title}", "",
-                  f"Test accuracy of models retrained on data with features "
-                  f"{'removed' if metric == 'roar' else 'kept'} by each estimator (mean ± std "
-                  f"over retrains; column headers are the share of features "
-                  f"{'removed' if metric == 'roar' else 'kept'}; *unmodified*: trained on "
-                  f"the data without removal, the point at {where}). Ranked by the "
-                  f"normalised area under the curve, unmodified point included ({better} is "
-                  "better).", ""]
-        text = _beats_random_text(table, metric)
-        if text:
-            lines += [text, ""]
-        lines += [_md(table)]
+    for fill in fills:
+        for metric, title, better in (("roar", "ROAR (remove and retrain)", "lower"),
+                                      ("kar", "KAR (keep and retrain)", "higher")):
+            table = curve_table(df, _keyed(metric, fill), estimators)
+            if table.empty:
+                continue
+            where = "0 % removed" if metric == "roar" else "100 % kept"
+            done = "removed" if metric == "roar" else "kept"
+            lines += [f"## {title}" + ("" if fill is None else f", fill `{fill}`"), "",
+                      f"Test accuracy of models retrained on data with features {done} by "
+                      f"each estimator (mean ± std over retrains; column headers are the share "
+                      f"of features {done}; *unmodified*: trained on the data without removal, "
+                      f"the point at {where}). Ranked by the normalised area under the curve, "
+                      f"unmodified point included ({better} is better).", ""]
+            text = _beats_random_text(table, metric)
+            if text:
+                lines += [text, ""]
+            lines += [_md(table)]
     return lines
 
 
-def _noretrain_sections(df: pd.DataFrame, estimators: list[str]) -> list[str]:
+def _noretrain_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None]
+                        ) -> list[str]:
     """ROAR and KAR against deletion without retraining: the two rankings compared."""
     lines: list[str] = []
+    for fill in fills:
+        for metric in ("roar", "kar"):
+            table, rho = noretrain_comparison(df, _keyed(metric, fill), estimators)
+            if table.empty:
+                continue
+            lines += [f"## {metric.upper()} with and without retraining"
+                      + ("" if fill is None else f", fill `{fill}`"), "",
+                      f"Spearman rank correlation of the estimators' AUC with and without "
+                      f"retraining: {spearman_text(table, rho)}. Without retraining the model "
+                      "sees inputs unlike its training data, so a ranking by deletion alone "
+                      "can mislead.", "", _md(table)]
+    return lines
+
+
+def fill_agreement(df: pd.DataFrame, metric: str, estimators: list[str], fills: list[str]
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The estimators' AUC rank under each fill, and the Spearman correlation of the AUCs
+    between every two fills (NaN with fewer than 3 estimators in common)."""
+    from scipy import stats
+
+    aucs = {}
+    for fill in fills:
+        auc = _auc_per_seed(accuracies(df, _keyed(metric, fill)))
+        if not auc.empty:
+            aucs[fill] = auc.groupby("estimator")["auc"].mean()
+    common = [e for e in estimators if all(e in a.index for a in aucs.values())]
+    if len(aucs) < 2 or not common:
+        return pd.DataFrame(), pd.DataFrame()
+    asc = metric == "roar"
+    ranks = pd.DataFrame({"estimator": common, **{
+        f"rank {fill}": aucs[fill][common].rank(ascending=asc, method="min").astype(int)
+        .to_numpy() for fill in aucs}})
+    pairs = []
+    names = list(aucs)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            x, y = aucs[first][common], aucs[second][common]
+            rho = (float(stats.spearmanr(x, y).statistic)
+                   if len(common) >= 3 and x.nunique() > 1 and y.nunique() > 1 else math.nan)
+            pairs.append({"fills": f"{first} / {second}", "Spearman rho": rho,
+                          "n estimators": len(common)})
+    return ranks, pd.DataFrame(pairs)
+
+
+def _fill_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None]
+                   ) -> list[str]:
+    """With a sweep: how far the rankings of the fills agree."""
+    named = [f for f in fills if f is not None]
+    if len(named) < 2:
+        return []
+    lines: list[str] = []
     for metric in ("roar", "kar"):
-        table, rho = noretrain_comparison(df, metric, estimators)
-        if table.empty:
+        ranks, pairs = fill_agreement(df, metric, estimators, named)
+        if ranks.empty:
             continue
-        lines += [f"## {metric.upper()} with and without retraining", "",
-                  f"Spearman rank correlation of the estimators' AUC with and without "
-                  f"retraining: {spearman_text(table, rho)}. Without retraining the model "
-                  "sees inputs unlike its training data, so a ranking by deletion alone can "
-                  "mislead.", "", _md(table)]
+        lines += [f"## {metric.upper()}: does the fill change the ranking?", "",
+                  "Rank of each estimator by AUC under each fill, and the Spearman "
+                  "correlation of the AUCs between fills (1: the same order). A ranking that "
+                  "changes with the fill is a finding about the fill as much as about the "
+                  "estimators.", "", _md(pairs), _md(ranks)]
     return lines
 
 
@@ -725,7 +797,7 @@ def _figure_lines(df: pd.DataFrame, run: dict[str, Any], estimators: list[str], 
                   figures: Path) -> list[str]:
     """The accuracy curves and the example images, where there is something to draw."""
     lines: list[str] = []
-    if _curves_figure(df, estimators, figures / "curves.png"):
+    if _curves_figure(df, estimators, figures / "curves.png", _fills(run)[0]):
         lines += ["![accuracy curves](figures/curves.png)", ""]
     if _examples_figure(out, estimators, run, figures / "examples.png"):
         lines += ["![what ROAR removes](figures/examples.png)", ""]
@@ -813,15 +885,16 @@ def build_report(out: str | Path) -> Path:
     """
     out = Path(out)
     df, run, layers, layer_types, expected = _read_store(out)
-    chance = _chance(out)
+    chance, fills = _chance(out), _fills(run)
     write_text(out / "results.csv",
                df.drop(columns=["fingerprint", "finished_at"]).to_csv(index=False))
     estimators = _estimators(df, run)
     figures = _figures_folder(out)
     lines = [*_summary_section(df, run, estimators, expected),
-             *_curve_sections(df, estimators),
-             *_noretrain_sections(df, estimators),
-             *_leakage_section(df, estimators, chance),
+             *_curve_sections(df, estimators, fills),
+             *_noretrain_sections(df, estimators, fills),
+             *_fill_sections(df, estimators, fills),
+             *_leakage_section(df, estimators, chance, fills[0]),
              *_figure_lines(df, run, estimators, out, figures),
              *_model_randomisation_section(df, run, estimators, layers, layer_types, figures),
              *_data_randomisation_section(df, run, estimators)]

@@ -49,8 +49,13 @@ class Unit:
 # --------------------------------------------------------------------------- units
 
 
+def _base(metric: str) -> str:
+    """The metric of a stored name (``"roar@zero"`` -> ``"roar"``)."""
+    return metric.partition("@")[0]
+
+
 def _order(metric: str) -> str:
-    return "keep_top" if metric in ("kar", "kar-noretrain") else "remove_top"
+    return "keep_top" if _base(metric) in ("kar", "kar-noretrain") else "remove_top"
 
 
 def retrain_task(ctx: RunContext, ex: Executor, metric: str, estimator: str, keys: list[Key]
@@ -69,7 +74,7 @@ def retrain_task(ctx: RunContext, ex: Executor, metric: str, estimator: str, key
                "train_ids": ctx.train_ids, "test_ids": ctx.test_ids,
                "progress": ctx.progress and isinstance(ex, LocalExecutor)}
     # Mask leakage fills all-zero inputs: what the models see are the masks alone.
-    x_name = "zeros" if metric == "mask-leakage" else "x"
+    x_name = "zeros" if _base(metric) == "mask-leakage" else "x"
     args = (ctx.retrainer, jobs, options,
             ctx.handle(f"{x_name}_train", lambda: ctx.inputs("train", x_name)),
             ctx.handle("y_train", lambda: ctx.data.y_train), a_tr,
@@ -220,16 +225,17 @@ def plan(ctx: RunContext) -> Iterator[Unit]:
                     [("data-randomisation", "-", "random_label_model", s) for s in sanity],
                     lambda keys: _data_randomisation_unit(ctx, "data-randomisation", "-", keys))
     for e in cfg.estimators:
-        for metric in cfg.metrics:
-            if metric in ("roar-noretrain", "kar-noretrain"):
+        for metric in (m for name in cfg.metrics for m in cfg.keyed(name)):
+            base = _base(metric)
+            if base in ("roar-noretrain", "kar-noretrain"):
                 unmodified = str(unmodified_point(_order(metric)))
                 keys = [(metric, e, p, 0) for p in dict.fromkeys([unmodified, *ps])]
                 fn = _deletion_unit
-            elif metric in ("roar", "kar", "mask-leakage"):
+            elif base in ("roar", "kar", "mask-leakage"):
                 # The shared baseline unit is KAR's 100 % kept; mask leakage's 0 % (no
                 # mask at all) is chance, reported from the labels.
                 keys = [(metric, e, p, s) for p in ps for s in seeds
-                        if not (metric == "kar" and p == "100")]
+                        if not (base == "kar" and p == "100")]
                 fn = _streamed_retrain_unit
             elif metric == "model-randomisation":
                 steps = [*(ctx.layers[::-1] if cfg.layer_order == "top_down" else ctx.layers),
@@ -242,5 +248,5 @@ def plan(ctx: RunContext) -> Iterator[Unit]:
                 fn = _data_randomisation_unit
             yield Unit(metric, e, keys,
                         lambda keys, fn=fn, metric=metric, e=e: fn(ctx, metric, e, keys),
-                        remote=metric in ("roar", "kar", "mask-leakage"))
+                        remote=_base(metric) in ("roar", "kar", "mask-leakage"))
 

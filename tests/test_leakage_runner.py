@@ -30,7 +30,7 @@ def leakage_run(tmp_path_factory):
 def test_every_leakage_cell_is_stored_and_chance_is_the_majority_class(leakage_run):
     out, df, chance = leakage_run
     leak = df[df.metric == "mask-leakage"]
-    assert sorted(set(zip(leak.estimator, leak.param))) == sorted(
+    assert sorted(set(zip(leak.estimator, leak.param, strict=True))) == sorted(
         (e, p) for e in ("Gradient", *CONTROLS) for p in ("30", "70"))
     _, y_tr, _, y_te = load_digits_data(seed=0)
     assert chance == pytest.approx(np.mean(y_te == np.bincount(y_tr).argmax()))

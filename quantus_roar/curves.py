@@ -310,9 +310,10 @@ def _curve_frame(results: dict, groups: list[list[int]], jobs: list[tuple[float,
 
 
 def _scored(model: torch.nn.Module, batch: torch.Tensor, y: torch.Tensor, softmax: bool,
-            owner: str) -> torch.Tensor:
-    """Correct predictions and the summed true-class score of each of the ``P`` versions
-    of a chunk, ``batch`` of shape (P, B, ...): shape (2, P), float64."""
+            owner: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of the ``P`` versions of a chunk, ``batch`` of shape (P, B, ...): whether
+    each sample is predicted right, (P, B) bool, and the number right and the summed
+    true-class score, (2, P) float64."""
     n_p, n_b = batch.shape[:2]
     raw = model(batch.flatten(0, 1))
     if not isinstance(raw, torch.Tensor) or raw.ndim != 2:
@@ -327,10 +328,10 @@ def _scored(model: torch.nn.Module, batch: torch.Tensor, y: torch.Tensor, softma
         raise ValueError(f"The 'data.y' parameter of {owner} must hold class labels in "
                          f"[0, {out.shape[-1]}) for a model with {out.shape[-1]} outputs. Got "
                          f"labels up to {int(y.max())} instead.")
-    correct = (out.argmax(-1) == y).sum(dim=1).double()
+    correct = out.argmax(-1) == y
     probs = out.softmax(-1) if softmax else out
     score = probs.gather(-1, y.expand(n_p, -1)[..., None])[..., 0].sum(dim=1).double()
-    return torch.stack([correct, score])
+    return correct, torch.stack([correct.sum(dim=1).double(), score])
 
 
 @torch.no_grad()
@@ -380,7 +381,9 @@ def deletion_curve(
         One row per percentage in increasing order, the unmodified data at
         :func:`unmodified_point` (0 % removed, or 100 % kept): ``percentage``,
         ``accuracy``, ``true_class_score`` (mean over samples),
-        ``removed_fraction``.
+        ``removed_fraction``. ``frame.attrs["correct"]``: whether each sample is
+        classified right, a bool array (rows of the frame, samples), from which
+        :mod:`quantus_roar.stats` bootstraps intervals over samples.
     """
     owner = "deletion_curve"
     rule = Removal.ensure(removal, owner=owner)
@@ -397,6 +400,7 @@ def deletion_curve(
     ids = sample_ids(data, len(x_t)).to(device)
     n, n_p = len(x_t), len(ps) + 1
     totals = torch.zeros(3, n_p, dtype=torch.float64, device=device)  # correct, score, removed
+    correct: list[torch.Tensor] = []
     with evaluating(model):
         for start in tqdm(range(0, n, batch_size), desc="deleting", disable=not progress,
                           leave=False):
@@ -412,9 +416,15 @@ def deletion_curve(
                     xr = xr.movedim(2, -1)
                 batch = torch.cat([batch, xr])
                 totals[2, 1:] += frac.to(device) * len(xb)
-            totals[:2] += _scored(model, batch, yb, softmax, owner)
-    correct, score, removed = (totals / n).tolist()
-    return pd.DataFrame({
+            right, sums = _scored(model, batch, yb, softmax, owner)
+            totals[:2] += sums
+            correct.append(right.cpu())
+    accuracy, score, removed = (totals / n).tolist()
+    frame = pd.DataFrame({
         "percentage": [unmodified_point(rule.order), *(_key(p) for p in ps)],
-        "accuracy": correct, "true_class_score": score, "removed_fraction": removed,
-    }).sort_values("percentage", kind="stable").reset_index(drop=True)
+        "accuracy": accuracy, "true_class_score": score, "removed_fraction": removed,
+    })
+    order = np.argsort(frame["percentage"].to_numpy(), kind="stable")
+    frame = frame.iloc[order].reset_index(drop=True)
+    frame.attrs["correct"] = torch.cat(correct, dim=1).numpy()[order]
+    return frame

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from quantus_roar._validation import as_tensor
 from quantus_roar.removal import Removal, channel_means
-from quantus_roar.retrain.base import RetrainJob, check_scores, fit_score_many
+from quantus_roar.retrain.base import RetrainJob, check_scores, fit_correct_many, fit_score_many
 from quantus_roar.splits import Split
 
 __all__ = ["retrain_group", "retrain_group_task", "task_groups", "task_resources"]
@@ -78,7 +78,9 @@ def retrain_group(
     Returns
     -------
     dict
-        ``"accuracy"``: one test accuracy per job, in order;
+        ``"accuracy"``: one test accuracy per job, in order; ``"correct"``: per
+        job, whether each test sample is classified right (bool arrays), when the
+        retrainer has ``fit_correct_many``, else None;
         ``"removed_fraction"`` and ``"removal_time_s"``: per percentage;
         ``"retrain_time_s"``: wall time of the ``fit_score_many`` call.
 
@@ -124,9 +126,13 @@ def retrain_group(
     start = time.perf_counter()
     # every score a finite accuracy in [0, 1], one per job (also for retrainers whose
     # fit_score_many is called directly by an executor's wrapper)
-    scores = check_scores(fit_score_many(retrainer, retrain_jobs, progress=progress),
-                          len(retrain_jobs), f"{type(retrainer).__name__}.fit_score_many")
-    return {"accuracy": scores, "removed_fraction": fractions,
+    correct = fit_correct_many(retrainer, retrain_jobs, progress=progress)
+    if correct is None:
+        scores = check_scores(fit_score_many(retrainer, retrain_jobs, progress=progress),
+                              len(retrain_jobs), f"{type(retrainer).__name__}.fit_score_many")
+    else:
+        scores = [int(c.sum()) / max(1, len(c)) for c in correct]
+    return {"accuracy": scores, "correct": correct, "removed_fraction": fractions,
             "removal_time_s": times, "retrain_time_s": time.perf_counter() - start}
 
 

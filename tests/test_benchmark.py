@@ -31,6 +31,7 @@ from quantus_roar.models import SmallCNN
 from quantus_roar.removal import Removal, channel_means
 from quantus_roar.retrain import TorchRetrainer
 from quantus_roar.splits import Split
+from quantus_roar.stats import N_BOOT, sample_counts, seed_weights
 
 pytestmark = pytest.mark.slow
 
@@ -98,18 +99,28 @@ def test_results_csv_has_one_row_per_cell_and_quantity(quick):
 
 
 def test_report_tables_agree_with_the_stored_values(quick):
-    from quantus_roar.benchmark.report import curve_table
+    from quantus_roar.benchmark.report import curve_table, replicates
 
     with ResultStore.open_existing(quick) as store:
-        df = store.frame()
-    table = curve_table(df, "roar", ["Gradient", "GuidedBackprop_SmoothGrad", "Random", "Sobel"])
+        df, samples = store.frame(), store.samples()
+    table = curve_table(df, "roar", ["Gradient", "GuidedBackprop_SmoothGrad", "Random", "Sobel"],
+                        replicates(samples))
     cell = df[(df.metric == "roar") & (df.estimator == "Sobel") & (df.param == "90")]["value"]
     row = table.set_index("estimator").loc["Sobel"]
-    assert row["90%"] == f"{cell.mean():.3f} ± {cell.std():.3f}"
+    assert row["90%"].startswith(f"{cell.mean():.3f} [")
+    # The interval: the stored per-sample results, resampled over test samples and seeds,
+    # computed here from the definition (and the samples agree with the accuracies).
+    correct = np.stack([samples[("roar", "Sobel", "90", s)] for s in (0, 1)])
+    assert correct.mean(axis=1).tolist() == pytest.approx(cell.tolist(), abs=1e-12)
+    counts = sample_counts(correct.shape[1], N_BOOT, 0)
+    per_seed = counts @ correct.T.astype(float) / correct.shape[1]  # (B, seeds)
+    mean = (seed_weights(2, N_BOOT, 0) * per_seed).sum(axis=1)
+    lo, hi = np.percentile(mean, [2.5, 97.5])
+    assert row["90%"] == f"{cell.mean():.3f} [{lo:.3f}, {hi:.3f}]"
     # ranks follow the AUC, lower first for ROAR
     aucs = table["AUC"].str.split(" ").str[0].astype(float)
     assert list(aucs) == sorted(aucs)
-    assert table.set_index("estimator").loc["Random", "beats Random"] == "(control)"
+    assert table.set_index("estimator").loc["Random", "vs Random"] == "(control)"
 
 
 # --------------------------------------------------------------------------- resume

@@ -23,11 +23,21 @@ import pandas as pd
 
 from quantus_roar._io import disk_error, write_text, write_with
 from quantus_roar.benchmark.config import file_name
-from quantus_roar.benchmark.store import ResultStore
+from quantus_roar.benchmark.store import Key, ResultStore
 from quantus_roar.curves import normalised_auc
 from quantus_roar.exceptions import StorageError
 from quantus_roar.randomisation import LAYER_ORDERS
 from quantus_roar.removal import GRANULARITIES, IMPUTERS, REDUCES
+from quantus_roar.stats import (
+    N_BOOT,
+    holm,
+    percentile_interval,
+    rank_interval,
+    replicate_accuracies,
+    sample_counts,
+    seed_weights,
+    two_sided_p,
+)
 
 logger = logging.getLogger("quantus_roar.benchmark")
 
@@ -55,7 +65,6 @@ def _fills(run: dict[str, Any]) -> list[str | None]:
     """The imputers of a sweep, or ``[None]`` for a run with one fill."""
     return list(run.get("imputers") or []) or [None]
 # Fewer paired retrain seeds than this give no usable spread: no test, no p-value.
-MIN_PAIRED_SEEDS = 3
 _COLUMNS = ["estimator", "percentage", "seed", "accuracy"]
 
 
@@ -80,6 +89,23 @@ def _estimators(df: pd.DataFrame, run: dict[str, Any]) -> list[str]:
 def accuracies(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per (estimator, percentage, seed) accuracy of one curve, the unmodified point included.
 
+    ``metric`` is a stored metric name: ``"roar"``, ``"kar"``, ``"roar-noretrain"``,
+    ``"kar-noretrain"``, or one of them under a fill (``"roar@zero"``). The details of
+    the unmodified point are those of :func:`_accuracy_rows`.
+    """
+    return _accuracy_rows(df, metric)[_COLUMNS]
+
+
+def _keys(rows: pd.DataFrame) -> list[Key]:
+    return [(m, e, p, int(s)) for m, e, p, s in zip(rows["metric"], rows["estimator"],
+                                                    rows["param"], rows["seed"], strict=True)]
+
+
+def _accuracy_rows(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """:func:`accuracies` with the key of each row's stored cell (column ``key``).
+
+    Per (estimator, percentage, seed) accuracy of one curve, the unmodified point included.
+
     ``metric`` is ``"roar"``, ``"kar"``, ``"roar-noretrain"`` or ``"kar-noretrain"``.
     The percentage is the share removed (ROAR, MoRF deletion) or kept (KAR, LeRF
     deletion), and the unmodified data sit at 0 % removed or at 100 % kept:
@@ -102,16 +128,16 @@ def accuracies(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     raw = cur["param"].map(_pct)
     legacy = (raw == 0.0) & (metric == "kar-noretrain")
     cur = cur.assign(percentage=raw.mask(legacy, unmodified), accuracy=cur["value"],
-                     _legacy=legacy)
+                     _legacy=legacy, key=_keys(cur))
     # first occurrence wins: the shared baseline, then rows labelled as they are now
-    cur = cur.sort_values("_legacy", kind="stable")[_COLUMNS]
+    cur = cur.sort_values("_legacy", kind="stable")[[*_COLUMNS, "key"]]
     parts = []
     base = df[(df["metric"] == "baseline") & (df["quantity"] == "accuracy")]
     if _base(metric) in _ORDER and len(base) and len(cur):
         for e, seeds in cur.groupby("estimator")["seed"]:
             mine = base[base["seed"].isin(seeds)]
             parts.append(mine.assign(estimator=e, percentage=unmodified,
-                                     accuracy=mine["value"])[_COLUMNS])
+                                     accuracy=mine["value"], key=_keys(mine))[[*_COLUMNS, "key"]])
     out = pd.concat([*parts, cur], ignore_index=True)
     out = out.drop_duplicates(["estimator", "percentage", "seed"], keep="first")
     return out.sort_values(["estimator", "percentage", "seed"], kind="stable") \
@@ -128,127 +154,221 @@ def _auc_per_seed(acc: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["estimator", "seed", "auc"])
 
 
-def _not_enough(n: int) -> str:
-    return (f"n/a (n = {n} retrain{'s' if n != 1 else ''}; "
-            f"≥ {MIN_PAIRED_SEEDS} needed)")
+#: The seed of the report's bootstrap (fixed: the same store gives the same report).
+BOOTSTRAP_SEED = 0
+#: Family-wise level of the comparisons with Random (Holm-corrected).
+ALPHA = 0.05
+#: Fewest retrain seeds an estimator and Random need for a verdict.
+MIN_PAIRED_SEEDS = 3
 
 
-def curve_table(df: pd.DataFrame, metric: str, estimators: list[str]) -> pd.DataFrame:
-    """ROAR or KAR table: mean ± std accuracy per estimator and percentage, AUC and rank,
-    and a one-sided paired t-test over retrains against Random.
+def _fmt_ci(point: float, lo: float, hi: float) -> str:
+    return f"{point:.3f} [{lo:.3f}, {hi:.3f}]"
 
-    For ROAR a better estimator has the *lower* AUC (accuracy falls faster);
-    for KAR the higher. The column *unmodified* is the retrain on unmodified data:
-    0 % removed for ROAR, 100 % kept for KAR, and part of the AUC of both. The test
-    pairs the AUC of each retrain seed with Random's AUC of the same seed (every
-    estimator shares the training seeds); *n seeds* is the number of such pairs.
-    *beats Random* is
 
-    * ``"yes"``: mean AUC better than Random's and one-sided paired p < 0.05;
-    * ``"not significant"``: mean AUC better, p ≥ 0.05;
-    * ``"no"``: mean AUC not better than Random's;
-    * ``"n/a (n = 2 retrains; ≥ 3 needed)"``: fewer than :data:`MIN_PAIRED_SEEDS`
-      pairs, no test and no p-value;
-    * ``"n/a (no spread)"``: the differences to Random are the same on every seed;
-    * ``"(control)"``: Random itself.
+def _rank_text(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def replicates(samples: dict[Key, np.ndarray], n_boot: int = N_BOOT,
+               seed: int = BOOTSTRAP_SEED) -> dict[Key, np.ndarray]:
+    """Bootstrap replicates of every stored cell's accuracy over its test samples:
+    ``{key: (n_boot,) accuracies}``. Cells of one test-set length share one resample of
+    the samples, so any two cells' replicates are paired."""
+    out: dict[Key, np.ndarray] = {}
+    by_length: dict[int, list[Key]] = {}
+    for key, correct in samples.items():
+        by_length.setdefault(len(correct), []).append(key)
+    for n, keys in by_length.items():
+        if n == 0:
+            continue
+        acc = replicate_accuracies(np.stack([samples[k] for k in keys]),
+                                   sample_counts(n, n_boot, seed))
+        out.update(zip(keys, acc, strict=True))
+    return out
+
+
+def _cell_replicates(acc: pd.DataFrame, reps: dict[Key, np.ndarray], n_boot: int
+                     ) -> list[np.ndarray]:
+    """Per row of ``acc``: its bootstrap replicates over test samples (from the stored
+    per-sample results), or its accuracy repeated where the cell has none."""
+    return [reps[key] if key in reps else np.full(n_boot, float(value))
+            for key, value in zip(acc["key"], acc["accuracy"], strict=True)]
+
+
+def _estimator_replicates(acc: pd.DataFrame, rows: list[np.ndarray], n_boot: int
+                          ) -> dict[str, tuple[dict[float, np.ndarray], np.ndarray, int]]:
+    """Per estimator: the replicates of its mean accuracy at each percentage and of its
+    AUC, over test samples and training seeds together, and its number of complete
+    seeds.
+
+    Every estimator with the same number of seeds gets the same seed resamples
+    (one generator seed), so differences between estimators stay paired.
     """
-    from scipy import stats
+    out = {}
+    for e, g in acc.groupby("estimator", sort=False):
+        seeds = sorted(g["seed"].unique())
+        w = seed_weights(len(seeds), n_boot, BOOTSTRAP_SEED)  # (B, S)
+        at: dict[float, np.ndarray] = {}
+        by_seed: dict[int, dict[float, np.ndarray]] = {s: {} for s in seeds}
+        for i in g.index:
+            by_seed[int(acc.at[i, "seed"])][float(acc.at[i, "percentage"])] = rows[i]
+        pcts = sorted({p for d in by_seed.values() for p in d})
+        for p in pcts:
+            have = [j for j, sd in enumerate(seeds) if p in by_seed[sd]]
+            r = np.stack([by_seed[seeds[j]][p] for j in have])  # (S', B)
+            ww = w[:, have]
+            at[p] = np.einsum("bs,sb->b", ww, r) / np.maximum(ww.sum(1), 1e-12)
+        full = [j for j, sd in enumerate(seeds) if all(p in by_seed[sd] for p in pcts)]
+        aucs = np.stack([_auc_rows(pcts, [by_seed[seeds[j]][p] for p in pcts]) for j in full])
+        ww = w[:, full]
+        out[str(e)] = (at, np.einsum("bs,sb->b", ww, aucs) / np.maximum(ww.sum(1), 1e-12),
+                       len(full))
+    return out
 
-    acc = accuracies(df, metric)
+
+def _auc_rows(percentages: list[float], values: list[np.ndarray]) -> np.ndarray:
+    """:func:`normalised_auc` of each replicate: ``values`` one (B,) array per percentage."""
+    p = np.asarray(percentages, dtype=np.float64)
+    v = np.stack(values)  # (P, B)
+    if len(p) < 2 or p[-1] == p[0]:
+        return v.mean(axis=0)
+    return np.sum((p[1:] - p[:-1])[:, None] * (v[1:] + v[:-1]) / 2.0, axis=0) / (p[-1] - p[0])
+
+
+def curve_table(df: pd.DataFrame, metric: str, estimators: list[str],
+                reps: dict[Key, np.ndarray] | None = None, n_boot: int = N_BOOT
+                ) -> pd.DataFrame:
+    """ROAR or KAR table: every accuracy and AUC with a 95 % bootstrap interval, ranks as
+    intervals, and each estimator against Random.
+
+    Point values are means over retrains; the intervals resample the test samples
+    (from ``reps``, the stored per-sample results, see :func:`replicates`) and the
+    training seeds together, :data:`N_BOOT` times. Without per-sample results a
+    cell's interval covers the seeds only. For ROAR a better estimator has the
+    *lower* AUC (accuracy falls faster); for KAR the higher. *unmodified* is the
+    retrain on unmodified data (0 % removed for ROAR, 100 % kept for KAR), part
+    of the AUC of both. *rank* is the 95 % interval of the estimator's rank by
+    AUC over the replicates ("2-4": not distinguishable from its neighbours).
+
+    *vs Random* is a two-sided paired bootstrap test of the AUC difference to
+    Random (same test resample, same seeds), Holm-corrected over the estimators
+    at :data:`ALPHA`: ``"better than Random"``, ``"worse than Random"``, ``"no
+    evidence"`` (no difference shown), ``"(control)"`` for Random itself; better
+    means a lower AUC for ROAR, a higher one for KAR.
+    *ΔAUC vs Random* is the effect: the difference of the mean AUCs with its
+    interval.
+    """
+    acc = _accuracy_rows(df, metric)
     if acc.empty:
         return pd.DataFrame()
-    unmodified = _UNMODIFIED[_base(metric)]
-    wide = acc.groupby(["estimator", "percentage"])["accuracy"].agg(["mean", "std"])
-    auc = _auc_per_seed(acc)
-    auc_stats = auc.groupby("estimator")["auc"].agg(["mean", "std"])
+    reps = reps or {}
+    rows = _cell_replicates(acc, reps, n_boot)
+    per = _estimator_replicates(acc, rows, n_boot)
     lower_better = _base(metric) == "roar"
-    random = auc[auc["estimator"] == "Random"].set_index("seed")["auc"]
-    rows = []
-    for e in [e for e in estimators if e in auc_stats.index]:
-        row: dict[str, Any] = {"estimator": e}
-        for p in sorted(wide.loc[e].index):
-            m, s = wide.loc[(e, p)]
-            row["unmodified" if p == unmodified else f"{p:g}%"] = _fmt(m, s)
-        row["AUC"] = _fmt(*auc_stats.loc[e])
-        row["_auc"] = auc_stats.loc[e, "mean"]
-        if len(random) and e != "Random":
-            mine = auc[auc["estimator"] == e].set_index("seed")["auc"]
-            common = mine.index.intersection(random.index)
-            diff = mine[common] - random[common]
-            n = len(common)
-            better = diff.mean() < 0 if lower_better else diff.mean() > 0
-            p_value = float("nan")
-            if n >= MIN_PAIRED_SEEDS and float(diff.std()) > 0:
-                p_value = float(stats.ttest_rel(mine[common], random[common],
-                                                alternative="less" if lower_better
-                                                else "greater").pvalue)
-            if n < MIN_PAIRED_SEEDS:
-                verdict = _not_enough(n)
-            elif not better:
-                verdict = "no"
-            elif math.isnan(p_value):
-                verdict = "n/a (no spread)"
-            else:
-                verdict = "yes" if p_value < 0.05 else "not significant"
-            row["beats Random"] = verdict
-            row["p (paired t)"] = "n/a" if math.isnan(p_value) else f"{p_value:.3g}"
-            row["n seeds"] = n
-        elif len(random):
-            row["beats Random"], row["p (paired t)"], row["n seeds"] = "(control)", "", ""
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    table.insert(1, "rank", table["_auc"].rank(ascending=lower_better, method="min")
-                 .astype(int))
-    return table.sort_values(["rank", "estimator"]).drop(columns="_auc").reset_index(drop=True)
+    unmodified = _UNMODIFIED[_base(metric)]
+    names = [e for e in estimators if e in per]
+    means = acc.groupby(["estimator", "percentage"])["accuracy"].mean()
+    auc_point = _auc_per_seed(acc).groupby("estimator")["auc"].mean()
+    ranks = dict(zip(names, rank_interval(np.stack([per[e][1] for e in names]), lower_better),
+                     strict=True))
+    tests = _against_random(names, per, auc_point, lower_better) if "Random" in per else {}
+    table = []
+    for e in names:
+        at, auc, _ = per[e]
+        row: dict[str, Any] = {"estimator": e, "rank": _rank_text(*ranks[e])}
+        for p in sorted(at):
+            row["unmodified" if p == unmodified else f"{p:g}%"] = _fmt_ci(
+                means[(e, p)], *percentile_interval(at[p]))
+        row["AUC"] = _fmt_ci(auc_point[e], *percentile_interval(auc))
+        row["_auc"], row["_rank"] = auc_point[e], ranks[e][0]
+        if tests:
+            row.update(tests[e])
+        table.append(row)
+    out = pd.DataFrame(table).sort_values(["_auc", "estimator"],
+                                          ascending=[lower_better, True])
+    return out.drop(columns=["_auc", "_rank"]).reset_index(drop=True)
+
+
+def _against_random(names: list[str], per: dict[str, tuple[dict, np.ndarray, int]],
+                    auc_point: pd.Series, lower_better: bool) -> dict[str, dict[str, str]]:
+    """Two-sided paired bootstrap tests of each estimator's AUC against Random's, Holm;
+    an estimator (or Random) with fewer than :data:`MIN_PAIRED_SEEDS` seeds gets n/a."""
+    random = per["Random"][1]
+    out = {"Random": {"vs Random": "(control)", "ΔAUC vs Random": "", "p (Holm)": ""}}
+    n_random = per["Random"][2]
+    for e in names:
+        n = min(per[e][2], n_random)
+        if e != "Random" and n < MIN_PAIRED_SEEDS:
+            out[e] = {"vs Random": f"n/a (n = {n} retrain{'s' if n != 1 else ''}; "
+                                   f"≥ {MIN_PAIRED_SEEDS} needed)",
+                      "ΔAUC vs Random": "", "p (Holm)": ""}
+    diffs = {e: per[e][1] - random for e in names if e not in out}
+    adjusted = holm({e: two_sided_p(d) for e, d in diffs.items()})
+    for e, d in diffs.items():
+        effect = float(auc_point[e] - auc_point["Random"])
+        lo, hi = percentile_interval(d)
+        verdict = "no evidence"
+        if adjusted[e] < ALPHA:
+            verdict = ("better than Random" if (effect < 0) == lower_better
+                       else "worse than Random")
+        out[e] = {"vs Random": verdict, "ΔAUC vs Random": f"{effect:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                  "p (Holm)": f"{adjusted[e]:.3g}"}
+    return out
 
 
 #: Mask-only accuracy this far above chance counts as "the masks predict the class".
 LEAKAGE_MARGIN = 0.10
 
 
-def leakage_table(df: pd.DataFrame, estimators: list[str], chance: float | None
+def leakage_table(df: pd.DataFrame, estimators: list[str], chance: float | None,
+                  reps: dict[Key, np.ndarray] | None = None, n_boot: int = N_BOOT
                   ) -> pd.DataFrame:
-    """Mask leakage per estimator and percentage: mean ± std over retrains of the test
-    accuracy of models trained on the ROAR masks alone, and a plain-words verdict.
+    """Mask leakage per estimator and percentage: the mean over retrains of the test
+    accuracy of models trained on the ROAR masks alone, with its 95 % bootstrap
+    interval (as :func:`curve_table`), and a plain-words verdict.
 
     An estimator's masks *predict the class* where their mean accuracy exceeds
     ``chance`` (always answering the most frequent training class) by more than
-    :data:`LEAKAGE_MARGIN` at some percentage.
+    :data:`LEAKAGE_MARGIN` at some percentage, and the interval lies above chance.
     """
     cur = df[(df["metric"] == "mask-leakage") & (df["quantity"] == "accuracy")]
     if cur.empty:
         return pd.DataFrame()
-    cur = cur.assign(percentage=cur["param"].map(_pct))
-    stats_ = cur.groupby(["estimator", "percentage"])["value"].agg(["mean", "std"])
+    acc = cur.assign(percentage=cur["param"].map(_pct), accuracy=cur["value"],
+                     key=_keys(cur))[[*_COLUMNS, "key"]].reset_index(drop=True)
+    per = _estimator_replicates(acc, _cell_replicates(acc, reps or {}, n_boot), n_boot)
+    means = acc.groupby(["estimator", "percentage"])["accuracy"].mean()
     rows = []
-    for e in [e for e in estimators if e in stats_.index.get_level_values(0)]:
+    for e in [e for e in estimators if e in per]:
         row: dict[str, Any] = {"estimator": e}
-        for p in sorted(stats_.loc[e].index):
-            row[f"{p:g}%"] = _fmt(*stats_.loc[(e, p)])
-        worst = stats_.loc[e]["mean"]
+        top = (-1.0, 0.0, 0.0)
+        for p, r in sorted(per[e][0].items()):
+            lo, hi = percentile_interval(r)
+            row[f"{p:g}%"] = _fmt_ci(means[(e, p)], lo, hi)
+            top = max(top, (float(means[(e, p)]), p, lo))
         if chance is not None:
-            top = float(worst.max())
-            at = float(worst.idxmax())
-            row["verdict"] = (f"masks predict the class ({top:.2f} at {at:g} %)"
-                              if top > chance + LEAKAGE_MARGIN else
+            row["verdict"] = (f"masks predict the class ({top[0]:.2f} at {top[1]:g} %)"
+                              if top[0] > chance + LEAKAGE_MARGIN and top[2] > chance else
                               f"within {LEAKAGE_MARGIN:.2f} of chance")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _leakage_section(df: pd.DataFrame, estimators: list[str], chance: float | None,
-                     fill: str | None = None) -> list[str]:
-    table = leakage_table(df, estimators, chance)
+                     fill: str | None, reps: dict[Key, np.ndarray]) -> list[str]:
+    table = leakage_table(df, estimators, chance, reps)
     if table.empty:
         return []
     level = "unknown" if chance is None else f"{chance:.3f}"
     lines = ["## Mask leakage", "",
              "Test accuracy of models trained on the ROAR masks alone (1 where a feature "
              "is removed, 0 elsewhere; the same ranking, split, seeds and recipe as ROAR; "
-             f"mean ± std over retrains). Chance, always answering the most frequent "
-             f"training class: {level}. Where the masks predict the class, ROAR's accuracy "
-             "at that percentage partly measures what the mask's shape gives away, not only "
-             "the information removed (Rong et al., 2022).", ""]
+             "mean over retrains [95 % interval over test samples and seeds]). Chance, "
+             f"always answering the most frequent training class: {level}. Where the masks "
+             "predict the class, ROAR's accuracy at that percentage partly measures what the "
+             "mask's shape gives away, not only the information removed (Rong et al., "
+             "2022).", ""]
     corr = _leakage_correlation(df, estimators, _keyed("roar", fill))
     if corr:
         lines += [corr, ""]
@@ -279,67 +399,89 @@ def _leakage_correlation(df: pd.DataFrame, estimators: list[str], roar_name: str
             "the class away keeps the retrained model's accuracy up, whatever was removed).")
 
 
-def _beats_random_text(table: pd.DataFrame, metric: str) -> str:
-    """The paragraph that defines every value of the *beats Random* column."""
-    if "beats Random" not in table.columns:
-        return ""
-    better = "lower" if metric == "roar" else "higher"
-    ns = sorted({int(n) for n in table["n seeds"] if n != ""})
-    over = (f"n = {ns[0]} training seeds" if len(ns) == 1
-            else "the training seeds both have (column *n seeds*)")
-    text = (f"*beats Random*: one-sided paired t-test of the per-retrain AUC against Random's "
-            f"with the same training seed, over {over}; *p (paired t)* is its p-value. "
-            f"**yes**: mean AUC {better} than Random's and p < 0.05; **not significant**: "
-            f"mean AUC {better} but p ≥ 0.05; **no**: mean AUC not {better} than Random's; "
-            f"**n/a**: fewer than {MIN_PAIRED_SEEDS} retrain seeds paired with Random (too few "
-            "for a usable spread, so no test and no p-value), or no spread between the seeds' "
-            "differences; **(control)**: Random itself.")
-    if ns and ns[-1] < MIN_PAIRED_SEEDS:
-        text += (f" This run has {ns[-1]} retrain{'s' if ns[-1] != 1 else ''} per cell "
-                 f"paired with Random: rerun with at least {MIN_PAIRED_SEEDS} (Hooker et al. "
-                 "use 5) to test against Random.")
-    elif ns and ns[0] < MIN_PAIRED_SEEDS:
-        text += (f" Some estimators have fewer than {MIN_PAIRED_SEEDS} finished retrains "
-                 "paired with Random (an interrupted run?): their verdict is n/a until the run "
-                 "is resumed.")
+def _intervals_text(table: pd.DataFrame, metric: str, with_samples: bool) -> str:
+    """The paragraph that says what every interval, rank and verdict of the table is."""
+    better = "lower" if _base(metric) == "roar" else "higher"
+    over = ("the test samples and the training seeds together (the stored per-sample "
+            "results of every retrain)" if with_samples else
+            "the training seeds only: this run's retrainer gives no per-sample results, so "
+            "test-sample variation is not in them (TorchRetrainer gives them)")
+    text = (f"Values are means over retrains with 95 % bootstrap intervals ({N_BOOT} "
+            f"resamples) over {over}. *rank* is the 95 % interval of the estimator's rank by "
+            f"AUC ({better} is better); a range such as 2-4 means it cannot be told apart "
+            "from its neighbours.")
+    if "vs Random" in table.columns:
+        text += (f" *vs Random*: two-sided paired bootstrap test of the AUC difference to "
+                 f"Random, Holm-corrected over the {len(table) - 1} estimators at "
+                 f"{ALPHA}: **better than Random** (AUC {better}), **worse than Random**, or "
+                 "**no evidence** of a difference; *ΔAUC vs Random* is the difference with its "
+                 "interval, *p (Holm)* the corrected p-value; **n/a**: fewer than "
+                 f"{MIN_PAIRED_SEEDS} retrain seeds with Random's, no test.")
+        short = [v for v in table["vs Random"] if v.startswith("n/a")]
+        if short:
+            text += (f" {len(short)} estimator(s) have fewer than {MIN_PAIRED_SEEDS} "
+                     "finished retrains paired with Random: rerun with more retrains, or "
+                     "resume an interrupted run (Hooker et al. use 5).")
     return text
 
 
-def noretrain_comparison(df: pd.DataFrame, metric: str, estimators: list[str]
+def noretrain_comparison(df: pd.DataFrame, metric: str, estimators: list[str],
+                         reps: dict[Key, np.ndarray] | None = None, n_boot: int = N_BOOT
                          ) -> tuple[pd.DataFrame, float]:
     """Ranks of the estimators by AUC with retraining and without, and their Spearman rho.
 
-    rho is NaN with fewer than 3 estimators that have both curves, or when one of
-    the rankings is constant (see :func:`spearman_text`).
+    Each AUC carries its 95 % bootstrap interval (as :func:`curve_table`); the
+    table's ``attrs["rho_interval"]`` is rho's interval over the same replicates
+    (paired: one resample of test samples and seeds for both curves). rho is NaN
+    with fewer than 3 estimators that have both curves, or when one of the
+    rankings is constant (see :func:`spearman_text`).
     """
     from scipy import stats
 
-    with_rt = _auc_per_seed(accuracies(df, metric))
     base, _, fill = metric.partition("@")
-    without = _auc_per_seed(accuracies(df, _keyed(_NORETRAIN[base], fill or None)))
-    if with_rt.empty or without.empty:
+    first = _accuracy_rows(df, metric)
+    second = _accuracy_rows(df, _keyed(_NORETRAIN[base], fill or None))
+    if first.empty or second.empty:
         return pd.DataFrame(), float("nan")
-    a = with_rt.groupby("estimator")["auc"].mean()
-    b = without.groupby("estimator")["auc"].mean()
+    per = [_estimator_replicates(acc, _cell_replicates(acc, reps or {}, n_boot), n_boot)
+           for acc in (first, second)]
+    a, b = (_auc_per_seed(acc).groupby("estimator")["auc"].mean() for acc in (first, second))
     common = [e for e in estimators if e in a.index and e in b.index]
     asc = base == "roar"
     table = pd.DataFrame({"estimator": common,
-                          "AUC retrained": a[common].to_numpy(),
+                          "AUC retrained": [_fmt_ci(a[e], *percentile_interval(per[0][e][1]))
+                                            for e in common],
                           "rank retrained": a[common].rank(ascending=asc, method="min")
                           .astype(int).to_numpy(),
-                          "AUC no retrain": b[common].to_numpy(),
+                          "AUC no retrain": [_fmt_ci(b[e], *percentile_interval(per[1][e][1]))
+                                             for e in common],
                           "rank no retrain": b[common].rank(ascending=asc, method="min")
                           .astype(int).to_numpy()})
     rho = math.nan
+    table = table.sort_values(["rank retrained", "estimator"]).reset_index(drop=True)
     if len(common) >= 3 and a[common].nunique() > 1 and b[common].nunique() > 1:
         rho = float(stats.spearmanr(a[common], b[common]).statistic)
-    return table.sort_values(["rank retrained", "estimator"]).reset_index(drop=True), rho
+        table.attrs["rho_interval"] = percentile_interval(_replicate_spearman(
+            np.stack([per[0][e][1] for e in common]), np.stack([per[1][e][1] for e in common])))
+    return table, rho
+
+
+def _replicate_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho between the rows of ``x`` and ``y`` (K, B), per replicate (B,)."""
+    from scipy import stats
+
+    rx, ry = stats.rankdata(x, axis=0), stats.rankdata(y, axis=0)
+    rx, ry = rx - rx.mean(0), ry - ry.mean(0)
+    denom = np.sqrt((rx * rx).sum(0) * (ry * ry).sum(0))
+    return np.where(denom > 0, (rx * ry).sum(0) / np.where(denom > 0, denom, 1.0), 0.0)
 
 
 def spearman_text(table: pd.DataFrame, rho: float) -> str:
-    """``**0.80**``, or why there is no rank correlation."""
+    """``**0.80** [0.55, 0.93]``, or why there is no rank correlation."""
     if not math.isnan(rho):
-        return f"**{rho:.2f}**"
+        interval = table.attrs.get("rho_interval")
+        return f"**{rho:.2f}**" + ("" if interval is None else
+                                   f" [95 % interval {interval[0]:.2f}, {interval[1]:.2f}]")
     n = len(table)
     if n < 3:
         return f"n/a (needs at least 3 estimators with both curves; this run has {n})"
@@ -665,6 +807,12 @@ def _read_store(out: Path) -> tuple[pd.DataFrame, dict[str, Any], list[str], dic
     return df, run, layers, layer_types, expected
 
 
+def _samples(out: Path) -> dict[Key, np.ndarray]:
+    """The per-sample results stored with the cells (none in stores written before)."""
+    with ResultStore.open_existing(out) as store:
+        return store.samples()
+
+
 def _chance(out: Path) -> float | None:
     """The run's chance level (stored by the runner with mask leakage), if any."""
     with ResultStore.open_existing(out) as store:
@@ -701,38 +849,37 @@ def _summary_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str
     return lines
 
 
-def _curve_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None]
-                    ) -> list[str]:
+def _curve_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None],
+                    reps: dict[Key, np.ndarray]) -> list[str]:
     """ROAR and KAR: accuracy per percentage, ranked by AUC, against Random (per fill)."""
     lines: list[str] = []
     for fill in fills:
         for metric, title, better in (("roar", "ROAR (remove and retrain)", "lower"),
                                       ("kar", "KAR (keep and retrain)", "higher")):
-            table = curve_table(df, _keyed(metric, fill), estimators)
+            table = curve_table(df, _keyed(metric, fill), estimators, reps)
             if table.empty:
                 continue
             where = "0 % removed" if metric == "roar" else "100 % kept"
             done = "removed" if metric == "roar" else "kept"
             lines += [f"## {title}" + ("" if fill is None else f", fill `{fill}`"), "",
                       f"Test accuracy of models retrained on data with features {done} by "
-                      f"each estimator (mean ± std over retrains; column headers are the share "
+                      f"each estimator (mean over retrains [95 % interval]; column headers are "
+                      f"the share "
                       f"of features {done}; *unmodified*: trained on the data without removal, "
                       f"the point at {where}). Ranked by the normalised area under the curve, "
                       f"unmodified point included ({better} is better).", ""]
-            text = _beats_random_text(table, metric)
-            if text:
-                lines += [text, ""]
-            lines += [_md(table)]
+            with_samples = any(k[0] == _keyed(metric, fill) for k in reps)
+            lines += [_intervals_text(table, metric, with_samples), "", _md(table)]
     return lines
 
 
-def _noretrain_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None]
-                        ) -> list[str]:
+def _noretrain_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None],
+                        reps: dict[Key, np.ndarray]) -> list[str]:
     """ROAR and KAR against deletion without retraining: the two rankings compared."""
     lines: list[str] = []
     for fill in fills:
         for metric in ("roar", "kar"):
-            table, rho = noretrain_comparison(df, _keyed(metric, fill), estimators)
+            table, rho = noretrain_comparison(df, _keyed(metric, fill), estimators, reps)
             if table.empty:
                 continue
             lines += [f"## {metric.upper()} with and without retraining"
@@ -886,15 +1033,16 @@ def build_report(out: str | Path) -> Path:
     out = Path(out)
     df, run, layers, layer_types, expected = _read_store(out)
     chance, fills = _chance(out), _fills(run)
+    reps = replicates(_samples(out))
     write_text(out / "results.csv",
                df.drop(columns=["fingerprint", "finished_at"]).to_csv(index=False))
     estimators = _estimators(df, run)
     figures = _figures_folder(out)
     lines = [*_summary_section(df, run, estimators, expected),
-             *_curve_sections(df, estimators, fills),
-             *_noretrain_sections(df, estimators, fills),
+             *_curve_sections(df, estimators, fills, reps),
+             *_noretrain_sections(df, estimators, fills, reps),
              *_fill_sections(df, estimators, fills),
-             *_leakage_section(df, estimators, chance, fills[0]),
+             *_leakage_section(df, estimators, chance, fills[0], reps),
              *_figure_lines(df, run, estimators, out, figures),
              *_model_randomisation_section(df, run, estimators, layers, layer_types, figures),
              *_data_randomisation_section(df, run, estimators)]

@@ -44,7 +44,14 @@ from quantus_roar.benchmark.specs import (
     import_factory,
     probe_explainers,
 )
-from quantus_roar.benchmark.store import STAGING_PREFIX, Cell, Key, OutputFolder, ResultStore
+from quantus_roar.benchmark.store import (
+    STAGING_PREFIX,
+    Cell,
+    Key,
+    OutputFolder,
+    ResultStore,
+    Samples,
+)
 from quantus_roar.benchmark.units import Unit, plan, retrain_task
 from quantus_roar.executors import Executor, LocalExecutor, get_executor
 from quantus_roar.sanity import (
@@ -313,10 +320,12 @@ def _work(ctx: RunContext, units: list[Unit], bar: Any, store: ResultStore, fp: 
           done: set[Key], summary: RunSummary,
           after_commit: Callable[[list[Cell]], None] | None) -> None:
     ex = ctx.executor
-    pending: dict[tuple[str, str, int], tuple[Unit, Callable[[dict], list[Cell]]]] = {}
+    Finish = Callable[[dict], list[Cell | Samples]]
+    pending: dict[tuple[str, str, int], tuple[Unit, Finish]] = {}
 
-    def commit(cells: list[Cell]) -> None:
-        store.add(cells, fp)
+    def commit(results: list[Cell | Samples]) -> None:
+        store.add(results, fp)  # the cells and their per-sample results, together
+        cells = [c for c in results if isinstance(c, Cell)]
         summary.computed.extend(dict.fromkeys(c.key for c in cells))
         if logger.isEnabledFor(logging.INFO):
             for line in _summary_lines(cells):

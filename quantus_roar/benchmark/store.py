@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from quantus_roar._io import disk_error, remove_quietly, write_text
@@ -41,7 +42,7 @@ except ImportError:  # pragma: no cover - not POSIX: no folder lock
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["Cell", "ConfigMismatchError", "FolderInUseError", "OutputFolder",
-           "OutputFolderError", "ResultStore", "StorageError"]
+           "OutputFolderError", "ResultStore", "Samples", "StorageError"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -59,6 +60,15 @@ CREATE TABLE IF NOT EXISTS cells (
     fingerprint TEXT NOT NULL,
     finished_at REAL NOT NULL,
     PRIMARY KEY (metric, estimator, param, seed, quantity)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    metric TEXT NOT NULL,
+    estimator TEXT NOT NULL,
+    param TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    correct BLOB NOT NULL,
+    PRIMARY KEY (metric, estimator, param, seed)
 );
 """
 
@@ -81,6 +91,23 @@ class Cell:
     quantity: str
     value: float
     wall_s: float
+
+    @property
+    def key(self) -> Key:
+        return (self.metric, self.estimator, self.param, self.seed)
+
+
+@dataclass(frozen=True, eq=False)
+class Samples:
+    """Per test sample, whether a cell's model classified it right (bool array (N,)): what
+    the report bootstraps intervals over test samples from. Stored beside the cell's
+    accuracy, in the same transaction."""
+
+    metric: str
+    estimator: str
+    param: str
+    seed: int
+    correct: np.ndarray
 
     @property
     def key(self) -> Key:
@@ -271,22 +298,51 @@ class ResultStore:
 
     # ------------------------------------------------------------------ cells
 
-    def add(self, cells: Iterable[Cell], fingerprint: str) -> int:
-        """Write ``cells`` in one transaction; returns how many were new.
+    def add(self, cells: Iterable[Cell | Samples], fingerprint: str) -> int:
+        """Write ``cells`` (and the :class:`Samples` among them) in one transaction;
+        returns how many cells were new.
 
         A cell already stored (same metric, estimator, param, seed and
         quantity) is left as it is, so adding twice never duplicates a row.
         """
         now = time.time()
+        items = list(cells)
         rows = [(c.metric, c.estimator, c.param, int(c.seed), c.quantity,
                  None if c.value is None else float(c.value), float(c.wall_s), fingerprint, now)
-                for c in cells]
+                for c in items if isinstance(c, Cell)]
+        packed = [(s.metric, s.estimator, s.param, int(s.seed), len(s.correct),
+                   np.packbits(np.asarray(s.correct, dtype=bool)).tobytes())
+                  for s in items if isinstance(s, Samples)]
         with self._guard("write"), self._transaction():
             before = self._conn.total_changes
             self._conn.executemany(
                 "INSERT OR IGNORE INTO cells (metric, estimator, param, seed, quantity, value, "
                 "wall_s, fingerprint, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            return self._conn.total_changes - before
+            new = self._conn.total_changes - before
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO samples (metric, estimator, param, seed, n, correct) "
+                "VALUES (?, ?, ?, ?, ?, ?)", packed)
+            return new
+
+    def samples(self) -> dict[Key, np.ndarray]:
+        """Every stored :class:`Samples` array by key (empty for a store written before
+        they were kept)."""
+        with self._guard("read"):
+            tables = {r[0] for r in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "samples" not in tables:
+                return {}
+            rows = self._conn.execute(
+                "SELECT metric, estimator, param, seed, n, correct FROM samples").fetchall()
+        out = {}
+        for metric, estimator, param, seed, n, blob in rows:
+            bits = np.unpackbits(np.frombuffer(blob, dtype=np.uint8))
+            if not isinstance(n, int) or n < 0 or len(bits) < n:
+                raise StorageError(errno.EINVAL, f"The result store '{self.path}' holds "
+                                   f"damaged per-sample results ({metric} {estimator} {param} "
+                                   f"seed {seed}). Delete the folder or use --fresh.")
+            out[(metric, estimator, param, int(seed))] = bits[:n].astype(bool)
+        return out
 
     def done(self) -> set[Key]:
         """Keys (metric, estimator, param, seed) with at least one stored quantity."""

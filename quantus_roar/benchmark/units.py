@@ -15,11 +15,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantus_roar.benchmark.context import RunContext
-from quantus_roar.benchmark.store import Cell, Key
+from quantus_roar.benchmark.store import Cell, Key, Samples
 from quantus_roar.curves import deletion_curve, unmodified_point
 from quantus_roar.executors import Executor, LocalExecutor
 from quantus_roar.retrain import RetrainJob
-from quantus_roar.retrain.base import fit_score_many
+from quantus_roar.retrain.base import fit_correct_many, fit_score_many
 from quantus_roar.sanity import (
     Comparison,
     Explain,
@@ -42,7 +42,7 @@ class Unit:
     metric: str
     estimator: str
     keys: list[Key]
-    compute: Callable[[list[Key]], list[Cell]]
+    compute: Callable[[list[Key]], list[Cell | Samples]]
     remote: bool = False  # retraining: an executor task unless the data is streamed
 
 
@@ -59,7 +59,7 @@ def _order(metric: str) -> str:
 
 
 def retrain_task(ctx: RunContext, ex: Executor, metric: str, estimator: str, keys: list[Key]
-                 ) -> tuple[Callable[..., Any], tuple, Callable[[dict], list[Cell]]]:
+                 ) -> tuple[Callable[..., Any], tuple, Callable[[dict], list[Cell | Samples]]]:
     """The missing (percentage, seed) retrains of one estimator's ROAR or KAR curve (or of
     the shared baseline) as one executor task: the unmodified data and the attributions go
     by handle, the task computes its masks (:func:`quantus_roar.tasks.retrain_group`)."""
@@ -81,16 +81,17 @@ def retrain_task(ctx: RunContext, ex: Executor, metric: str, estimator: str, key
             ctx.handle(f"{x_name}_test", lambda: ctx.inputs("test", x_name)),
             ctx.handle("y_test", lambda: ctx.data.y_test), a_te)
 
-    def finish(out: dict) -> list[Cell]:
+    def finish(out: dict) -> list[Cell | Samples]:
         per_job = out["retrain_time_s"] / max(1, len(keys))
         return [Cell(*key, "accuracy", acc, per_job)
-                for key, acc in zip(keys, out["accuracy"], strict=True)]
+                for key, acc in zip(keys, out["accuracy"], strict=True)] + _samples(
+                    keys, out.get("correct"))
 
     return retrain_group_task, args, finish
 
 
 def _streamed_retrain_unit(ctx: RunContext, metric: str, estimator: str,
-                           keys: list[Key]) -> list[Cell]:
+                           keys: list[Key]) -> list[Cell | Samples]:
     """As :func:`retrain_task`, in this process, reading batches from the memory-mapped data."""
     jobs = []
     for key in keys:
@@ -101,15 +102,25 @@ def _streamed_retrain_unit(ctx: RunContext, metric: str, estimator: str,
             x_tr = ctx.removed(estimator, "train", float(key[2]), metric)
             x_te = ctx.removed(estimator, "test", float(key[2]), metric)
         jobs.append(RetrainJob(x_tr, None, x_te, None, ctx.seeds[key[3]]))
-    done_keys = keys
     start = time.perf_counter()
-    scores = fit_score_many(ctx.retrainer, jobs, progress=ctx.progress)
+    correct = fit_correct_many(ctx.retrainer, jobs, progress=ctx.progress)
+    scores = (fit_score_many(ctx.retrainer, jobs, progress=ctx.progress) if correct is None
+              else [int(c.sum()) / max(1, len(c)) for c in correct])
     per_job = (time.perf_counter() - start) / max(1, len(jobs))
     return [Cell(*key, "accuracy", float(acc), per_job)
-            for key, acc in zip(done_keys, scores, strict=True)]
+            for key, acc in zip(keys, scores, strict=True)] + _samples(keys, correct)
 
 
-def _deletion_unit(ctx: RunContext, metric: str, estimator: str, keys: list[Key]) -> list[Cell]:
+def _samples(keys: list[Key], correct: list[np.ndarray] | None) -> list[Samples]:
+    """The per-sample results of retrained cells, when the retrainer gave them."""
+    if correct is None:
+        return []
+    return [Samples(*key, np.asarray(c, dtype=bool)) for key, c in zip(keys, correct,
+                                                                      strict=True)]
+
+
+def _deletion_unit(ctx: RunContext, metric: str, estimator: str,
+                   keys: list[Key]) -> list[Cell | Samples]:
     cfg = ctx.config
     start = time.perf_counter()
     x, y = ctx.data.x_test, ctx.data.y_test
@@ -126,11 +137,13 @@ def _deletion_unit(ctx: RunContext, metric: str, estimator: str, keys: list[Key]
               for lo in starts]
     sizes = [min(_CHUNK, len(x) - lo) for lo in starts]
     wall = (time.perf_counter() - start) / (len(cfg.percentages) + 1)
-    cells = []
+    cells: list[Cell | Samples] = []
+    correct = np.concatenate([f.attrs["correct"] for f in frames], axis=1)
     for i, p in enumerate(frames[0]["percentage"]):
         for q in ("accuracy", "true_class_score"):
             value = sum(float(f[q].iloc[i]) * n for f, n in zip(frames, sizes, strict=True))
             cells.append(Cell(metric, estimator, str(p), 0, q, value / len(x), wall))
+        cells.append(Samples(metric, estimator, str(p), 0, correct[i]))
     wanted = set(keys)
     return [c for c in cells if c.key in wanted]
 

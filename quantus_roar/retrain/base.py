@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from quantus_roar._validation import _msg
 
-__all__ = ["RetrainJob", "Retrainer", "RetrainerBase", "check_retrainer", "fit_score_many",
-           "fit_task"]
+__all__ = ["RetrainJob", "Retrainer", "RetrainerBase", "check_retrainer", "fit_correct_many",
+           "fit_score_many", "fit_task"]
 
 
 class RetrainJob(NamedTuple):
@@ -212,6 +212,56 @@ def fit_score_many(
             scores = method(jobs)
         return check_scores(scores, len(jobs), owner)
     return _loop(retrainer, jobs, progress)
+
+
+def _overrides(cls: type, name: str, other: str) -> bool:
+    """Whether ``cls`` defines ``name`` in a subclass of where ``other`` is defined: a
+    subclass of TorchRetrainer with its own fit_score_many is used through it."""
+    def definer(attr: str) -> type | None:
+        return next((k for k in cls.__mro__ if attr in vars(k)), None)
+
+    mine, theirs = definer(name), definer(other)
+    return mine is not None and theirs is not None and mine is not theirs and \
+        issubclass(mine, theirs)
+
+
+def fit_correct_many(retrainer: Any, jobs: Sequence[RetrainJob | tuple], *,
+                     progress: bool = False) -> list[np.ndarray] | None:
+    """Per test sample, whether each job's model is right, when ``retrainer`` can say.
+
+    A retrainer with an optional ``fit_correct_many(jobs, *, progress)`` method (as
+    :class:`~quantus_roar.TorchRetrainer`) returns one bool array per job, of its
+    test set's length; the accuracies are their means. For any other retrainer
+    this returns None and the caller uses :func:`fit_score_many`: its numbers then
+    carry intervals over training seeds only, not over test samples. So does a
+    subclass that overrides ``fit_score_many`` below the class that defines
+    ``fit_correct_many``: its own scoring is the one used.
+
+    Raises
+    ------
+    TypeError, RuntimeError
+        If the method returns another number of arrays than jobs, or an array
+        that is not one boolean per test sample.
+    """
+    method = getattr(retrainer, "fit_correct_many", None)
+    if not callable(method) or _overrides(type(retrainer), "fit_score_many",
+                                          "fit_correct_many"):
+        return None
+    jobs = _as_jobs(jobs, "fit_correct_many")
+    owner = f"{type(retrainer).__name__}.fit_correct_many"
+    out = list(method(jobs, progress=progress))
+    if len(out) != len(jobs):
+        raise RuntimeError(f"{owner} returned {len(out)} results for {len(jobs)} jobs.")
+    checked = []
+    for i, (c, job) in enumerate(zip(out, jobs, strict=True)):
+        arr = np.asarray(c)
+        n = len(job.y_test) if job.y_test is not None else len(arr)
+        if arr.dtype != np.bool_ or arr.shape != (n,):
+            raise TypeError(f"{owner} must return one boolean per test sample of each job; "
+                            f"for job {i} it returned dtype {arr.dtype}, shape {arr.shape} "
+                            f"({n} test samples).")
+        checked.append(arr)
+    return checked
 
 
 def fit_task(retrainer: Any, x: Any, y: Any, seed: int, min_accuracy: float | None = None,

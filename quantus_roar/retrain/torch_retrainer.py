@@ -812,14 +812,21 @@ class TorchRetrainer(RetrainerBase):
                 "such logits.")
         return logits
 
-    @torch.no_grad()
     def _score(self, model: nn.Module, x: Any, y: Any, owner: str, x_name: str = "x",
                y_name: str = "y", *, checked: bool = False) -> float:
         """:meth:`score` of data :func:`_check_data` passed; ``checked``: the labels' range too."""
+        correct = self._correct(model, x, y, owner, x_name, y_name, checked=checked)
+        return int(correct.sum()) / max(1, len(correct))
+
+    @torch.no_grad()
+    def _correct(self, model: nn.Module, x: Any, y: Any, owner: str, x_name: str = "x",
+                 y_name: str = "y", *, checked: bool = False) -> np.ndarray:
+        """Whether ``model`` classifies each sample of ``(x, y)`` right: bool array (N,)."""
         model.eval()
         dtype = model_dtype(model)
+        parts = []
         if _is_dataset(x):
-            correct, total, b = 0, 0, max(self.batch_size, 256)
+            b = max(self.batch_size, 256)
             for k, (xb, yb) in enumerate(self._loader(x, b)):
                 where = f" in batch {k} read from the Dataset"
                 yb = _check_batch(xb, yb, None, owner, x_name, where, x,
@@ -828,19 +835,17 @@ class TorchRetrainer(RetrainerBase):
                                       lambda rows, k=k: [_root_index(x, k * b + r)
                                                          for r in rows])
                 _check_label_range(yb, logits.shape[1], x_name, owner, where, "a Dataset with ")
-                correct += int((logits.argmax(1) == yb.to(self.device)).sum())
-                total += len(yb)
-            return correct / max(1, total)
-        x_t = _to_tensor(x, self.device, dtype)
-        y_t = _to_tensor(y, self.device, torch.long)
-        correct = 0
-        for start in range(0, len(x_t), 1024):
-            logits = self._logits(model, x_t[start : start + 1024], owner, x_name, "",
-                                  lambda rows, start=start: [start + r for r in rows])
-            if start == 0 and not checked:
-                _check_label_range(y, logits.shape[1], y_name, owner)
-            correct += int((logits.argmax(1) == y_t[start : start + 1024]).sum())
-        return correct / max(1, len(x_t))
+                parts.append((logits.argmax(1) == yb.to(self.device)).cpu())
+        else:
+            x_t = _to_tensor(x, self.device, dtype)
+            y_t = _to_tensor(y, self.device, torch.long)
+            for start in range(0, len(x_t), 1024):
+                logits = self._logits(model, x_t[start : start + 1024], owner, x_name, "",
+                                      lambda rows, start=start: [start + r for r in rows])
+                if start == 0 and not checked:
+                    _check_label_range(y, logits.shape[1], y_name, owner)
+                parts.append((logits.argmax(1) == y_t[start : start + 1024]).cpu())
+        return torch.cat(parts).numpy() if parts else np.zeros(0, dtype=bool)
 
     def _check_jobs(self, jobs: Any, owner: str, *,
                     with_test: bool) -> tuple[list[RetrainJob], list[int]]:
@@ -904,11 +909,25 @@ class TorchRetrainer(RetrainerBase):
         :meth:`fit` before the first model is trained (a Dataset's batches as
         they are read).
         """
-        owner = "TorchRetrainer.fit_score_many"
+        return [int(c.sum()) / max(1, len(c))
+                for c in self._fit_correct_many(jobs, progress, "TorchRetrainer.fit_score_many")]
+
+    def fit_correct_many(self, jobs: Sequence[RetrainJob | tuple], *,
+                         progress: bool = False) -> list[np.ndarray]:
+        """Per test sample, whether each job's model classifies it right: one bool array
+        per job, in order (their means are :meth:`fit_score_many`'s accuracies).
+
+        What bootstrap intervals over test samples are computed from
+        (:mod:`quantus_roar.stats`); trained and checked as :meth:`fit_score_many`.
+        """
+        return self._fit_correct_many(jobs, progress, "TorchRetrainer.fit_correct_many")
+
+    def _fit_correct_many(self, jobs: Sequence[RetrainJob | tuple], progress: bool,
+                          owner: str) -> list[np.ndarray]:
         checked, classes = self._check_jobs(jobs, owner, with_test=True)
         models = self._fit_many(checked, classes, progress, owner)
-        return [self._score(model, job.x_test, job.y_test, owner, f"jobs[{i}].x_test",
-                            f"jobs[{i}].y_test", checked=True)
+        return [self._correct(model, job.x_test, job.y_test, owner, f"jobs[{i}].x_test",
+                              f"jobs[{i}].y_test", checked=True)
                 for i, (model, job) in enumerate(zip(models, checked, strict=True))]
 
     def _use_ensemble(self, x_example: Any) -> bool:

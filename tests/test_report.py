@@ -23,6 +23,7 @@ from quantus_roar.benchmark.report import (
     accuracies,
     build_report,
     curve_table,
+    morf_lerf_agreement,
     noretrain_comparison,
 )
 from quantus_roar.benchmark.store import Cell, ResultStore
@@ -349,3 +350,19 @@ def test_plot_curve_x_label_defaults_and_can_be_named():
     assert fig2.axes[0].get_xlabel() == "features kept (%)"
     plt.close(fig)
     plt.close(fig2)
+
+
+def test_morf_and_lerf_rankings_in_opposite_orders_are_consistent(tmp_path):
+    cells = []
+    for e, shift in (("Gradient", 0.0), ("Sobel", 0.1), ("Random", 0.3)):
+        cells += [_acc("roar-noretrain", e, p, 0, a + shift)
+                  for p, a in zip(("0", *PS), (0.6, 0.5, 0.3, 0.1), strict=True)]
+        cells += [_acc("kar-noretrain", e, p, 0, a - shift)
+                  for p, a in zip(("100", *PS), (0.95, 0.5, 0.7, 0.9), strict=True)]
+    _write(tmp_path, cells, retrains=1)
+    rho, interval, n = morf_lerf_agreement(_frame(tmp_path), ["Gradient", "Sobel", "Random"])
+    assert (rho, interval, n) == (pytest.approx(-1.0), (-1.0, -1.0), 3)
+    text = build_report(tmp_path).read_text()
+    assert "(MoRF vs LeRF)" in text and "**-1.00** [95 % interval -1.00, -1.00]" in text
+    rho, interval, n = morf_lerf_agreement(_frame(tmp_path), ["Gradient", "Sobel"])
+    assert math.isnan(rho) and interval is None and n == 2

@@ -891,6 +891,56 @@ def _noretrain_sections(df: pd.DataFrame, estimators: list[str], fills: list[str
     return lines
 
 
+def morf_lerf_agreement(df: pd.DataFrame, estimators: list[str],
+                        reps: dict[Key, np.ndarray] | None = None, fill: str | None = None,
+                        n_boot: int = N_BOOT) -> tuple[float, tuple[float, float] | None, int]:
+    """ROAD's consistency check without retraining: Spearman's rho between the
+    estimators' MoRF AUC (``roar-noretrain``) and LeRF AUC (``kar-noretrain``), with its
+    95 % bootstrap interval and the number of estimators.
+
+    A consistent ranking puts an estimator that destroys accuracy fast when its top
+    features go (low MoRF AUC) high when only they are kept (high LeRF AUC): rho near
+    -1. NaN (no interval) with fewer than 3 estimators or a constant ranking.
+    """
+    from scipy import stats
+
+    morf = _accuracy_rows(df, _keyed("roar-noretrain", fill))
+    lerf = _accuracy_rows(df, _keyed("kar-noretrain", fill))
+    if morf.empty or lerf.empty:
+        return math.nan, None, 0
+    per = [_estimator_replicates(acc, _cell_replicates(acc, reps or {}, n_boot), n_boot)
+           for acc in (morf, lerf)]
+    a, b = (_auc_per_seed(acc).groupby("estimator")["auc"].mean() for acc in (morf, lerf))
+    common = [e for e in estimators if e in a.index and e in b.index]
+    if len(common) < 3 or a[common].nunique() < 2 or b[common].nunique() < 2:
+        return math.nan, None, len(common)
+    rho = float(stats.spearmanr(a[common], b[common]).statistic)
+    interval = percentile_interval(_replicate_spearman(
+        np.stack([per[0][e][1] for e in common]), np.stack([per[1][e][1] for e in common])))
+    return rho, interval, len(common)
+
+
+def _consistency_section(df: pd.DataFrame, estimators: list[str], fills: list[str | None],
+                         reps: dict[Key, np.ndarray]) -> list[str]:
+    """ROAD's MoRF/LeRF consistency, per fill."""
+    lines: list[str] = []
+    for fill in fills:
+        rho, interval, n = morf_lerf_agreement(df, estimators, reps, fill)
+        if n == 0:
+            continue
+        value = (f"**{rho:.2f}** [95 % interval {interval[0]:.2f}, {interval[1]:.2f}]"
+                 if interval is not None else
+                 f"n/a ({n} estimators with both curves, or a constant ranking)")
+        lines += ["## Consistency of deletion without retraining (MoRF vs LeRF)"
+                  + ("" if fill is None else f", fill `{fill}`"), "",
+                  f"Spearman rank correlation of the estimators' AUC when the most important "
+                  f"features are removed (MoRF) and when only they are kept (LeRF), without "
+                  f"retraining: {value} over {n} estimators. A consistent evaluation ranks "
+                  "them in opposite orders (rho near -1; Rong et al., 2022); a rho near 0 "
+                  "means the two orders disagree about which estimator is better.", ""]
+    return lines
+
+
 def fill_agreement(df: pd.DataFrame, metric: str, estimators: list[str], fills: list[str]
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The estimators' AUC rank under each fill, and the Spearman correlation of the AUCs
@@ -1041,6 +1091,7 @@ def build_report(out: str | Path) -> Path:
     lines = [*_summary_section(df, run, estimators, expected),
              *_curve_sections(df, estimators, fills, reps),
              *_noretrain_sections(df, estimators, fills, reps),
+             *_consistency_section(df, estimators, fills, reps),
              *_fill_sections(df, estimators, fills),
              *_leakage_section(df, estimators, chance, fills[0], reps),
              *_figure_lines(df, run, estimators, out, figures),

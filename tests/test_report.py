@@ -202,8 +202,7 @@ def test_five_retrains_a_clearly_better_estimator_is_better_than_random_after_ho
     assert min(auc["Gradient"]) > max(auc["Random"])  # the data are built that way
     table = curve_table(_frame(tmp_path), "kar", ["Gradient", "Random"]).set_index("estimator")
     assert table.loc["Gradient", "vs Random"] == "better than Random"  # KAR: higher AUC
-    # Every seed resample has Gradient above Random: the smallest bootstrap p, times 1 test.
-    assert float(table.loc["Gradient", "p (Holm)"]) == pytest.approx(2 / (N_BOOT + 1), rel=1e-2)
+    assert float(table.loc["Gradient", "p (Holm)"]) < 1e-6  # one test: Holm changes nothing
     effect = np.mean(auc["Gradient"]) - np.mean(auc["Random"])
     assert table.loc["Gradient", "ΔAUC vs Random"].startswith(f"{effect:+.3f} [")
     assert table.loc["Random", "vs Random"] == "(control)"

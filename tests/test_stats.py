@@ -52,10 +52,17 @@ def test_rank_intervals_overlap_for_equals_and_separate_for_clear_differences():
 
 
 def test_two_sided_p_and_holm():
-    assert two_sided_p(np.full(999, 0.3)) == pytest.approx(2 / 1000)
-    assert two_sided_p(np.linspace(-1, 1, 1001)) == pytest.approx(1.0)
+    from scipy import stats
+
     rng = np.random.default_rng(0)
-    assert 0.2 < two_sided_p(rng.normal(0, 1, 4000)) <= 1.0
+    d = rng.normal(0.05, 0.02, 1000)
+    z = 0.05 / d.std(ddof=1)
+    assert two_sided_p(d, 0.05) == pytest.approx(2 * stats.norm.sf(z), rel=1e-9)
+    assert two_sided_p(np.linspace(-1, 1, 1001)) == pytest.approx(1.0)
+    assert (two_sided_p(np.full(10, 0.3)), two_sided_p(np.zeros(10))) == (0.0, 1.0)
+    # Under the null the p-values are uniform: about 5 % of them below 0.05.
+    nulls = [two_sided_p(rng.normal(0, 1, 200), rng.normal(0, 1)) for _ in range(2000)]
+    assert 0.03 < np.mean(np.array(nulls) < 0.05) < 0.07
     assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx(
         {"a": 0.03, "b": 0.06, "c": 0.06})
     assert holm({"a": 0.5}) == {"a": 0.5}

@@ -251,9 +251,10 @@ def curve_table(df: pd.DataFrame, metric: str, estimators: list[str],
     of the AUC of both. *rank* is the 95 % interval of the estimator's rank by
     AUC over the replicates ("2-4": not distinguishable from its neighbours).
 
-    *vs Random* is a two-sided paired bootstrap test of the AUC difference to
-    Random (same test resample, same seeds), Holm-corrected over the estimators
-    at :data:`ALPHA`: ``"better than Random"``, ``"worse than Random"``, ``"no
+    *vs Random* is a two-sided test of the AUC difference to Random: the observed
+    difference over its paired bootstrap standard error (same test resample, same
+    seeds; :func:`quantus_roar.stats.two_sided_p`), Holm-corrected over the
+    estimators at :data:`ALPHA`: ``"better than Random"``, ``"worse than Random"``, ``"no
     evidence"`` (no difference shown), ``"(control)"`` for Random itself; better
     means a lower AUC for ROAR, a higher one for KAR.
     *ΔAUC vs Random* is the effect: the difference of the mean AUCs with its
@@ -304,7 +305,8 @@ def _against_random(names: list[str], per: dict[str, tuple[dict, np.ndarray, int
                                    f"≥ {MIN_PAIRED_SEEDS} needed)",
                       "ΔAUC vs Random": "", "p (Holm)": ""}
     diffs = {e: per[e][1] - random for e in names if e not in out}
-    adjusted = holm({e: two_sided_p(d) for e, d in diffs.items()})
+    adjusted = holm({e: two_sided_p(d, float(auc_point[e] - auc_point["Random"]))
+                     for e, d in diffs.items()})
     for e, d in diffs.items():
         effect = float(auc_point[e] - auc_point["Random"])
         lo, hi = percentile_interval(d)
@@ -313,7 +315,7 @@ def _against_random(names: list[str], per: dict[str, tuple[dict, np.ndarray, int
             verdict = ("better than Random" if (effect < 0) == lower_better
                        else "worse than Random")
         out[e] = {"vs Random": verdict, "ΔAUC vs Random": f"{effect:+.3f} [{lo:+.3f}, {hi:+.3f}]",
-                  "p (Holm)": f"{adjusted[e]:.3g}"}
+                  "p (Holm)": f"{adjusted[e]:.2g}"}
     return out
 
 
@@ -411,8 +413,9 @@ def _intervals_text(table: pd.DataFrame, metric: str, with_samples: bool) -> str
             f"AUC ({better} is better); a range such as 2-4 means it cannot be told apart "
             "from its neighbours.")
     if "vs Random" in table.columns:
-        text += (f" *vs Random*: two-sided paired bootstrap test of the AUC difference to "
-                 f"Random, Holm-corrected over the {len(table) - 1} estimators at "
+        text += (f" *vs Random*: two-sided test of the AUC difference to Random (the "
+                 "observed difference over its paired bootstrap standard error), "
+                 f"Holm-corrected over the {len(table) - 1} estimators at "
                  f"{ALPHA}: **better than Random** (AUC {better}), **worse than Random**, or "
                  "**no evidence** of a difference; *ΔAUC vs Random* is the difference with its "
                  "interval, *p (Holm)* the corrected p-value; **n/a**: fewer than "

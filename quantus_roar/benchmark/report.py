@@ -512,7 +512,8 @@ def randomisation_table(df: pd.DataFrame, metric: str, similarity: str, estimato
 
 _COLOURS = {"Gradient": "tab:blue", "IntegratedGradients": "tab:orange",
             "GuidedBackprop": "tab:green", "InputXGradient": "tab:purple", "Random": "black",
-            "Sobel": "tab:red"}
+            "Sobel": "tab:red", "InputMagnitude": "tab:brown", "BlurredRandom": "tab:gray",
+            "FixedPrior": "tab:pink"}
 _STYLES = {"": "-", "SmoothGrad": "--", "SmoothGradSquared": ":", "VarGrad": "-."}
 
 
@@ -525,12 +526,17 @@ _CONTROL_STYLES = {
                "zorder": 2.0},
     "Sobel": {"linestyle": "-", "linewidth": 1.0, "marker": "s", "markersize": 3.0,
               "zorder": 3.0},
+    # The leakage controls: thin, each with a marker of its own.
+    "InputMagnitude": {"linestyle": "-", "linewidth": 1.0, "marker": "^", "markersize": 3.5},
+    "BlurredRandom": {"linestyle": "--", "linewidth": 1.0, "marker": "v", "markersize": 3.5},
+    "FixedPrior": {"linestyle": "-.", "linewidth": 1.0, "marker": "D", "markersize": 3.0},
 }
 
 
 def _style(estimator: str) -> dict[str, Any]:
     """Line keyword arguments of an estimator's curve (colour, line style, width, marker)."""
-    base, _, noise = estimator.partition("_")
+    base, _, noise = ("FixedPrior", "", "") if estimator.startswith("FixedPrior(") \
+        else estimator.partition("_")
     style: dict[str, Any] = {"color": _COLOURS.get(base), "linestyle": _STYLES.get(noise, "-"),
                              "linewidth": 1.5, "marker": "o", "markersize": 3.0, "zorder": 2.5}
     if not noise:

@@ -38,6 +38,7 @@ from quantus_roar._validation import (
     check_channel_first,
     check_choice,
     check_finite,
+    check_int,
     check_labels,
     check_model,
     check_number,
@@ -558,6 +559,7 @@ class FixedPrior:
     def from_attributions(cls, a: Any, *, seed: int = 0, chunk: int = 4096) -> FixedPrior:
         """The prior of the mean absolute map over ``a`` (N, ...), read ``chunk`` samples at
         a time (``a`` may be a memory-mapped array)."""
+        chunk = check_int(chunk, "chunk", "FixedPrior.from_attributions", low=1)
         total = None
         for start in range(0, len(a), chunk):
             part = np.abs(np.asarray(a[start : start + chunk], dtype=np.float64)).sum(axis=0)

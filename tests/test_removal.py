@@ -431,3 +431,18 @@ def test_impute_errors():
         impute(torch.rand(2, 5), torch.zeros(2, 5, dtype=torch.bool), "noisy_linear")
     with pytest.raises(ValueError, match="non-empty batch"):
         impute(torch.rand(0, 3, 4, 4), torch.zeros(0, 1, 4, 4, dtype=torch.bool))
+
+
+def test_noisy_linear_fills_regions_whose_kept_neighbours_are_all_zero_with_zero():
+    """A digit's empty border: every kept neighbour of the removed pixels is 0, so the
+    right-hand side is 0 and the fill is 0 -- not 0 / 0 (NaN) from a stopping threshold
+    that underflowed in float32."""
+    x = torch.zeros(1, 1, 8, 8)  # a digit "1" of the digits data, in sixteenths
+    x[0, 0, :, 3:6] = torch.tensor([[13, 9, 0], [14, 15, 1], [13, 16, 0], [11, 16, 0],
+                                    [10, 16, 2], [14, 16, 1], [15, 16, 1], [12, 15, 0]]) / 16
+    masks = torch.zeros(1, 1, 1, 8, 8, dtype=torch.bool)
+    masks[0, 0, 0, :5, 7] = True  # the empty right column
+    masks[0, 0, 0, 5, 0] = True  # and one pixel of the empty left column
+    out = impute(x, masks[0], "noisy_linear", noise=0.0)
+    assert bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out, x, atol=1e-6, rtol=0)

@@ -74,8 +74,12 @@ def _threshold(rhs: torch.Tensor, tol: float) -> torch.Tensor:
     """Squared residual norm per plane at which CG stops: ``tol`` times the right-hand
     side's norm. Below a few float eps the residual stagnates; stopping there keeps CG
     stable."""
-    eps = torch.finfo(rhs.dtype).eps
-    return (max(tol, 16 * eps) * torch.linalg.vector_norm(rhs, dim=1).clamp_min(1e-30)) ** 2
+    info = torch.finfo(rhs.dtype)
+    # Floored at the smallest normal number: a plane whose right-hand side is 0 (every
+    # kept neighbour 0) is solved by its start, and a residual of rounding dust must not
+    # keep it iterating into 0 / 0.
+    return ((max(tol, 16 * info.eps) * torch.linalg.vector_norm(rhs, dim=1)) ** 2) \
+        .clamp_min(info.tiny)
 
 
 def _noisy_linear_solve(
@@ -168,7 +172,8 @@ def _noisy_linear_solve(
         if it % check_every == 0 and not bool(active.any()):
             break
         pap = torch.mul(p, a_times_p(), out=tmp).sum(1)
-        alpha = torch.where(active, rr / pap, 0)  # pap > 0 on every active plane
+        active &= pap > 0  # A is positive definite: pap is 0 only for a zero direction
+        alpha = torch.where(active, rr / pap.clamp_min(tiny), 0)
         ur.addcmul_(sign * alpha[:, None], pa_b)  # u += alpha p, res -= alpha A p
         rr_new = torch.linalg.vector_norm(res, dim=1).square_()
         # rr is 0 on a plane with nothing removed: clamped, its beta is 0, not NaN.

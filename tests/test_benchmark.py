@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from killing import kill_after_first_cell
 
 from quantus_roar import explain
 from quantus_roar.benchmark import (
@@ -166,29 +165,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_results(tmp_path
     cfg = tmp_path / "run.toml"
     cfg.write_text("[run]\nsanity_samples = 40\nmax_epochs = 24\nmin_train_accuracy = 0.5\n")
     args += ["--config", str(cfg)]
-    proc = subprocess.Popen([sys.executable, "-m", "quantus_roar", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = out / "results.sqlite"
-    n_before = 0
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if db.exists():
-                try:
-                    with sqlite3.connect(db) as conn:
-                        n_before = conn.execute(
-                            "SELECT COUNT(DISTINCT metric || estimator || param || seed) "
-                            "FROM cells").fetchone()[0]
-                except sqlite3.OperationalError:  # table not created yet
-                    n_before = 0
-                if n_before > 0:
-                    break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_first_cell(args, out)
     with ResultStore.open_existing(out) as store:
         stored = store.done()
         expected = store.get_meta("expected_cells")

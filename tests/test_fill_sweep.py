@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
+from killing import kill_after_first_cell
 
 from quantus_roar.benchmark import ResultStore, RunConfig
 from quantus_roar.benchmark.config import file_name
@@ -84,23 +79,7 @@ def test_the_report_ranks_per_fill_and_compares_the_rankings(sweep):
 
 def test_a_sweep_killed_with_sigkill_resumes_to_identical_results(sweep, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "quantus_roar", "run", "--out", str(out),
-                             *ARGS], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db, deadline = out / "results.sqlite", time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with sqlite3.connect(db) as conn:
-                    n = conn.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
-            except sqlite3.OperationalError:  # no store or no table yet
-                n = 0
-            if n > 0:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_after_first_cell(["run", "--out", str(out), *ARGS], out)
     with ResultStore.open_existing(out) as store:
         assert 0 < len(store.done()) < store.get_meta("expected_cells")
     assert main(["run", "--out", str(out), *ARGS]) == 0

@@ -6,27 +6,19 @@ import numpy as np
 import pytest
 
 import quantus_roar as qr
+from quantus_roar import stats as st
 from quantus_roar.retrain.base import fit_correct_many
-from quantus_roar.stats import (
-    holm,
-    percentile_interval,
-    rank_interval,
-    replicate_accuracies,
-    sample_counts,
-    seed_weights,
-    two_sided_p,
-)
 
 
 def test_resampling_counts_and_replicates_follow_their_definition():
-    counts = sample_counts(7, 50, seed=3)
+    counts = st.sample_counts(7, 50, seed=3)
     assert counts.shape == (50, 7) and (counts.sum(1) == 7).all() and (counts >= 0).all()
-    assert np.array_equal(counts, sample_counts(7, 50, seed=3))
-    assert not np.array_equal(counts, sample_counts(7, 50, seed=4))
+    assert np.array_equal(counts, st.sample_counts(7, 50, seed=3))
+    assert not np.array_equal(counts, st.sample_counts(7, 50, seed=4))
     correct = np.random.default_rng(0).random((4, 7)) < 0.6
     slow = np.array([[np.repeat(c, k).mean() for k in counts] for c in correct])
-    np.testing.assert_allclose(replicate_accuracies(correct, counts, chunk=8), slow, atol=1e-12)
-    w = seed_weights(3, 20, seed=1)
+    np.testing.assert_allclose(st.replicate_accuracies(correct, counts, chunk=8), slow, atol=1e-12)
+    w = st.seed_weights(3, 20, seed=1)
     assert np.allclose(w.sum(1), 1.0) and set(np.unique(w * 3)) <= {0, 1, 2, 3}
 
 
@@ -34,11 +26,11 @@ def test_intervals_cover_a_known_accuracy_at_the_nominal_rate():
     """Over 300 synthetic test sets of 200 samples, the 95 % interval of the accuracy holds
     the true 0.8 in 90-99 % of them (binomial noise around 95 %)."""
     rng = np.random.default_rng(0)
-    counts = sample_counts(200, 400, seed=1)
+    counts = st.sample_counts(200, 400, seed=1)
     hits = 0
     for _ in range(300):
         correct = rng.random((1, 200)) < 0.8
-        lo, hi = percentile_interval(replicate_accuracies(correct, counts)[0])
+        lo, hi = st.percentile_interval(st.replicate_accuracies(correct, counts)[0])
         hits += lo <= 0.8 <= hi
     assert 0.90 <= hits / 300 <= 0.99
 
@@ -47,8 +39,8 @@ def test_rank_intervals_overlap_for_equals_and_separate_for_clear_differences():
     rng = np.random.default_rng(0)
     reps = np.stack([rng.normal(0.5, 0.01, 1000), rng.normal(0.5, 0.01, 1000),
                      rng.normal(0.9, 0.01, 1000)])
-    assert rank_interval(reps, lower_better=True) == [(1, 2), (1, 2), (3, 3)]
-    assert rank_interval(reps, lower_better=False)[2] == (1, 1)
+    assert st.rank_interval(reps, lower_better=True) == [(1, 2), (1, 2), (3, 3)]
+    assert st.rank_interval(reps, lower_better=False)[2] == (1, 1)
 
 
 def test_two_sided_p_and_holm():
@@ -57,15 +49,15 @@ def test_two_sided_p_and_holm():
     rng = np.random.default_rng(0)
     d = rng.normal(0.05, 0.02, 1000)
     z = 0.05 / d.std(ddof=1)
-    assert two_sided_p(d, 0.05) == pytest.approx(2 * stats.norm.sf(z), rel=1e-9)
-    assert two_sided_p(np.linspace(-1, 1, 1001)) == pytest.approx(1.0)
-    assert (two_sided_p(np.full(10, 0.3)), two_sided_p(np.zeros(10))) == (0.0, 1.0)
+    assert st.two_sided_p(d, 0.05) == pytest.approx(2 * stats.norm.sf(z), rel=1e-9)
+    assert st.two_sided_p(np.linspace(-1, 1, 1001)) == pytest.approx(1.0)
+    assert (st.two_sided_p(np.full(10, 0.3)), st.two_sided_p(np.zeros(10))) == (0.0, 1.0)
     # Under the null the p-values are uniform: about 5 % of them below 0.05.
-    nulls = [two_sided_p(rng.normal(0, 1, 200), rng.normal(0, 1)) for _ in range(2000)]
+    nulls = [st.two_sided_p(rng.normal(0, 1, 200), rng.normal(0, 1)) for _ in range(2000)]
     assert 0.03 < np.mean(np.array(nulls) < 0.05) < 0.07
-    assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx(
+    assert st.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx(
         {"a": 0.03, "b": 0.06, "c": 0.06})
-    assert holm({"a": 0.5}) == {"a": 0.5}
+    assert st.holm({"a": 0.5}) == {"a": 0.5}
 
 
 def test_torch_retrainer_gives_per_sample_results_that_average_to_its_accuracies():

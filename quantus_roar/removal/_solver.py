@@ -172,8 +172,8 @@ def _noisy_linear_solve(
         if it % check_every == 0 and not bool(active.any()):
             break
         pap = torch.mul(p, a_times_p(), out=tmp).sum(1)
-        active &= pap > 0  # A is positive definite: pap is 0 only for a zero direction
-        alpha = torch.where(active, rr / pap.clamp_min(tiny), 0)
+        # A is positive definite: pap is 0 only for a zero direction, which stops its plane
+        alpha = torch.where(active & (pap > 0), rr / pap.clamp_min(tiny), 0)
         ur.addcmul_(sign * alpha[:, None], pa_b)  # u += alpha p, res -= alpha A p
         rr_new = torch.linalg.vector_norm(res, dim=1).square_()
         # rr is 0 on a plane with nothing removed: clamped, its beta is 0, not NaN.

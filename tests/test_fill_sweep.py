@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 FILLS = ("channel_mean", "zero", "noisy_linear")
 ARGS = ["--no-progress", "--device", "cpu", "--estimators", "Gradient,Random,InputMagnitude",
         "--metrics", "roar,roar-noretrain", "--percentages", "30,70", "--retrains", "1",
-        "--epochs", "4", "--imputers", ",".join(FILLS)]
+        "--epochs", "2", "--imputers", ",".join(FILLS)]
 
 
 @pytest.fixture(scope="module")

@@ -561,12 +561,12 @@ class RunConfig:
 
     # ------------------------------------------------------------------ identity
 
-    def removal(self, order: str) -> Removal:
+    def removal(self, order: str, imputer: str | None = None) -> Removal:
         """The run's removal rule for ``order`` (``"remove_top"``: ROAR and deletion,
-        ``"keep_top"``: KAR)."""
+        ``"keep_top"``: KAR), with ``imputer`` (default the run's ``imputer``)."""
         return Removal(order=order, granularity=self.granularity,  # type: ignore[arg-type]
-                       reduce=self.reduce, imputer=self.imputer,  # type: ignore[arg-type]
-                       seed=self.seed)
+                       reduce=self.reduce,  # type: ignore[arg-type]
+                       imputer=imputer or self.imputer, seed=self.seed)
 
     @property
     def fills(self) -> tuple[str, ...]:
@@ -586,10 +586,8 @@ class RunConfig:
         keeps, the others remove, with the name's imputer (else ``imputer``), and mask
         leakage trains on the masks themselves (:meth:`Removal.mask_only`)."""
         base, _, fill = metric.partition("@")
-        order = "keep_top" if base in ("kar", "kar-noretrain") else "remove_top"
-        rule = Removal(order=order, granularity=self.granularity,  # type: ignore[arg-type]
-                       reduce=self.reduce, imputer=fill or self.imputer,  # type: ignore[arg-type]
-                       seed=self.seed)
+        rule = self.removal("keep_top" if base in ("kar", "kar-noretrain") else "remove_top",
+                            fill or None)
         return rule.mask_only() if base == "mask-leakage" else rule
 
     def recipe(self) -> dict[str, Any]:

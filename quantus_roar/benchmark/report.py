@@ -816,17 +816,12 @@ def _read_store(out: Path) -> tuple[pd.DataFrame, dict[str, Any], list[str], dic
     return df, run, layers, layer_types, expected
 
 
-def _samples(out: Path) -> dict[Key, np.ndarray]:
-    """The per-sample results stored with the cells (none in stores written before)."""
+def _diagnostics(out: Path) -> tuple[dict[Key, np.ndarray], float | None]:
+    """The per-sample results stored with the cells (none in stores written before) and
+    the run's chance level (stored by the runner with mask leakage), read in one go."""
     with ResultStore.open_existing(out) as store:
-        return store.samples()
-
-
-def _chance(out: Path) -> float | None:
-    """The run's chance level (stored by the runner with mask leakage), if any."""
-    with ResultStore.open_existing(out) as store:
-        value = store.get_meta("chance")
-    return float(value) if _is_number(value) else None
+        samples, chance = store.samples(), store.get_meta("chance")
+    return samples, float(chance) if _is_number(chance) else None
 
 
 def _figures_folder(out: Path) -> Path:
@@ -1091,8 +1086,8 @@ def build_report(out: str | Path) -> Path:
     """
     out = Path(out)
     df, run, layers, layer_types, expected = _read_store(out)
-    chance, fills = _chance(out), _fills(run)
-    reps = replicates(_samples(out))
+    samples, chance = _diagnostics(out)
+    fills, reps = _fills(run), replicates(samples)
     write_text(out / "results.csv",
                df.drop(columns=["fingerprint", "finished_at"]).to_csv(index=False))
     estimators = _estimators(df, run)

@@ -341,7 +341,8 @@ class QuantusRoarMetric(quantus.Metric):
         display_progressbar: bool = False,
         **kwargs: Any,
     ):
-        check_kwargs(kwargs, type(self).__name__, _init_keywords(type(self)))
+        if kwargs:  # the signatures are read only to name what was not understood
+            check_kwargs(kwargs, type(self).__name__, _init_keywords(type(self)))
         self.seed = seed
         self.target = target
         self.results: pd.DataFrame | None = None

@@ -75,6 +75,11 @@ def _add_grid_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--percentages", type=_percentages, help="e.g. 10,30,50,70,90")
     run.add_argument("--retrains", type=int, help="retrains per percentage (default 5)")
     run.add_argument("--epochs", type=int, help="training epochs of every retrain")
+    run.add_argument("--leakage-retrains", type=int, dest="leakage_retrains",
+                     help="retrains per mask-leakage cell (default: min(retrains, 2))")
+    run.add_argument("--model-seeds", type=int, dest="model_seeds",
+                     help="repeat the whole pipeline over this many explained models (new "
+                          "model, attributions and retrains on the same data; default 1)")
 
 
 # The training recipe (quantus_roar.TorchRetrainer's settings): flag, its type or its
@@ -110,6 +115,9 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
                           "label)")
     run.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
     run.add_argument("--seed", type=int, help="the run's seed (default 0)")
+    run.add_argument("--model-seed", type=int, dest="model_seed",
+                     help="the seed of everything trained (default: --seed, which alone "
+                          "loads and splits the data)")
     run.add_argument("--stream", action="store_true", default=None,
                      help="keep inputs and attributions in memory-mapped files and retrain "
                           "through a DataLoader (for data larger than memory)")
@@ -139,7 +147,7 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
 _FLAGS = ("dataset", "model", "estimators", "metrics", "percentages", "retrains", "epochs",
           "target", "device", "seed", "stream", "image_size", "batch_size", "lr", "optimizer",
           "weight_decay", "momentum", "schedule", "label_smoothing", "validation_split",
-          "augment", "imputers")
+          "augment", "imputers", "leakage_retrains", "model_seeds", "model_seed")
 
 
 def _config(args: argparse.Namespace) -> Any:

@@ -63,6 +63,7 @@ __all__ = [
     "explain",
     "explanation_targets",
     "fixed_prior_source",
+    "model_free",
     "n_classes",
     "noisy_inputs",
     "predicted_classes",
@@ -495,6 +496,19 @@ def fixed_prior_source(name: str) -> str | None:
     """
     match = _PRIOR_NAME.fullmatch(name) if isinstance(name, str) else None
     return match.group("source").strip() if match else None
+
+
+def model_free(name: str) -> bool:
+    """Whether the estimator named ``name`` explains without looking at the model (the
+    controls and every ``FixedPrior``): its maps are the same for any weights, so a
+    sanity check of it is similarity 1 by construction.
+
+    Examples
+    --------
+    >>> model_free("Sobel"), model_free("FixedPrior(Gradient)"), model_free("Gradient")
+    (True, True, False)
+    """
+    return name in CONTROLS or fixed_prior_source(name) is not None
 
 
 class FixedPrior:

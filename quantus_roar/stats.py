@@ -11,6 +11,9 @@ Plain numpy; no Quantus, no torch.
 * :func:`replicate_accuracies` -- accuracy of each cell in each replicate.
 * :func:`seed_weights` -- multinomial resampling weights of ``S`` seeds.
 * :func:`percentile_interval`, :func:`rank_interval` -- what is reported.
+* :func:`mean_interval` -- the interval of a mean over samples (the sanity
+  checks' similarities); :func:`wilson_interval` -- of a proportion given only
+  its count (the random-label model's accuracies).
 * :func:`two_sided_p`, :func:`holm` -- tests against a control (Wald, with the
   bootstrap standard error), corrected for many comparisons.
 """
@@ -23,8 +26,9 @@ import numpy as np
 
 from quantus_roar._validation import Int, Real, validated
 
-__all__ = ["holm", "percentile_interval", "rank_interval", "replicate_accuracies",
-           "sample_counts", "seed_weights", "two_sided_p"]
+__all__ = ["holm", "mean_interval", "percentile_interval", "rank_interval",
+           "replicate_accuracies", "sample_counts", "seed_weights", "two_sided_p",
+           "wilson_interval"]
 
 #: Replicates of the report's bootstrap.
 N_BOOT = 1000
@@ -80,6 +84,48 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
     tail = (1.0 - level) / 2.0 * 100.0
     lo, hi = np.percentile(np.asarray(values, dtype=np.float64), [tail, 100.0 - tail])
     return float(lo), float(hi)
+
+
+def mean_interval(values: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
+                  level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap percentile interval of the mean of ``values`` over its samples, NaN left
+    out (a sample whose similarity is undefined); ``(nan, nan)`` when none is finite.
+
+    Examples
+    --------
+    >>> lo, hi = mean_interval(np.array([0.2, 0.4, np.nan, 0.6]))
+    >>> 0.2 <= lo < 0.4 < hi <= 0.6
+    True
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    valid = np.isfinite(v)
+    if not valid.any():
+        return math.nan, math.nan
+    counts = sample_counts(len(v), n_boot, seed).astype(np.float64)  # (B, n)
+    weight = counts @ valid  # (B,)
+    sums = counts @ np.where(valid, v, 0.0)
+    means = sums[weight > 0] / weight[weight > 0]
+    return percentile_interval(means, level)
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (a classifier's accuracy when only
+    its count of right answers is known).
+
+    Examples
+    --------
+    >>> [round(v, 3) for v in wilson_interval(36, 360)]
+    [0.073, 0.135]
+    """
+    from statistics import NormalDist
+
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"wilson_interval needs 0 <= k <= n and n > 0. Got k={k}, n={n}.")
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rank_interval(replicates: np.ndarray, lower_better: bool, level: float = 0.95

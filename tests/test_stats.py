@@ -73,3 +73,23 @@ def test_torch_retrainer_gives_per_sample_results_that_average_to_its_accuracies
             return [0.5] * len(jobs)
 
     assert fit_correct_many(OwnScores(qr.SmallCNN(), epochs=1), jobs) is None  # theirs wins
+
+
+def test_mean_and_wilson_intervals_cover_known_values_at_the_nominal_rate():
+    """Over 300 synthetic samples each: the bootstrap interval of a mean (with NaNs left
+    out) holds the true mean 0.3, and the Wilson interval of a proportion holds the true
+    0.1, in 90-99 % of them."""
+    rng = np.random.default_rng(1)
+    mean_hits = wilson_hits = 0
+    for i in range(300):
+        v = rng.normal(0.3, 0.2, 150)
+        v[rng.random(150) < 0.1] = np.nan
+        lo, hi = st.mean_interval(v, n_boot=400, seed=i)
+        mean_hits += lo <= 0.3 <= hi
+        k = int((rng.random(360) < 0.1).sum())
+        lo, hi = st.wilson_interval(k, 360)
+        wilson_hits += lo <= 0.1 <= hi
+    assert 0.90 <= mean_hits / 300 <= 0.99 and 0.90 <= wilson_hits / 300 <= 0.99
+    assert np.isnan(st.mean_interval(np.full(4, np.nan))).all()
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        st.wilson_interval(5, 4)

@@ -243,6 +243,9 @@ _SETTINGS: dict[str, tuple[Constraint, str]] = {
     "layer_order": (Choice(LAYER_ORDERS), f"one of {list(LAYER_ORDERS)}"),
     "retrains": (Int(1), "a positive integer"),
     "sanity_seeds": (Int(1), "a positive integer"),
+    "leakage_retrains": (Int(1, optional=True), "a positive integer"),
+    "model_seeds": (Int(1, optional=True), "a positive integer"),
+    "model_seed": (Int(0, RUN_MAX_SEED, optional=True), "an integer in [0, 2**32)"),
     "max_epochs": (Int(1), "a positive integer"),
     "explain_batch_size": (Int(1), "a positive integer"),
     "sanity_samples": (Int(0), "an integer >= 0 (0: every test sample)"),
@@ -407,6 +410,26 @@ class RunConfig:
         Similarities of the sanity checks.
     sanity_seeds : int
         Repeats of each sanity check (randomised weights, permuted labels).
+    leakage_retrains : int, optional
+        Retrains per (estimator, percentage) of mask leakage; default
+        ``min(retrains, 2)``. Its intervals resample the test samples as well
+        as these seeds, and the masks of a control without class information
+        give chance on any seed, so two seeds suffice for the verdict at a
+        fraction of ROAR's cost.
+    model_seed : int, optional
+        The seed of the explained model, its attributions, the retrains and
+        the sanity checks; default ``seed``. ``seed`` alone loads and splits
+        the data, so two runs that differ only in ``model_seed`` share the
+        data and differ in everything trained.
+    model_seeds : int, optional
+        Repeats of the whole pipeline over the explained model (default 1: no
+        repeat). Repeat ``k`` (1, 2, ...) is the same run with ``model_seed``
+        the run's model seed + ``k``: a new explained model, new attributions,
+        new retrains, on the same data. Each is a run of its own in
+        ``model-seeds/<model_seed>/`` (its own store, resumable, with its own
+        report); the report of the main run adds how each estimator's AUC and
+        rank vary over the repeats. Not part of the fingerprint: adding
+        repeats keeps the cells already stored.
     sanity_samples : int
         Test samples explained in the sanity checks (0: all).
     min_train_accuracy, max_epochs : float, int
@@ -464,6 +487,9 @@ class RunConfig:
     validation_split: float | None = None
     augment: Any = None
     imputers: tuple[str, ...] | None = None
+    leakage_retrains: int | None = None
+    model_seed: int | None = None
+    model_seeds: int | None = None
 
     def __post_init__(self) -> None:
         def setattr_(name: str, value: Any) -> None:
@@ -561,12 +587,31 @@ class RunConfig:
 
     # ------------------------------------------------------------------ identity
 
+    @property
+    def pipeline_seed(self) -> int:
+        """The seed everything trained derives from: ``model_seed``, else ``seed``."""
+        return self.seed if self.model_seed is None else self.model_seed
+
+    @property
+    def leakage_seeds(self) -> int:
+        """Retrains per mask-leakage cell: ``leakage_retrains``, else ``min(retrains, 2)``,
+        never more than ``retrains``."""
+        return min(self.retrains, self.leakage_retrains or 2)
+
+    def repeat(self, k: int) -> RunConfig:
+        """Repeat ``k`` of :attr:`model_seeds`: ``model_seed`` moved on by ``k`` (modulo
+        2**32), one repeat itself."""
+        from dataclasses import replace
+
+        return replace(self, model_seed=(self.pipeline_seed + k) % RUN_MAX_SEED,
+                       model_seeds=None)
+
     def removal(self, order: str, imputer: str | None = None) -> Removal:
         """The run's removal rule for ``order`` (``"remove_top"``: ROAR and deletion,
         ``"keep_top"``: KAR), with ``imputer`` (default the run's ``imputer``)."""
         return Removal(order=order, granularity=self.granularity,  # type: ignore[arg-type]
                        reduce=self.reduce,  # type: ignore[arg-type]
-                       imputer=imputer or self.imputer, seed=self.seed)
+                       imputer=imputer or self.imputer, seed=self.pipeline_seed)
 
     @property
     def fills(self) -> tuple[str, ...]:
@@ -633,7 +678,10 @@ class RunConfig:
 
 # Settings added after the first release: absent from to_dict while unset.
 _LATER = ("explainers", "retrainer", "weight_decay", "momentum", "schedule", "label_smoothing",
-          "validation_split", "augment", "imputers")
+          "validation_split", "augment", "imputers", "leakage_retrains", "model_seed",
+          "model_seeds")
+# Settings that do not decide the numbers of the run's own cells.
+_OUTSIDE_FINGERPRINT = ("model_seeds",)
 
 
 def fingerprint(config: RunConfig, data_digest: str, device_type: str) -> tuple[str, dict]:
@@ -647,7 +695,7 @@ def fingerprint(config: RunConfig, data_digest: str, device_type: str) -> tuple[
             return "unknown"
 
     description = {
-        **config.to_dict(),
+        **{k: v for k, v in config.to_dict().items() if k not in _OUTSIDE_FINGERPRINT},
         "device": device_type,
         "data_digest": data_digest,
         "versions": {name: _version(name) for name in

@@ -92,7 +92,7 @@ class RunContext:
         self.n_train, self.n_test = len(data.y_train), len(data.y_test)
         self.train_ids = torch.arange(self.n_train)
         self.test_ids = torch.arange(self.n_train, self.n_train + self.n_test)
-        self.seeds = retrain_seeds(config.seed, config.retrains)
+        self.seeds = retrain_seeds(config.pipeline_seed, config.retrains)
         self._memo: dict[Any, Any] = {}
 
     def handle(self, key: Any, build: Callable[[], Any]) -> Any:
@@ -167,7 +167,7 @@ class RunContext:
                                    "training the model again (same seed, same weights).", path,
                                    type(err).__name__, err)
             model = self.fit(self.data.x_train, self.data.y_train,
-                             derived_seed(self.config.seed, _BASE))
+                             derived_seed(self.config.pipeline_seed, _BASE))
             _save_model(model, path)
             return model
         return self.memo("model", build)
@@ -181,7 +181,7 @@ class RunContext:
 
     def sanity_seeds(self, s: int) -> SanitySeeds:
         """The seeds of sanity-check repeat ``s`` (repeat 0: the metrics' seeds)."""
-        return SanitySeeds.derive(self.config.seed, s)
+        return SanitySeeds.derive(self.config.pipeline_seed, s)
 
     def ceiling_model(self, s: int) -> nn.Module:
         """A model trained on the true labels with another seed (the sanity checks' ceiling)."""
@@ -255,7 +255,7 @@ class RunContext:
     def prior(self, source: str) -> FixedPrior:
         """The fixed prior of ``source``: its mean absolute map over the training set."""
         return self.memo(("prior", source), lambda: FixedPrior.from_attributions(
-            self.attributions(source, "train"), seed=self.config.seed))
+            self.attributions(source, "train"), seed=self.config.pipeline_seed))
 
     def _prior_explainer(self, source: str) -> Callable[..., np.ndarray]:
         def explain(model: nn.Module, x: torch.Tensor, t: torch.Tensor,

@@ -26,6 +26,7 @@ from quantus_roar.benchmark.config import file_name
 from quantus_roar.benchmark.store import Key, ResultStore
 from quantus_roar.curves import normalised_auc
 from quantus_roar.exceptions import StorageError
+from quantus_roar.explainers import model_free
 from quantus_roar.randomisation import LAYER_ORDERS
 from quantus_roar.removal import GRANULARITIES, IMPUTERS, REDUCES
 from quantus_roar.stats import (
@@ -37,6 +38,7 @@ from quantus_roar.stats import (
     sample_counts,
     seed_weights,
     two_sided_p,
+    wilson_interval,
 )
 
 logger = logging.getLogger("quantus_roar.benchmark")
@@ -493,18 +495,41 @@ def spearman_text(table: pd.DataFrame, rho: float) -> str:
 
 def randomisation_table(df: pd.DataFrame, metric: str, similarity: str, estimators: list[str],
                         steps: list[str]) -> pd.DataFrame:
-    """Mean (± std over sanity seeds) similarity per estimator and step."""
-    cur = df[(df["metric"] == metric) & (df["quantity"] == similarity) & (df["estimator"] != "-")]
+    """Mean similarity per estimator and step, with its 95 % bootstrap interval over the
+    explained samples (the mean of the repeats' bounds; stores written before the
+    intervals show the mean alone) and ± std over sanity seeds when there are several."""
+    rows_of = df[(df["metric"] == metric) & (df["estimator"] != "-")]
+    cur = rows_of[rows_of["quantity"] == similarity]
     if cur.empty:
         return pd.DataFrame()
-    g = cur.groupby(["estimator", "param"])["value"].agg(["mean", "std"])
+    g = cur.groupby(["estimator", "param"])["value"].agg(["mean", "std", "count"])
+    bounds = {q: rows_of[rows_of["quantity"] == f"{similarity}.{q}"]
+              .groupby(["estimator", "param"])["value"].mean() for q in ("lo", "hi")}
     rows = []
     for e in [e for e in estimators if e in g.index.get_level_values(0)]:
         row = {"estimator": e}
         for step in steps:
-            row[step] = _fmt(*g.loc[(e, step)]) if (e, step) in g.index else "n/a"
+            if (e, step) not in g.index:
+                row[step] = "n/a"
+                continue
+            mean, std, count = g.loc[(e, step)]
+            text = f"{mean:.3f}" + (f" ± {std:.3f}" if count > 1 else "")
+            if (e, step) in bounds["lo"].index and (e, step) in bounds["hi"].index:
+                text += f" [{bounds['lo'][(e, step)]:.3f}, {bounds['hi'][(e, step)]:.3f}]"
+            row[step] = text
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _model_free_note(df: pd.DataFrame, run: dict[str, Any], metric: str) -> list[str]:
+    """The run's model-free estimators, whose sanity checks are not computed."""
+    have = set(df.loc[df["metric"] == metric, "estimator"])
+    free = [e for e in run.get("estimators", []) if model_free(str(e)) and e not in have]
+    if not free:
+        return []
+    return [f"Not computed for the model-free estimators ({', '.join(map(str, free))}): "
+            "their maps are the same for any weights, so every similarity is 1 by "
+            "construction and they fail the check by design.", ""]
 
 
 # --------------------------------------------------------------------------- figures
@@ -816,12 +841,15 @@ def _read_store(out: Path) -> tuple[pd.DataFrame, dict[str, Any], list[str], dic
     return df, run, layers, layer_types, expected
 
 
-def _diagnostics(out: Path) -> tuple[dict[Key, np.ndarray], float | None]:
-    """The per-sample results stored with the cells (none in stores written before) and
-    the run's chance level (stored by the runner with mask leakage), read in one go."""
+def _diagnostics(out: Path) -> tuple[dict[Key, np.ndarray], float | None, dict[str, Any]]:
+    """The per-sample results stored with the cells (none in stores written before), the
+    run's chance level (stored by the runner with mask leakage) and the sizes of its
+    splits, read in one go."""
     with ResultStore.open_existing(out) as store:
-        samples, chance = store.samples(), store.get_meta("chance")
-    return samples, float(chance) if _is_number(chance) else None
+        samples, chance, sizes = (store.samples(), store.get_meta("chance"),
+                                  store.get_meta("sizes"))
+    return (samples, float(chance) if _is_number(chance) else None,
+            sizes if isinstance(sizes, dict) else {})
 
 
 def _figures_folder(out: Path) -> Path:
@@ -945,17 +973,22 @@ def _consistency_section(df: pd.DataFrame, estimators: list[str], fills: list[st
     return lines
 
 
-def fill_agreement(df: pd.DataFrame, metric: str, estimators: list[str], fills: list[str]
+def fill_agreement(df: pd.DataFrame, metric: str, estimators: list[str], fills: list[str],
+                   reps: dict[Key, np.ndarray] | None = None, n_boot: int = N_BOOT
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The estimators' AUC rank under each fill, and the Spearman correlation of the AUCs
-    between every two fills (NaN with fewer than 3 estimators in common)."""
+    between every two fills with its 95 % bootstrap interval (test samples and seeds
+    resampled, paired across fills: the same resample for every cell); NaN with fewer
+    than 3 estimators in common or a constant ranking."""
     from scipy import stats
 
-    aucs = {}
+    aucs, per = {}, {}
     for fill in fills:
-        auc = _auc_per_seed(accuracies(df, _keyed(metric, fill)))
-        if not auc.empty:
-            aucs[fill] = auc.groupby("estimator")["auc"].mean()
+        acc = _accuracy_rows(df, _keyed(metric, fill))
+        if not acc.empty:
+            aucs[fill] = _auc_per_seed(acc).groupby("estimator")["auc"].mean()
+            per[fill] = _estimator_replicates(acc, _cell_replicates(acc, reps or {}, n_boot),
+                                              n_boot)
     common = [e for e in estimators if all(e in a.index for a in aucs.values())]
     if len(aucs) < 2 or not common:
         return pd.DataFrame(), pd.DataFrame()
@@ -968,27 +1001,33 @@ def fill_agreement(df: pd.DataFrame, metric: str, estimators: list[str], fills: 
     for i, first in enumerate(names):
         for second in names[i + 1:]:
             x, y = aucs[first][common], aucs[second][common]
-            rho = (float(stats.spearmanr(x, y).statistic)
-                   if len(common) >= 3 and x.nunique() > 1 and y.nunique() > 1 else math.nan)
+            rho, interval = math.nan, "n/a"
+            if len(common) >= 3 and x.nunique() > 1 and y.nunique() > 1:
+                rho = float(stats.spearmanr(x, y).statistic)
+                lo, hi = percentile_interval(_replicate_spearman(
+                    np.stack([per[first][e][1] for e in common]),
+                    np.stack([per[second][e][1] for e in common])))
+                interval = f"[{lo:.2f}, {hi:.2f}]"
             pairs.append({"fills": f"{first} / {second}", "Spearman rho": rho,
-                          "n estimators": len(common)})
+                          "95 % interval": interval, "n estimators": len(common)})
     return ranks, pd.DataFrame(pairs)
 
 
-def _fill_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None]
-                   ) -> list[str]:
+def _fill_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None],
+                   reps: dict[Key, np.ndarray]) -> list[str]:
     """With a sweep: how far the rankings of the fills agree."""
     named = [f for f in fills if f is not None]
     if len(named) < 2:
         return []
     lines: list[str] = []
     for metric in ("roar", "kar"):
-        ranks, pairs = fill_agreement(df, metric, estimators, named)
+        ranks, pairs = fill_agreement(df, metric, estimators, named, reps)
         if ranks.empty:
             continue
         lines += [f"## {metric.upper()}: does the fill change the ranking?", "",
                   "Rank of each estimator by AUC under each fill, and the Spearman "
-                  "correlation of the AUCs between fills (1: the same order). A ranking that "
+                  "correlation of the AUCs between fills (1: the same order) with its 95 % "
+                  "bootstrap interval over test samples and seeds. A ranking that "
                   "changes with the fill is a finding about the fill as much as about the "
                   "estimators.", "", _md(pairs), _md(ranks)]
     return lines
@@ -1023,9 +1062,11 @@ def _model_randomisation_section(df: pd.DataFrame, run: dict[str, Any], estimato
     lines = ["## Model randomisation", "",
              f"Similarity between the explanation of the trained model and that of the "
              f"model with its layers re-initialised `{run.get('layer_order')}` (mean over "
-             "the explained test samples; ± std over sanity seeds). *floor*: a freshly "
-             "initialised model; *ceiling*: a model trained on the same data with another "
-             "seed. Lower similarity after randomisation passes the check.", ""]
+             "the explained test samples [95 % bootstrap interval over them]; ± std over "
+             "sanity seeds when there are several). *floor*: a freshly initialised model; "
+             "*ceiling*: a model trained on the same data with another seed. Lower "
+             "similarity after randomisation passes the check.", "",
+             *_model_free_note(df, run, "model-randomisation")]
     if layer_types:
         lines += ["Layers (execution order): " + ", ".join(
             f"`{name}` {layer_types.get(name, '')}".rstrip() for name in layers) + ".", ""]
@@ -1034,15 +1075,26 @@ def _model_randomisation_section(df: pd.DataFrame, run: dict[str, Any], estimato
     if _randomisation_figure(df, estimators, steps, similarities,
                              figures / "model_randomisation.png"):
         lines += ["![model randomisation](figures/model_randomisation.png)", ""]
-        if {"Random", "Sobel"} <= set(estimators):
+        if {"Random", "Sobel"} <= set(df.loc[df["metric"] == "model-randomisation",
+                                              "estimator"]):
             lines += ["Random and Sobel do not depend on the model, so their curves "
                       "coincide: Random is the wide dashed black line with large circles, "
                       "Sobel the thin red line with small squares drawn on top of it.", ""]
     return lines
 
 
-def _data_randomisation_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str]
-                                ) -> list[str]:
+def _accuracy_text(values: pd.Series, n: Any) -> str:
+    """A stored accuracy (mean over repeats) with its 95 % Wilson interval over ``n``
+    samples, when ``n`` is known."""
+    mean = float(values.mean())
+    if len(values) == 1 and _is_number(n) and int(n) > 0:
+        lo, hi = wilson_interval(round(mean * int(n)), int(n))
+        return f"{mean:.3f} [95 % interval {lo:.3f}, {hi:.3f}; n = {int(n)}]"
+    return _fmt(mean, float(values.std()))
+
+
+def _data_randomisation_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
+                                sizes: dict[str, Any]) -> list[str]:
     """Similarity to a model trained on permuted labels, one table per similarity."""
     dr = [(s, randomisation_table(df, "data-randomisation", s, estimators,
                                   ["random_labels", "floor", "ceiling"]))
@@ -1056,10 +1108,104 @@ def _data_randomisation_section(df: pd.DataFrame, run: dict[str, Any], estimator
              "Similarity between the explanations of the trained model and of a model "
              "trained on permuted labels (*random_labels*), with floor and ceiling as "
              f"above. The random-label model fitted its training labels to "
-             f"{_fmt(tr.mean(), tr.std())} accuracy; on the true test labels it scores "
-             f"{_fmt(te.mean(), te.std())}.", ""]
+             f"{_accuracy_text(tr, sizes.get('train'))} accuracy; on the true test labels "
+             f"it scores {_accuracy_text(te, sizes.get('test'))}.", "",
+             *_model_free_note(df, run, "data-randomisation")]
     for sim, table in dr:
         lines += [f"### {sim}", "", _md(table)]
+    return lines
+
+
+#: The folder of the repeats over the explained model (the runner's ``REPEATS``).
+_REPEATS = "model-seeds"
+
+
+def _repeat_frames(out: Path, run: dict[str, Any], df: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """The cells of the run and of each repeat over the explained model found in
+    ``out/model-seeds/``, by model seed. A folder whose run differs in anything but the
+    model seed (or that cannot be read) is left out with a warning."""
+    own = run.get("model_seed", run.get("seed", 0))
+    frames = {int(own) if _is_number(own) else 0: df}
+    folder = out / _REPEATS
+    if not folder.is_dir() or folder.is_symlink():
+        return frames
+    same = {k: v for k, v in run.items() if k not in ("model_seed",)}
+    for sub in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not (sub / ResultStore.filename).is_file() or sub.is_symlink():
+            continue
+        try:
+            other, theirs, *_ = _read_store(sub)
+        except (StorageError, OSError, ValueError) as err:
+            logger.warning("Repeat '%s' left out of the report: %s", sub, err)
+            continue
+        if {k: v for k, v in theirs.items() if k != "model_seed"} != same or not _is_number(
+                theirs.get("model_seed")):
+            logger.warning("Repeat '%s' left out of the report: its settings differ from "
+                           "this run's in more than the model seed.", sub)
+            continue
+        frames[int(theirs["model_seed"])] = other
+    return frames
+
+
+def model_seed_table(frames: dict[int, pd.DataFrame], metric: str, estimators: list[str]
+                     ) -> tuple[pd.DataFrame, float, tuple[float, float]]:
+    """Each estimator's AUC (mean over retrains) under each model seed, its mean with a
+    95 % t-interval over the model seeds, and its range of ranks; with the mean and the
+    range of the Spearman correlations of the AUCs between every two model seeds."""
+    from scipy import stats
+
+    aucs = {}
+    for seed, df in sorted(frames.items()):
+        acc = _accuracy_rows(df, metric)
+        if not acc.empty:
+            aucs[seed] = _auc_per_seed(acc).groupby("estimator")["auc"].mean()
+    names = [e for e in estimators if all(e in a.index for a in aucs.values())]
+    if len(aucs) < 2 or len(names) < 1:
+        return pd.DataFrame(), math.nan, (math.nan, math.nan)
+    table = pd.DataFrame({f"model seed {s}": a[names].to_numpy() for s, a in aucs.items()},
+                         index=names)
+    ranks = table.rank(ascending=_base(metric) == "roar", method="min").astype(int)
+    n = table.shape[1]
+    mean, sd = table.mean(axis=1), table.std(axis=1, ddof=1)
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    rhos = [float(stats.spearmanr(table.iloc[:, i], table.iloc[:, j]).statistic)
+            for i in range(n) for j in range(i + 1, n)
+            if len(names) >= 3 and table.iloc[:, i].nunique() > 1
+            and table.iloc[:, j].nunique() > 1]
+    shown = table.map(lambda v: f"{v:.3f}")
+    # An accuracy's AUC lies in [0, 1]; so does its interval.
+    shown["mean [95 % t-interval]"] = [_fmt_ci(m, max(0.0, m - h), min(1.0, m + h))
+                                       for m, h in zip(mean, half, strict=True)]
+    shown["ranks"] = [_rank_text(int(lo), int(hi)) for lo, hi in
+                      zip(ranks.min(axis=1), ranks.max(axis=1), strict=True)]
+    shown = shown.loc[mean.sort_values(ascending=_base(metric) == "roar", kind="stable").index]
+    spread = (min(rhos), max(rhos)) if rhos else (math.nan, math.nan)
+    return (shown.reset_index(names="estimator"), float(np.mean(rhos)) if rhos else math.nan,
+            spread)
+
+
+def _repeats_section(out: Path, run: dict[str, Any], df: pd.DataFrame, estimators: list[str],
+                     fill: str | None) -> list[str]:
+    """How ROAR and KAR vary over repeats of the whole pipeline over the explained model."""
+    frames = _repeat_frames(out, run, df)
+    if len(frames) < 2:
+        return []
+    lines = ["## Repeats over the explained model", "",
+             f"The whole pipeline repeated over {len(frames)} explained models (model seeds "
+             f"{', '.join(map(str, sorted(frames)))}: a new model, new attributions, new "
+             "retrains, the same data). AUC per model seed (mean over retrains), its mean "
+             "with a 95 % t-interval over the model seeds, and the range of ranks the "
+             "estimator takes. The intervals of the tables above cover test samples and "
+             "training seeds of one explained model; these cover the explained model.", ""]
+    for metric in ("roar", "kar"):
+        table, rho, (lo, hi) = model_seed_table(frames, _keyed(metric, fill), estimators)
+        if table.empty:
+            continue
+        agreement = ("n/a (fewer than 3 estimators, or a constant ranking)" if math.isnan(rho)
+                     else f"{rho:.2f} (from {lo:.2f} to {hi:.2f})")
+        lines += [f"### {metric.upper()}", "",
+                  f"Spearman correlation of the AUCs between two model seeds, mean over "
+                  f"pairs: {agreement}.", "", _md(table)]
     return lines
 
 
@@ -1086,7 +1232,7 @@ def build_report(out: str | Path) -> Path:
     """
     out = Path(out)
     df, run, layers, layer_types, expected = _read_store(out)
-    samples, chance = _diagnostics(out)
+    samples, chance, sizes = _diagnostics(out)
     fills, reps = _fills(run), replicates(samples)
     write_text(out / "results.csv",
                df.drop(columns=["fingerprint", "finished_at"]).to_csv(index=False))
@@ -1096,11 +1242,12 @@ def build_report(out: str | Path) -> Path:
              *_curve_sections(df, estimators, fills, reps),
              *_noretrain_sections(df, estimators, fills, reps),
              *_consistency_section(df, estimators, fills, reps),
-             *_fill_sections(df, estimators, fills),
+             *_fill_sections(df, estimators, fills, reps),
              *_leakage_section(df, estimators, chance, fills[0], reps),
              *_figure_lines(df, run, estimators, out, figures),
              *_model_randomisation_section(df, run, estimators, layers, layer_types, figures),
-             *_data_randomisation_section(df, run, estimators)]
+             *_data_randomisation_section(df, run, estimators, sizes),
+             *_repeats_section(out, run, df, estimators, fills[0])]
     path = out / "report.md"
     write_text(path, "\n".join(lines))
     return path

@@ -63,6 +63,9 @@ __all__ = ["RunSummary", "derived_seed", "file_name", "probe_explainers", "run"]
 
 logger = logging.getLogger("quantus_roar.benchmark")
 
+#: The folder of the repeats over the explained model (``model_seeds``), one run each.
+REPEATS = "model-seeds"
+
 
 @dataclass
 class RunSummary:
@@ -79,6 +82,8 @@ class RunSummary:
     failed : list of (metric, estimator, error)
         Retraining tasks that failed on every retry; their cells are missing
         and a rerun computes them.
+    repeats : list of RunSummary
+        The repeats over the explained model (``model_seeds``), in order.
     """
 
     out: Path
@@ -86,6 +91,7 @@ class RunSummary:
     skipped: int = 0
     wall_s: float = 0.0
     failed: list[tuple[str, str, str]] = field(default_factory=list)
+    repeats: list[RunSummary] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- run
@@ -243,6 +249,11 @@ def run(
                         _work(ctx, units, bar, store, fp, store.done(), summary, after_commit)
                 finally:
                     bar.close()
+            for k in range(1, config.model_seeds or 1):  # the repeats over the model
+                repeat = config.repeat(k)
+                summary.repeats.append(run(
+                    repeat, own_dir(out / REPEATS) / str(repeat.pipeline_seed), fresh=fresh,
+                    progress=progress, report=report, executor=ex, after_commit=after_commit))
             summary.wall_s = time.perf_counter() - t0
             if report:
                 from quantus_roar.benchmark.report import build_report
@@ -308,6 +319,7 @@ def _planned(ctx: RunContext, store: ResultStore) -> list[Unit]:
         store.set_meta("layers", ctx.layers)
         store.set_meta("layer_types", {n: type(modules[n]).__name__ for n in ctx.layers})
     store.set_meta("classes", ctx.data.classes)
+    store.set_meta("sizes", {"train": ctx.n_train, "test": ctx.n_test})
     if "mask-leakage" in ctx.config.metrics:  # what mask leakage is compared with
         y_tr, y_te = np.asarray(ctx.data.y_train), np.asarray(ctx.data.y_test)
         store.set_meta("chance", float(np.mean(y_te == np.bincount(y_tr).argmax())))

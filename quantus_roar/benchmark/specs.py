@@ -130,8 +130,8 @@ def explainer(config: RunConfig, name: str) -> Explainer:
     if name in ESTIMATORS:
         def builtin(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
                     device: torch.device) -> np.ndarray:
-            return explain(model, x, t, **ESTIMATORS[name], seed=config.seed, device=device,
-                           batch_size=config.explain_batch_size)
+            return explain(model, x, t, **ESTIMATORS[name], seed=config.pipeline_seed,
+                           device=device, batch_size=config.explain_batch_size)
         return builtin
     fn = (config.explainers or {}).get(name) or import_callable(name, "explain function")
     takes_device = _accepts(fn, "device")

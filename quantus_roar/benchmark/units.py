@@ -4,6 +4,7 @@ estimator's ROAR curve, one deletion curve, one estimator's sanity check), and
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from quantus_roar.benchmark.context import RunContext
 from quantus_roar.benchmark.store import Cell, Key, Samples
 from quantus_roar.curves import deletion_curve, unmodified_point
 from quantus_roar.executors import Executor, LocalExecutor
+from quantus_roar.explainers import model_free
 from quantus_roar.retrain import RetrainJob
 from quantus_roar.retrain.base import fit_correct_many, fit_score_many
 from quantus_roar.sanity import (
@@ -27,12 +29,15 @@ from quantus_roar.sanity import (
     model_randomisation,
 )
 from quantus_roar.splits import Split
+from quantus_roar.stats import mean_interval
 from quantus_roar.streaming import RemovedDataset
 from quantus_roar.tasks import retrain_group_task
 
 __all__ = ["Unit", "plan", "retrain_task"]
 
 _CHUNK = 4096
+#: The seed of the sanity checks' bootstrap intervals over samples.
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
@@ -178,10 +183,19 @@ def _counted(items: Iterator[Comparison], bar: Any) -> Iterator[Comparison]:
 
 
 def _sanity_cells(comparisons: Iterator[Comparison], keys: list[Key]) -> list[Cell]:
-    """One cell per (key, similarity): the mean over the sanity samples."""
+    """Per (key, similarity): the mean over the sanity samples, and its 95 % bootstrap
+    interval over them as the quantities ``"<similarity>.lo"`` and ``"<similarity>.hi"``."""
     by_step = {key[2]: key for key in keys}
-    return [Cell(*by_step[c.step], name, float(np.nanmean(values)), c.time_s)
-            for c in comparisons for name, values in c.similarities.items()]
+    cells = []
+    for c in comparisons:
+        for name, values in c.similarities.items():
+            v = np.asarray(values, dtype=np.float64)
+            mean = float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+            lo, hi = mean_interval(v, seed=BOOTSTRAP_SEED)
+            key = by_step[c.step]
+            cells += [Cell(*key, name, mean, c.time_s), Cell(*key, f"{name}.lo", lo, c.time_s),
+                      Cell(*key, f"{name}.hi", hi, c.time_s)]
+    return cells
 
 
 def _model_randomisation_unit(ctx: RunContext, metric: str, estimator: str,
@@ -247,9 +261,12 @@ def plan(ctx: RunContext) -> Iterator[Unit]:
             elif base in ("roar", "kar", "mask-leakage"):
                 # The shared baseline unit is KAR's 100 % kept; mask leakage's 0 % (no
                 # mask at all) is chance, reported from the labels.
-                keys = [(metric, e, p, s) for p in ps for s in seeds
+                rng = range(cfg.leakage_seeds) if base == "mask-leakage" else seeds
+                keys = [(metric, e, p, s) for p in ps for s in rng
                         if not (base == "kar" and p == "100")]
                 fn = _streamed_retrain_unit
+            elif model_free(e):
+                continue  # the same maps for any weights: similarity 1 by construction
             elif metric == "model-randomisation":
                 steps = [*(ctx.layers[::-1] if cfg.layer_order == "top_down" else ctx.layers),
                          "floor", "ceiling"]

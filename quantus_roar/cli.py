@@ -123,9 +123,12 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
                           "through a DataLoader (for data larger than memory)")
     run.add_argument("--image-size", type=int, dest="image_size",
                      help="imagefolder: resize images to this size")
-    run.add_argument("--executor", choices=("local", "ray"), default="local",
-                     help="where retraining runs: this process (default) or a Ray cluster "
-                          "(pip install 'quantus-roar[ray]')")
+    run.add_argument("--executor", choices=("processes", "local", "ray"), default="processes",
+                     help="where retraining runs: worker processes of one thread each "
+                          "(default), this process, or a Ray cluster (pip install "
+                          "'quantus-roar[ray]'); the numbers are the same on each")
+    run.add_argument("--workers", type=int, help="worker processes of --executor processes "
+                     "(default: the usable cores)")
     run.add_argument("--ray-address", dest="ray_address",
                      help="address of a running Ray cluster, e.g. 127.0.0.1:6379 (default with "
                           "--executor ray: start a local one)")
@@ -234,7 +237,8 @@ def _command(args: argparse.Namespace) -> int:
 
     keep_freed_memory()  # CPU training reuses freed blocks (see retrain.allocator)
     summary = run(config, args.out, fresh=args.fresh, progress=not args.no_progress,
-                  executor=args.executor, ray_address=args.ray_address)
+                  executor=args.executor, ray_address=args.ray_address,
+                  workers=args.workers)
     print(f"{len(summary.computed)} cells computed, {summary.skipped} already stored, "
           f"{summary.wall_s:.1f} s. Report: {args.out / 'report.md'}")
     if summary.failed:

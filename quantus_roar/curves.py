@@ -212,7 +212,7 @@ def retrain_curve(
         The removal rule (default ``Removal()``: ROAR, pixels, channel mean);
         ``Removal(order="keep_top")`` for KAR. Its seed also seeds training.
     n_retrains : int, default 5
-    executor : {None, "local", "ray"} or quantus_roar.executors.Executor
+    executor : {None, "local", "processes", "ray"} or quantus_roar.executors.Executor
         Where the retrains run (see :mod:`quantus_roar.executors`); the same
         seeds give the same numbers on every executor.
     progress : bool, default False

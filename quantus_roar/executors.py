@@ -1,4 +1,4 @@
-"""Where retraining runs: in this process, or as tasks on a Ray cluster.
+"""Where retraining runs: in this process, in worker processes, or on a Ray cluster.
 
 An executor takes *tasks* — a module-level function and its arguments — and
 hands back their results as they finish, each with the tag it was submitted
@@ -6,28 +6,75 @@ with. Large arguments (the unmodified data, the attributions) are stored once
 with :meth:`Executor.put` and passed by handle, so on Ray they cross the
 network once per node, not once per task.
 
-:class:`LocalExecutor` runs each task when it is submitted. :class:`RayExecutor`
+:class:`LocalExecutor` runs each task when it is submitted.
+:class:`ProcessExecutor` runs tasks in worker processes it starts and owns
+(``workers`` of them, default the usable cores), started once and reused.
+:class:`RayExecutor`
 submits it to Ray with the resources it asks for (one task per GPU when the
 retrainer trains on CUDA), retries tasks whose worker died or that raised
 (``max_retries``), and reports a task that keeps failing as an error for its
 tag while the other tasks go on.
+
+Thread policy: every task runs with **one torch thread**, on every executor
+(:data:`THREADS_PER_TASK`). CPU reductions are split by thread, so a task's bits
+depend on its thread count; with one thread per task a result is the same for
+any number of workers, on any machine, and small-model training -- which gains
+little from intra-op threads -- scales with processes instead.
 
 Plain PyTorch; Ray is imported only by :class:`RayExecutor` (the ``ray`` extra).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
-import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "TaskResult", "check_ray_address",
-           "get_executor"]
+__all__ = [
+    "THREADS_PER_TASK",
+    "Executor",
+    "LocalExecutor",
+    "ProcessExecutor",
+    "RayExecutor",
+    "TaskResult",
+    "check_picklable",
+    "check_ray_address",
+    "check_workers",
+    "get_executor",
+    "one_thread",
+    "usable_cores",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Torch threads of every task, on every executor (see the module's thread policy).
+THREADS_PER_TASK = 1
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count``
+    where that does not exist)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch runs with :data:`THREADS_PER_TASK` threads inside; the count is restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS_PER_TASK)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -94,7 +141,8 @@ class LocalExecutor(Executor):
     def submit(self, tag: Hashable, fn: Callable[..., Any], *args: Any,
                num_cpus: float = 1, num_gpus: float = 0) -> None:
         try:
-            self._done.append(TaskResult(tag, fn(*args)))
+            with one_thread():
+                self._done.append(TaskResult(tag, fn(*args)))
         except Exception as err:  # reported per task, like a failed Ray task
             self._done.append(TaskResult(tag, error=err))
 
@@ -186,12 +234,206 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         raise _no_cluster(f"{host}:{port}", err.strerror or str(err)) from None
 
 
-def _run_task(fn: Callable[..., Any], num_threads: int, *args: Any) -> Any:
-    """Worker side: fix torch's thread count to the task's CPUs, then call ``fn``."""
+def _run_task(fn: Callable[..., Any], *args: Any) -> Any:
+    """Worker side: one torch thread (the thread policy), then call ``fn``."""
     import torch
 
-    torch.set_num_threads(max(1, num_threads))
+    torch.set_num_threads(THREADS_PER_TASK)
     return fn(*args)
+
+
+def _worker_start() -> None:
+    """Set up a worker process of :class:`ProcessExecutor` once: one torch thread, freed
+    memory kept (the package owns the process), and the removal and training code
+    imported and run once on a tiny input, so no task pays a first-call cost."""
+    import torch
+
+    torch.set_num_threads(THREADS_PER_TASK)
+    with contextlib.suppress(RuntimeError):  # already set by an earlier parallel call
+        torch.set_num_interop_threads(1)
+    from quantus_roar.removal import warm_up
+    from quantus_roar.retrain import keep_freed_memory
+
+    keep_freed_memory()
+    warm_up()
+
+
+class _Shared:
+    """A value put into shared memory once: its tensors travel to the workers as handles."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+def _share(value: Any) -> Any:
+    """``value`` with its numpy arrays as torch tensors in shared memory (other values as
+    they are), so passing it to a worker sends a handle, not a copy."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return torch.from_numpy(np.ascontiguousarray(value)).share_memory_()
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+        return value.detach().contiguous().share_memory_()
+    return value
+
+
+def _lost(error: BaseException) -> bool:
+    """Whether ``error`` says the task's worker died (not that the task raised)."""
+    from concurrent.futures import BrokenExecutor
+
+    return isinstance(error, BrokenExecutor)
+
+
+def _resolved(args: tuple) -> tuple:
+    return tuple(a.value if isinstance(a, _Shared) else a for a in args)
+
+
+def check_workers(workers: Any, owner: str) -> int | None:
+    """``workers`` if it is None or a positive integer; a ``ValueError`` naming ``owner``
+    otherwise."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ValueError(f"The 'workers' parameter of {owner} must be a positive integer (or "
+                         f"None: the usable cores, {usable_cores()} here). Got {workers!r}.")
+    return workers
+
+
+def check_picklable(value: Any, what: str) -> None:
+    """Raise a clear error, before any work, when ``value`` cannot go to a worker process.
+
+    Raises
+    ------
+    ValueError
+        ``value`` does not pickle (a lambda, a local function, an open file...);
+        the message names ``what`` and the ways out.
+    """
+    import pickle
+
+    try:
+        pickle.dumps(value)
+    except Exception as err:
+        raise ValueError(f"executor='processes' sends {what} to worker processes, but it "
+                         f"cannot be pickled ({type(err).__name__}: {err}). Define model "
+                         "factories and augment functions at module level (or as a "
+                         "functools.partial of one), not as a lambda or local function; or "
+                         "pass executor='local'.") from None
+
+
+class ProcessExecutor(Executor):
+    """Tasks in worker processes that this executor starts and owns.
+
+    Workers start at the first task (not at construction). Each runs one torch
+    thread (the thread policy of this module), keeps freed memory
+    (:func:`quantus_roar.retrain.keep_freed_memory`, allowed here because the
+    package owns these processes) and is warmed up once, at start;
+    workers live until :meth:`close`, so models' buffers and imports are reused
+    from task to task. Everything a task gets is pickled: a model factory or
+    retrainer must be importable (a module-level function or class, or a
+    ``functools.partial`` of one), not a lambda; and a script that starts
+    workers needs the ``if __name__ == "__main__":`` guard, as for any
+    ``multiprocessing`` use. Values given to :meth:`put` go into shared memory once and
+    reach every task as a handle. Tasks are started with ``spawn`` (never ``fork``,
+    which is unsafe in a process that has run torch).
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes; default :func:`usable_cores`.
+    max_retries : int, default 3
+        Retries of a task whose worker died (every task in the pool at that
+        moment counts one) or that raised; a task that fails on every try is
+        reported with its own error where it raised one.
+
+    Raises
+    ------
+    ValueError
+        If ``workers`` is not a positive integer.
+    """
+
+    def __init__(self, workers: int | None = None, *, max_retries: int = 3):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers = check_workers(workers, "ProcessExecutor") or usable_cores()
+        self.max_retries = int(max_retries)
+        self._context = multiprocessing.get_context("spawn")
+        self._new_pool = lambda: ProcessPoolExecutor(self.workers, mp_context=self._context,
+                                                     initializer=_worker_start)
+        self._pool: Any = None  # started at the first task, then kept until close()
+        self._futures: dict[Any, tuple[Hashable, Callable[..., Any], tuple, int,
+                                       BaseException | None]] = {}
+
+    def put(self, value: Any) -> Any:
+        return _Shared(_share(value))
+
+    def submit(self, tag: Hashable, fn: Callable[..., Any], *args: Any,
+               num_cpus: float = 1, num_gpus: float = 0) -> None:
+        self._start(tag, fn, args, 0)
+
+    def _start(self, tag: Hashable, fn: Callable[..., Any], args: tuple, tries: int,
+               error: BaseException | None = None) -> None:
+        if self._pool is None:
+            self._pool = self._new_pool()
+        future = self._pool.submit(_run_task, fn, *_resolved(args))
+        # the error of its first failed try that was not a lost worker (reported first)
+        own = None if error is None or _lost(error) else error
+        self._futures[future] = (tag, fn, args, tries, own)
+
+    def poll(self, block: bool = True) -> list[TaskResult]:
+        out = self._poll_once(block)
+        while block and not out and self._futures:  # every finished task was retried
+            out = self._poll_once(True)
+        return out
+
+    def _poll_once(self, block: bool) -> list[TaskResult]:
+        from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, wait
+
+        if not self._futures:
+            return []
+        done, _ = wait(list(self._futures), timeout=None if block else 0,
+                       return_when=FIRST_COMPLETED)
+        out: list[TaskResult] = []
+        for future in done:
+            entry = self._futures.pop(future, None)
+            if entry is None:  # lost with a dead worker's pool, already resubmitted
+                continue
+            tag, fn, args, tries, first = entry
+            try:
+                out.append(TaskResult(tag, future.result()))
+                continue
+            except BrokenExecutor as err:  # a worker died: every task of its pool is lost
+                self._restart()
+                error: BaseException = first or err  # the task's own error, if it raised one
+            except Exception as err:
+                error = err
+            if tries < self.max_retries:
+                logger.warning("task %s failed (%r); retrying", tag, error)
+                self._start(tag, fn, args, tries + 1, error)
+            else:
+                logger.error("task %s failed after %d retries: %s", tag, self.max_retries,
+                             error)
+                out.append(TaskResult(tag, error=error))
+        return out
+
+    def _restart(self) -> None:
+        """A new pool after a worker died, with every task still pending resubmitted."""
+        with contextlib.suppress(Exception):
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        pending, self._futures = self._futures, {}
+        for tag, fn, args, tries, first in pending.values():
+            self._start(tag, fn, args, tries, first)
+
+    @property
+    def pending(self) -> int:
+        return len(self._futures)
+
+    def close(self) -> None:
+        self._futures.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class RayExecutor(Executor):
@@ -243,25 +485,16 @@ class RayExecutor(Executor):
             self._started = True
         self._remote = self.ray.remote(_run_task)
         self._refs: dict[Any, Hashable] = {}
-        self._node_cpus = max((n["Resources"].get("CPU", 0.0) for n in self.ray.nodes()
-                               if n.get("Alive")), default=0.0)
 
     def put(self, value: Any) -> Any:
         return self.ray.put(value)
 
     def submit(self, tag: Hashable, fn: Callable[..., Any], *args: Any,
                num_cpus: float = 1, num_gpus: float = 0) -> None:
-        if 0 < self._node_cpus < num_cpus:
-            warnings.warn(f"Tasks ask for {num_cpus:g} CPUs (this process's torch threads) but "
-                          f"the largest node of the Ray cluster has {self._node_cpus:g}; they "
-                          f"run with {self._node_cpus:g}, so CPU sums may differ in the last "
-                          "bits from the local executor. Call torch.set_num_threads(n) with n "
-                          "at most the CPUs of a node for identical numbers.", stacklevel=2)
-            num_cpus = self._node_cpus
         ref = self._remote.options(
-            num_cpus=num_cpus, num_gpus=num_gpus, max_retries=self.max_retries,
+            num_cpus=THREADS_PER_TASK, num_gpus=num_gpus, max_retries=self.max_retries,
             retry_exceptions=True,
-        ).remote(fn, int(max(1, num_cpus)), *args)
+        ).remote(fn, *args)
         self._refs[ref] = tag
 
     def poll(self, block: bool = True) -> list[TaskResult]:
@@ -298,16 +531,19 @@ class RayExecutor(Executor):
 
 
 def get_executor(executor: str | Executor | None, *, address: str | None = None,
-                 max_retries: int = 3) -> Executor:
-    """An executor from a name (``"local"``, ``"ray"``) or an :class:`Executor` as it is."""
+                 max_retries: int = 3, workers: int | None = None) -> Executor:
+    """An executor from a name (``"local"``, ``"processes"``, ``"ray"``) or an
+    :class:`Executor` as it is."""
+    if executor in (None, "local", "processes") and address is not None:
+        raise ValueError("A Ray address was given but the executor is not 'ray'. Pass "
+                         "executor='ray' to run on the cluster at that address.")
     if executor is None or executor == "local":
-        if address is not None:
-            raise ValueError("A Ray address was given but the executor is 'local'. Pass "
-                             "executor='ray' to run on the cluster at that address.")
         return LocalExecutor()
+    if executor == "processes":
+        return ProcessExecutor(workers)
     if executor == "ray":
         return RayExecutor(address, max_retries=max_retries)
     if isinstance(executor, Executor):
         return executor
-    raise ValueError(f"Unknown executor {executor!r}: use 'local', 'ray' or an "
-                     "quantus_roar.executors.Executor.")
+    raise ValueError(f"Unknown executor {executor!r}: use 'local', 'processes', 'ray' or "
+                     "a quantus_roar.executors.Executor.")

@@ -156,15 +156,15 @@ def retrain_group_task(retrainer: Any, jobs: list, options: dict, *arrays: Any
 def task_resources(retrainer: Any) -> dict[str, float]:
     """Resources a retraining task asks of an executor.
 
-    One GPU when the retrainer trains on CUDA. As many CPUs as this process
-    uses torch threads (``torch.get_num_threads()``), and the task runs with
-    that many threads: CPU sums are split by thread, so a task computes the
-    same bits as the local executor would. Change it with
-    ``torch.set_num_threads`` before the run.
+    One GPU when the retrainer trains on CUDA, and one CPU: every task runs with
+    one torch thread on every executor (:data:`quantus_roar.executors.THREADS_PER_TASK`),
+    so it computes the same bits wherever it runs.
     """
+    from quantus_roar.executors import THREADS_PER_TASK
+
     device = getattr(retrainer, "device", None)
     on_gpu = device is not None and torch.device(device).type == "cuda"
-    return {"num_cpus": torch.get_num_threads(), "num_gpus": 1 if on_gpu else 0}
+    return {"num_cpus": THREADS_PER_TASK, "num_gpus": 1 if on_gpu else 0}
 
 
 def task_groups(retrainer: Any, jobs: Sequence[Any], x_example: Any) -> list[list[int]]:

@@ -25,6 +25,7 @@ from quantus_roar.benchmark.runner import derived_seed
 from quantus_roar.cli import main
 from quantus_roar.curves import deletion_curve, retrain_curve, unmodified_point
 from quantus_roar.data import load_digits_data
+from quantus_roar.executors import one_thread
 from quantus_roar.explainers import predicted_classes
 from quantus_roar.models import SmallCNN
 from quantus_roar.removal import Removal, channel_means
@@ -207,10 +208,11 @@ def test_runner_cells_equal_the_core_procedures_with_the_same_seeds(tmp_path):
     values = _values(tmp_path)
 
     x_tr, y_tr, x_te, y_te = load_digits_data(seed=0)
-    model = TorchRetrainer(SmallCNN()).fit(x_tr, y_tr, seed=derived_seed(0, 1))
-    # The runner explains the trained model's predicted classes.
-    a_tr = explain(model, x_tr, predicted_classes(model, x_tr), method="Gradient")
-    a_te = explain(model, x_te, predicted_classes(model, x_te), method="Gradient")
+    with one_thread():  # the runner's thread policy: one torch thread
+        model = TorchRetrainer(SmallCNN()).fit(x_tr, y_tr, seed=derived_seed(0, 1))
+        # The runner explains the trained model's predicted classes.
+        a_tr = explain(model, x_tr, predicted_classes(model, x_tr), method="Gradient")
+        a_te = explain(model, x_te, predicted_classes(model, x_te), method="Gradient")
     np.testing.assert_array_equal(np.load(tmp_path / "attributions" / "Gradient.train.npy"),
                                   a_tr)
     # One model at a time: the ensemble groups of the two procedures differ in size.

@@ -50,5 +50,5 @@ def test_executor_names():
     assert get_executor(ex) is ex
     with pytest.raises(ValueError, match="Unknown executor 'dask'"):
         get_executor("dask")
-    with pytest.raises(ValueError, match="executor is 'local'"):
+    with pytest.raises(ValueError, match="executor is not 'ray'"):
         get_executor("local", address="127.0.0.1:6379")

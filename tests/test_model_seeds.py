@@ -16,7 +16,6 @@ from quantus_roar.benchmark import RunConfig, run
 from quantus_roar.benchmark.config import fingerprint
 from quantus_roar.benchmark.report import _accuracy_rows, _auc_per_seed, model_seed_table
 from quantus_roar.benchmark.store import ResultStore
-from quantus_roar.cli import main
 from quantus_roar.explainers import model_free
 
 pytestmark = pytest.mark.slow
@@ -92,7 +91,6 @@ def test_model_seeds_stay_out_of_the_fingerprint_and_model_seed_in_it():
 
 def test_the_flags_reach_the_config(tmp_path, monkeypatch):
     from quantus_roar import cli
-
     from quantus_roar.benchmark.runner import RunSummary
 
     seen = {}

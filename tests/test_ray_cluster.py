@@ -45,7 +45,7 @@ def address(tmp_path_factory):
     env = _env()
     port = _free_port()
     addr = f"127.0.0.1:{port}"
-    # Two CPUs per node: a task asks for as many CPUs as the driver's torch threads (two).
+    # Two CPUs per node: two one-thread tasks at once on each.
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
     try:
         subprocess.run([ray_cli, "start", "--head", f"--port={port}",

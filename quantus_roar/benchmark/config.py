@@ -16,6 +16,7 @@ import numpy as np
 
 from quantus_roar._validation import Choice, Constraint, Int, Percentages, Real
 from quantus_roar.exceptions import QuantusRoarWarning
+from quantus_roar.executors import THREADS_PER_TASK
 from quantus_roar.explainers import (
     DEFAULT_FIXED_PRIOR,
     ESTIMATORS,
@@ -697,6 +698,7 @@ def fingerprint(config: RunConfig, data_digest: str, device_type: str) -> tuple[
     description = {
         **{k: v for k, v in config.to_dict().items() if k not in _OUTSIDE_FINGERPRINT},
         "device": device_type,
+        "threads": THREADS_PER_TASK,  # the thread policy: the bits of CPU sums depend on it
         "data_digest": data_digest,
         "versions": {name: _version(name) for name in
                      ("quantus-roar", "torch", "numpy", "captum", "quantus")},

@@ -1195,8 +1195,10 @@ def _repeats_section(out: Path, run: dict[str, Any], df: pd.DataFrame, estimator
              f"{', '.join(map(str, sorted(frames)))}: a new model, new attributions, new "
              "retrains, the same data). AUC per model seed (mean over retrains), its mean "
              "with a 95 % t-interval over the model seeds, and the range of ranks the "
-             "estimator takes. The intervals of the tables above cover test samples and "
-             "training seeds of one explained model; these cover the explained model.", ""]
+             "estimator takes (each model seed's AUC has its bootstrap interval in the "
+             f"report of its run, `{_REPEATS}/<model seed>/report.md`). The intervals of the "
+             "tables above cover test samples and training seeds of one explained model; "
+             "these cover the explained model.", ""]
     for metric in ("roar", "kar"):
         table, rho, (lo, hi) = model_seed_table(frames, _keyed(metric, fill), estimators)
         if table.empty:

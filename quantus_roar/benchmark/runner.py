@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,16 @@ from quantus_roar.benchmark.store import (
     Samples,
 )
 from quantus_roar.benchmark.units import Unit, plan, retrain_task
-from quantus_roar.executors import Executor, LocalExecutor, get_executor
+from quantus_roar.exceptions import QuantusRoarWarning
+from quantus_roar.executors import (
+    Executor,
+    LocalExecutor,
+    ProcessExecutor,
+    check_picklable,
+    check_workers,
+    get_executor,
+    one_thread,
+)
 from quantus_roar.sanity import (
     derived_seed,
 )
@@ -164,6 +174,7 @@ def run(
     executor: str | Executor | None = None,
     ray_address: str | None = None,
     after_commit: Callable[[list[Cell]], None] | None = None,
+    workers: int | None = None,
 ) -> RunSummary:
     """Run (or resume) the benchmark of ``config`` into the folder ``out``.
 
@@ -185,17 +196,25 @@ def run(
         level INFO (``quantus-roar run --verbose`` shows them).
     report : bool, default True
         Write the report at the end.
-    executor : {None, "local", "ray"} or quantus_roar.executors.Executor
-        Where the ROAR / KAR retraining runs. With ``"ray"`` every unit of
-        retrains is a Ray task, the driver computes attributions, deletion
-        curves and sanity checks meanwhile and stores each unit as its task
-        finishes. Not part of the fingerprint: a run may switch executors and
-        resume, with the same numbers.
+    executor : {None, "processes", "local", "ray"} or quantus_roar.executors.Executor
+        Where the ROAR / KAR retraining runs. ``"processes"`` (the default):
+        every unit of retrains is a task of ``workers`` worker processes
+        (:class:`~quantus_roar.executors.ProcessExecutor`) while this process
+        computes attributions, deletion curves and sanity checks, and stores
+        each unit as its task finishes; ``"local"``: all in this process;
+        ``"ray"``: tasks on a Ray cluster. Every task and this process compute
+        with one torch thread (the thread policy of
+        :mod:`quantus_roar.executors`, recorded in the fingerprint), so the
+        numbers are the same, bit for bit, on every executor, for any number of
+        workers, on any machine. Not part of the fingerprint: a run may switch
+        executors and resume.
     ray_address : str, optional
         Address of the Ray cluster (``executor="ray"``); default: the cluster
         ``ray.init`` already connected to, else a local one.
     after_commit : callable, optional
         Called with the cells of each unit right after they are committed.
+    workers : int, optional
+        Worker processes of ``executor="processes"``; default the usable cores.
 
     Returns
     -------
@@ -230,17 +249,20 @@ def run(
         raise ValueError("Streamed data (--stream) is read from memory-mapped files on this "
                          "machine and cannot be retrained on Ray; run it with the local "
                          "executor, or without --stream.")
+    check_workers(workers, "run")
     device, folder, data, factory = _checked(config, out)
     summary = RunSummary(out)
-    ex = get_executor(executor, address=ray_address)
+    ex = get_executor("processes" if executor is None else executor, address=ray_address,
+                      workers=workers)
     try:
-        with folder.lock():
+        with folder.lock(), one_thread():
             data, factory = _prepared(config, folder, data, factory, device, fresh)
             fp, description = fingerprint(config, data.digest, device.type)
             with ResultStore(out) as store:
                 store.claim(fp, description)
                 write_text(out / "config.toml", config.to_toml())
                 ctx = RunContext(config, out, data, device, progress, ex, factory)
+                ex = ctx.executor = _usable(ex, ctx, default=executor is None)
                 units = _planned(ctx, store)
                 bar = tqdm(units, desc="benchmark", unit="unit", disable=not progress)
                 loggers = [logging.root, logging.getLogger("quantus_roar")]
@@ -263,6 +285,25 @@ def run(
         if ex is not executor:
             ex.close()
     return summary
+
+
+def _usable(ex: Executor, ctx: RunContext, default: bool) -> Executor:
+    """``ex``, unless it is the default worker processes and the retrainer cannot be sent
+    to them (a class or factory defined in ``__main__`` or a notebook): then this process,
+    with a warning. The numbers are the same (one thread per task on both). Asked for
+    explicitly, worker processes that cannot get the retrainer raise at once."""
+    if not isinstance(ex, ProcessExecutor):
+        return ex
+    try:
+        check_picklable(ctx.retrainer, "the retrainer (with its model factory)")
+    except ValueError as err:
+        if not default:
+            raise
+        warnings.warn(f"{err} Retraining in this process instead, one task at a time (the "
+                      "same numbers).", QuantusRoarWarning, stacklevel=3)
+        ex.close()
+        return LocalExecutor()
+    return ex
 
 
 def _checked(config: RunConfig, out: Path) -> tuple[torch.device, OutputFolder,

@@ -8,6 +8,7 @@ import importlib
 import inspect
 import random
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -58,22 +59,23 @@ def import_factory(spec: str) -> Callable[..., Any] | None:
 def model_factory(spec: str | Callable[..., nn.Module], data: BenchmarkData
                   ) -> Callable[[], nn.Module]:
     """Zero-argument factory of fresh models for ``spec`` (a name, a
-    ``package.module:factory`` spec or a factory itself) sized for ``data``."""
+    ``package.module:factory`` spec or a factory itself) sized for ``data``: a
+    ``functools.partial``, so it pickles (to worker processes) whenever the factory does."""
     c, h = data.shape[0], data.shape[-1]
     k = data.n_classes
     if callable(spec):
-        return lambda: spec(in_channels=c, n_classes=k, image_size=h)
+        return partial(spec, in_channels=c, n_classes=k, image_size=h)
     name = spec.lower()
     if name == "smallcnn":
         if h % 2:
             raise ValueError(f"SmallCNN needs an even image size; the data has {h}x{h}. Use "
                              "--model smallresnet or your own factory (package.module:factory).")
-        return lambda: SmallCNN(in_channels=c, n_classes=k, image_size=h)
+        return partial(SmallCNN, in_channels=c, n_classes=k, image_size=h)
     if name == "smallresnet":
-        return lambda: SmallResNet(in_channels=c, n_classes=k)
+        return partial(SmallResNet, in_channels=c, n_classes=k)
     factory = import_factory(spec)
     assert factory is not None
-    return lambda: factory(in_channels=c, n_classes=k, image_size=h)
+    return partial(factory, in_channels=c, n_classes=k, image_size=h)
 
 
 def checked_model_factory(spec: str | Callable[..., nn.Module], data: BenchmarkData

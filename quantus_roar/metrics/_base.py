@@ -189,13 +189,13 @@ def check_executor(executor: Any, owner: str) -> Any:
     """
     from quantus_roar.executors import Executor, _import_ray
 
-    if executor is None or executor == "local" or isinstance(executor, Executor):
+    if executor in (None, "local", "processes") or isinstance(executor, Executor):
         return executor
     if executor == "ray":
         _import_ray()
         return executor
-    raise ValueError(f"The 'executor' parameter of {owner} must be None, 'local', 'ray' or a "
-                     f"quantus_roar.executors.Executor. Got {executor!r} instead.")
+    raise ValueError(f"The 'executor' parameter of {owner} must be None, 'local', 'processes', "
+                     f"'ray' or a quantus_roar.executors.Executor. Got {executor!r} instead.")
 
 
 def check_retrainer(retrainer: Any, owner: str) -> Any:
@@ -214,7 +214,7 @@ class Retrainer(Constraint):
 
 
 class ExecutorName(Constraint):
-    """None, ``"local"``, ``"ray"`` (with Ray installed) or an Executor."""
+    """None, ``"local"``, ``"processes"``, ``"ray"`` (with Ray installed) or an Executor."""
 
     def check(self, value: Any, name: str, owner: str) -> Any:
         return check_executor(value, owner)

@@ -314,9 +314,9 @@ class DataRandomisation(_RandomisationMetric):
     target : {"predicted", "label"}, default "predicted"
         The class explained by all three models: the true-label model's
         prediction, or the test label.
-    executor : {None, "local", "ray"} or quantus_roar.executors.Executor
+    executor : {None, "local", "processes", "ray"} or quantus_roar.executors.Executor
         Where the random-label and the ceiling model are trained (two tasks,
-        in parallel on Ray); as :class:`~quantus_roar.ROAR`.
+        in parallel on worker processes or Ray); as :class:`~quantus_roar.ROAR`.
     **kwargs
         Quantus' base arguments, as :class:`ModelRandomisation`.
 

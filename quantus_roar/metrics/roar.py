@@ -157,12 +157,16 @@ class ROAR(_RetrainMetric):
         the original ROAR code, or the label. Explaining the label lets a test
         image's mask encode its label, so accuracy can *rise* as features are
         removed. Attributions passed in ``a_batch`` are used as they are.
-    executor : {None, "local", "ray"} or quantus_roar.executors.Executor
-        Where the retrains run. ``"ray"`` sends them as Ray tasks (one task
-        for a model the retrainer can batch, one per retrain otherwise) to the
-        cluster ``ray.init`` connected to, or to a local one; pass
-        ``quantus_roar.executors.RayExecutor(address)`` for a given cluster.
-        The same seeds give the same numbers on every executor.
+    executor : {None, "local", "processes", "ray"} or quantus_roar.executors.Executor
+        Where the retrains run: this process (``None``, ``"local"``); worker
+        processes of one torch thread each that keep freed memory
+        (``"processes"``, or ``quantus_roar.executors.ProcessExecutor(workers=N)``
+        -- the CPU fast path from a plain script); Ray tasks (``"ray"``: one
+        task for a model the retrainer can batch, one per retrain otherwise)
+        on the cluster ``ray.init`` connected to, or a local one
+        (``quantus_roar.executors.RayExecutor(address)`` for a given cluster).
+        Every task runs with one torch thread, so the same seeds give the same
+        numbers on every executor.
     **kwargs
         Quantus' base arguments (``abs``, ``normalise``, ``normalise_func``,
         ``normalise_func_kwargs``, ``return_aggregate``, ``aggregate_func``,

@@ -79,4 +79,18 @@ __all__ = [
     "impute",
     "removal_counts",
     "removal_masks",
+    "warm_up",
 ]
+
+
+def warm_up() -> None:
+    """Run the removal engine once on a tiny input: every fill, ranking and mask path, so
+    the imports and one-time set-up torch does on first use are paid here (a worker
+    process calls it at start), not by the first real call."""
+    import torch
+
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    a = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    for imputer in IMPUTERS:
+        for order in ORDERS:
+            Removal(order=order, imputer=imputer).apply(x, a, [50.0], stats=channel_means(x))

@@ -1,0 +1,125 @@
+"""The process executor: worker processes of one thread each, the thread policy, and the
+same numbers for any number of workers and on every executor."""
+
+from __future__ import annotations
+
+import pandas as pd
+import process_helpers
+import pytest
+import torch
+
+from quantus_roar import ROAR, SmallCNN, TorchRetrainer, explain
+from quantus_roar.benchmark import ResultStore, RunConfig, run
+from quantus_roar.benchmark.config import fingerprint
+from quantus_roar.curves import retrain_curve
+from quantus_roar.data import load_digits_data
+from quantus_roar.executors import (
+    LocalExecutor,
+    ProcessExecutor,
+    get_executor,
+    one_thread,
+    usable_cores,
+)
+from quantus_roar.splits import Split
+
+pytestmark = pytest.mark.slow
+
+SMALL = dict(estimators=("Gradient", "Random"), percentages=(30, 70), retrains=2,
+             metrics=("roar", "kar", "mask-leakage", "roar-noretrain"), epochs=6, device="cpu")
+
+
+def _csv(out) -> str:
+    """``results.csv`` without its compute times: every key and value, as written."""
+    return pd.read_csv(out / "results.csv", dtype=str).drop(columns="wall_s").to_csv()
+
+
+def test_workers_have_one_thread_are_warm_and_get_shared_memory():
+    with ProcessExecutor(workers=2) as ex:
+        handle = ex.put(torch.arange(6.0))
+        for i in range(4):
+            ex.submit(i, process_helpers.worker_state, handle)
+        states = [r.value for r in ex.drain()]
+    assert {s["threads"] for s in states} == {1}
+    assert all(s["removal_loaded"] and s["shared"] and s["sum"] == 15.0 for s in states)
+    assert len({s["pid"] for s in states}) <= 2  # started once, reused
+
+
+def test_errors_are_reported_per_task_and_a_dead_worker_is_replaced(tmp_path):
+    with ProcessExecutor(workers=2, max_retries=1) as ex:
+        ex.submit("ok", process_helpers.divide, 1.0, 4.0)
+        ex.submit("bad", process_helpers.divide, 1.0, 0.0)
+        ex.submit("dies", process_helpers.die_once, str(tmp_path / "marker"))
+        results = {r.tag: r for r in ex.drain()}
+    assert results["ok"].value == 0.25
+    assert isinstance(results["bad"].error, ZeroDivisionError)
+    assert results["dies"].value == "survived"  # retried on a new worker
+    with ProcessExecutor(workers=1, max_retries=0) as ex:
+        ex.submit("dies", process_helpers.die_once, str(tmp_path / "other"))
+        (result,) = ex.drain()
+    assert not result.ok and "terminated abruptly" in str(result.error)
+
+
+def test_bad_workers_and_names_fail_before_any_work(tmp_path):
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="'workers' parameter of ProcessExecutor"):
+            ProcessExecutor(workers=bad)
+        with pytest.raises(ValueError, match="'workers' parameter of run"):
+            run(RunConfig(**SMALL), tmp_path / "never", workers=bad)
+    assert not (tmp_path / "never").exists()
+    assert ProcessExecutor().workers == usable_cores()
+    assert isinstance(get_executor("processes", workers=3), ProcessExecutor)
+
+
+def test_a_factory_that_does_not_pickle_is_named_before_any_work(tmp_path):
+    cfg = RunConfig(**SMALL, model=process_helpers.make_lambda_factory())
+    with pytest.raises(ValueError, match=r"cannot be pickled.*module level"):
+        run(cfg, tmp_path / "asked", executor="processes", progress=False)
+    with ResultStore.open_existing(tmp_path / "asked") as store:
+        assert store.frame().empty
+    # By default the run falls back to this process, says so, and gives the same numbers.
+    small = RunConfig(**{**SMALL, "metrics": ("roar",)}, model=cfg.model)
+    with pytest.warns(UserWarning, match="Retraining in this process instead"):
+        run(small, tmp_path / "default", progress=False)
+    run(RunConfig(**{**SMALL, "metrics": ("roar",)}), tmp_path / "named", progress=False)
+    assert _csv(tmp_path / "default") == _csv(tmp_path / "named")
+
+
+def test_the_thread_policy_is_in_the_fingerprint_and_holds_on_the_local_executor():
+    _, description = fingerprint(RunConfig(**SMALL), "d", "cpu")
+    assert description["threads"] == 1
+    torch.set_num_threads(2)
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    ex = LocalExecutor()
+    ex.submit("t", torch.get_num_threads)
+    assert ex.drain()[0].value == 1 and torch.get_num_threads() == 2
+
+
+def test_results_are_identical_for_any_number_of_workers_and_the_local_executor(tmp_path):
+    outs = {}
+    for name, kwargs in (("local", {"executor": "local"}), ("w1", {"workers": 1}),
+                         ("w2", {"workers": 2}), ("w3", {"workers": 3})):
+        outs[name] = tmp_path / name
+        run(RunConfig(**SMALL), outs[name], progress=False, **kwargs)
+    reference = _csv(outs["local"])
+    assert len(pd.read_csv(outs["local"] / "results.csv")) > 20
+    for name in ("w1", "w2", "w3"):
+        assert _csv(outs[name]) == reference, name
+
+
+def test_the_metric_on_worker_processes_equals_the_local_executor():
+    x_tr, y_tr, x_te, y_te = load_digits_data(seed=0)
+    x_tr, y_tr = x_tr[:400], y_tr[:400]
+    model = TorchRetrainer(SmallCNN(), epochs=3).fit(x_tr, y_tr, seed=0)
+    a_tr = explain(model, x_tr, y_tr, method="Gradient")
+    a_te = explain(model, x_te, y_te, method="Gradient")
+    kw = dict(percentages=(50,), n_retrains=2)
+    retrainer = TorchRetrainer(SmallCNN(), epochs=3)
+    local = retrain_curve(retrainer, Split(x_tr, y_tr, a_tr), Split(x_te, y_te, a_te), **kw)
+    procs = retrain_curve(retrainer, Split(x_tr, y_tr, a_tr), Split(x_te, y_te, a_te),
+                          executor="processes", **kw)
+    assert local["accuracy"].tolist() == procs["accuracy"].tolist()
+    scores = ROAR(percentages=(50,), n_retrains=2, retrainer=retrainer, executor="processes",
+                  disable_warnings=True)(model, x_te, y_te, a_te)
+    assert isinstance(scores, dict)

@@ -3,9 +3,11 @@ the sanity checks' models, cached attributions and the removal of streamed data.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,21 @@ class RunContext:
         self.test_ids = torch.arange(self.n_train, self.n_train + self.n_test)
         self.seeds = retrain_seeds(config.pipeline_seed, config.retrains)
         self._memo: dict[Any, Any] = {}
+        #: Seconds spent per phase in this call (see :meth:`timed`).
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the wall time inside to ``phase``, less the time of phases timed within it
+        (an explained model trained, or attributions computed, on first use)."""
+        before = sum(self.timings.values())
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            nested = sum(self.timings.values()) - before
+            self.timings[phase] = (self.timings.get(phase, 0.0)
+                                   + time.perf_counter() - start - nested)
 
     def handle(self, key: Any, build: Callable[[], Any]) -> Any:
         """``executor.put(build())`` once per key: data shared by the executor's tasks."""
@@ -166,8 +183,9 @@ class RunContext:
                     logger.warning("The cached model weights '%s' cannot be read (%s: %s); "
                                    "training the model again (same seed, same weights).", path,
                                    type(err).__name__, err)
-            model = self.fit(self.data.x_train, self.data.y_train,
-                             derived_seed(self.config.pipeline_seed, _BASE))
+            with self.timed("explained model"):
+                model = self.fit(self.data.x_train, self.data.y_train,
+                                 derived_seed(self.config.pipeline_seed, _BASE))
             _save_model(model, path)
             return model
         return self.memo("model", build)
@@ -278,7 +296,9 @@ class RunContext:
                     reason = f"{type(err).__name__}: {err}"
                 logger.warning("The cached attributions '%s' cannot be used (%s); computing "
                                "them again.", path, reason)
-            self._explain_to(path, self.model, x, y, estimator)
+            model = self.model
+            with self.timed("attributions"):
+                self._explain_to(path, model, x, y, estimator)
             return np.load(path, mmap_mode="r" if self.data.streamed else None)
         return self.memo(("a", estimator, split), build)
 

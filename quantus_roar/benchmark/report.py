@@ -843,13 +843,13 @@ def _read_store(out: Path) -> tuple[pd.DataFrame, dict[str, Any], list[str], dic
 
 def _diagnostics(out: Path) -> tuple[dict[Key, np.ndarray], float | None, dict[str, Any]]:
     """The per-sample results stored with the cells (none in stores written before), the
-    run's chance level (stored by the runner with mask leakage) and the sizes of its
-    splits, read in one go."""
+    run's chance level (stored by the runner with mask leakage), and the sizes of its
+    splits and the time of its phases (``{"sizes": ..., "timings": ...}``), read in one go."""
     with ResultStore.open_existing(out) as store:
-        samples, chance, sizes = (store.samples(), store.get_meta("chance"),
-                                  store.get_meta("sizes"))
+        samples, chance, sizes, timings = (store.samples(), store.get_meta("chance"),
+                                           store.get_meta("sizes"), store.get_meta("timings"))
     return (samples, float(chance) if _is_number(chance) else None,
-            sizes if isinstance(sizes, dict) else {})
+            {"sizes": sizes if isinstance(sizes, dict) else {}, "timings": timings})
 
 
 def _figures_folder(out: Path) -> Path:
@@ -864,7 +864,7 @@ def _figures_folder(out: Path) -> Path:
 
 
 def _summary_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
-                     expected: Any) -> list[str]:
+                     expected: Any, timings: Any = None) -> list[str]:
     """The title, the run's settings, and how many cells are stored."""
     n_keys = len(df.groupby(["metric", "estimator", "param", "seed"])) if len(df) else 0
     lines = ["# quantus-roar benchmark report", ""]
@@ -878,7 +878,26 @@ def _summary_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str
                                           df["seed"]]).first().sum()) if len(df) else 0.0
     lines += [f"{status}; compute time in cells {total_s / 60:.1f} min. Versions: "
               f"{json.dumps(run.get('versions', {}))}. All values: `results.csv`.", ""]
-    return lines
+    return lines + _timings_lines(timings)
+
+
+_PHASE_ORDER = ("explained model", "attributions", "masks", "retraining", "deletion",
+                "randomisation")
+
+
+def _timings_lines(timings: Any) -> list[str]:
+    """Where the last call of the run spent its time, per phase."""
+    phases = timings.get("phases") if isinstance(timings, dict) else None
+    if not isinstance(phases, dict) or not phases:
+        return []
+    shown = [f"{name} {float(phases[name]):.1f} s" for name in
+             (*_PHASE_ORDER, *sorted(set(phases) - set(_PHASE_ORDER)))
+             if name in phases and _is_number(phases[name])]
+    workers = timings.get("workers")
+    return [f"Time per phase in the last call of the run ({timings.get('executor')}, "
+            f"{workers} worker{'s' if workers != 1 else ''}): " + ", ".join(shown)
+            + ". Masks and retraining are summed over the processes that ran them, so with "
+            "workers they overlap with the other phases and with each other.", ""]
 
 
 def _curve_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None],
@@ -1234,13 +1253,13 @@ def build_report(out: str | Path) -> Path:
     """
     out = Path(out)
     df, run, layers, layer_types, expected = _read_store(out)
-    samples, chance, sizes = _diagnostics(out)
+    samples, chance, meta = _diagnostics(out)
     fills, reps = _fills(run), replicates(samples)
     write_text(out / "results.csv",
                df.drop(columns=["fingerprint", "finished_at"]).to_csv(index=False))
     estimators = _estimators(df, run)
     figures = _figures_folder(out)
-    lines = [*_summary_section(df, run, estimators, expected),
+    lines = [*_summary_section(df, run, estimators, expected, meta["timings"]),
              *_curve_sections(df, estimators, fills, reps),
              *_noretrain_sections(df, estimators, fills, reps),
              *_consistency_section(df, estimators, fills, reps),
@@ -1248,7 +1267,7 @@ def build_report(out: str | Path) -> Path:
              *_leakage_section(df, estimators, chance, fills[0], reps),
              *_figure_lines(df, run, estimators, out, figures),
              *_model_randomisation_section(df, run, estimators, layers, layer_types, figures),
-             *_data_randomisation_section(df, run, estimators, sizes),
+             *_data_randomisation_section(df, run, estimators, meta["sizes"]),
              *_repeats_section(out, run, df, estimators, fills[0])]
     path = out / "report.md"
     write_text(path, "\n".join(lines))

@@ -73,6 +73,10 @@ __all__ = ["RunSummary", "derived_seed", "file_name", "probe_explainers", "run"]
 
 logger = logging.getLogger("quantus_roar.benchmark")
 
+#: The phase of the time spent in a unit computed in this process, by metric.
+_PHASES = {"roar-noretrain": "deletion", "kar-noretrain": "deletion",
+           "model-randomisation": "randomisation", "data-randomisation": "randomisation"}
+
 #: The folder of the repeats over the explained model (``model_seeds``), one run each.
 REPEATS = "model-seeds"
 
@@ -390,6 +394,10 @@ def _work(ctx: RunContext, units: list[Unit], bar: Any, store: ResultStore, fp: 
         for result in ex.poll(block=block):
             unit, finish = pending.pop(result.tag)  # type: ignore[arg-type]
             if result.ok:
+                for phase, key in (("masks", "removal_time_s"), ("retraining", "retrain_time_s")):
+                    value = result.value.get(key, 0.0)
+                    spent = sum(value.values()) if isinstance(value, dict) else float(value)
+                    ctx.timings[phase] = ctx.timings.get(phase, 0.0) + spent
                 commit(finish(result.value))
             else:
                 logger.error("%s %s: retraining failed on every retry, its cells are not "
@@ -415,9 +423,14 @@ def _work(ctx: RunContext, units: list[Unit], bar: Any, store: ResultStore, fp: 
                 ex.submit((unit.metric, unit.estimator, g), fn, *args,
                           **task_resources(ctx.retrainer))
         else:
-            commit(unit.compute(todo))
+            with ctx.timed(_PHASES.get(unit.metric.partition("@")[0], "retraining")):
+                results = unit.compute(todo)
+            commit(results)
         collect(block=False)
     if pending:
         bar.set_postfix_str(f"waiting for {len(pending)} retraining task(s)", refresh=True)
     while pending:
         collect(block=True)
+    store.set_meta("timings", {"phases": {k: round(v, 3) for k, v in ctx.timings.items()},
+                               "executor": type(ex).__name__,
+                               "workers": getattr(ex, "workers", 1)})

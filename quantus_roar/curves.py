@@ -234,7 +234,12 @@ def retrain_curve(
         If a task failed on every retry; the message names its percentages and
         seeds and the error.
     """
-    from quantus_roar.executors import LocalExecutor, get_executor
+    from quantus_roar.executors import (
+        LocalExecutor,
+        ProcessExecutor,
+        check_picklable,
+        get_executor,
+    )
 
     owner = "retrain_curve"
     ps = check_percentages(percentages, owner)
@@ -272,6 +277,8 @@ def retrain_curve(
                "channel_last": cl, "progress": progress and local}
     groups = [list(range(len(jobs)))] if local else task_groups(retrainer, jobs, x_tr[:2])
     try:
+        if isinstance(ex, ProcessExecutor):
+            check_picklable(retrainer, f"the retrainer of {owner}")
         shared = [ex.put(v) for v in (x_tr, y_tr, as_tensor(train.a, "a", owner), x_te, y_te,
                                       as_tensor(test.a, "a", owner))]
         for g, members in enumerate(groups):

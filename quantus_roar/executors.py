@@ -18,8 +18,9 @@ tag while the other tasks go on.
 Thread policy: every task runs with **one torch thread**, on every executor
 (:data:`THREADS_PER_TASK`). CPU reductions are split by thread, so a task's bits
 depend on its thread count; with one thread per task a result is the same for
-any number of workers, on any machine, and small-model training -- which gains
-little from intra-op threads -- scales with processes instead.
+any number of workers, whatever the machine's core count, and small-model
+training -- which gains little from intra-op threads -- scales with processes
+instead.
 
 Plain PyTorch; Ray is imported only by :class:`RayExecutor` (the ``ray`` extra).
 """
@@ -56,12 +57,32 @@ THREADS_PER_TASK = 1
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count``
-    where that does not exist)."""
+    """The cores this process may run on: ``os.process_cpu_count`` (Python 3.13+), else
+    ``os.sched_getaffinity``, else ``os.cpu_count``; never more than a cgroup CPU quota
+    (a container's ``--cpus``) allows."""
+    count = getattr(os, "process_cpu_count", None)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = count() if count is not None else len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count()
+    quota = _cgroup_cpus()
+    return max(1, min(n or 1, quota) if quota else (n or 1))
+
+
+def _cgroup_cpus() -> int | None:
+    """The CPU quota of this process's cgroup (v2 ``cpu.max``), rounded up; None if none."""
+    import math
+
+    try:
+        text = open("/sys/fs/cgroup/cpu.max", encoding="ascii").read().split()
+    except OSError:
+        return None
+    if len(text) != 2 or text[0] == "max":
+        return None
+    try:
+        return max(1, math.ceil(int(text[0]) / int(text[1])))
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 @contextlib.contextmanager
@@ -242,12 +263,48 @@ def _run_task(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
+def _run_in_worker(fn: Callable[..., Any], *args: Any) -> bytes:
+    """:func:`_run_task` in a :class:`ProcessExecutor` worker, its result as plain pickle
+    bytes: tensors travel by value (never as handles to this worker's shared or CUDA
+    memory, which end with it), and an error that would not unpickle in the parent is
+    sent as a ``RuntimeError`` with its traceback."""
+    import pickle
+    import traceback
+
+    try:
+        return pickle.dumps(_run_task(fn, *args))
+    except Exception as err:
+        try:
+            pickle.loads(pickle.dumps(err))
+        except Exception:
+            raise RuntimeError(f"{type(err).__name__}: {err}\n"
+                               f"{traceback.format_exc()}") from None
+        raise
+
+
+def _exit_with(parent: Any) -> None:
+    """Worker side: end this process as soon as the parent process is gone."""
+    from multiprocessing.connection import wait
+
+    wait([parent.sentinel])
+    os._exit(1)
+
+
 def _worker_start() -> None:
     """Set up a worker process of :class:`ProcessExecutor` once: one torch thread, freed
-    memory kept (the package owns the process), and the removal and training code
-    imported and run once on a tiny input, so no task pays a first-call cost."""
+    memory kept (the package owns the process), Ctrl+C left to the parent, an exit when
+    the parent dies, and the removal and training code imported and run once on a tiny
+    input, so no task pays a first-call cost."""
+    import multiprocessing
+    import signal
+    import threading
+
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     torch.set_num_threads(THREADS_PER_TASK)
     with contextlib.suppress(RuntimeError):  # already set by an earlier parallel call
         torch.set_num_interop_threads(1)
@@ -266,23 +323,27 @@ class _Shared:
 
 
 def _share(value: Any) -> Any:
-    """``value`` with its numpy arrays as torch tensors in shared memory (other values as
-    they are), so passing it to a worker sends a handle, not a copy."""
+    """A copy of ``value`` in shared memory when it is an array or a CPU tensor (other
+    values as they are), so passing it to a worker sends a handle, not a copy."""
     import numpy as np
     import torch
 
-    if isinstance(value, np.ndarray) and value.dtype != object:
-        return torch.from_numpy(np.ascontiguousarray(value)).share_memory_()
-    if isinstance(value, torch.Tensor) and value.device.type == "cpu":
-        return value.detach().contiguous().share_memory_()
+    try:
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            array = np.ascontiguousarray(value)
+            if not array.dtype.isnative:
+                array = array.astype(array.dtype.newbyteorder("="))
+            if not array.flags.writeable:  # torch wants writable memory; it is copied anyway
+                array = array.copy()
+            return torch.from_numpy(array).share_memory_()
+        if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+            return value.detach().clone().share_memory_()  # the caller's tensor stays put
+    except RuntimeError as err:
+        raise RuntimeError(f"Cannot put {tuple(value.shape)} values into shared memory for "
+                           f"the worker processes ({err}). Free space in /dev/shm (in Docker: "
+                           "--shm-size), or retrain in this process (executor='local', "
+                           "--executor local).") from err
     return value
-
-
-def _lost(error: BaseException) -> bool:
-    """Whether ``error`` says the task's worker died (not that the task raised)."""
-    from concurrent.futures import BrokenExecutor
-
-    return isinstance(error, BrokenExecutor)
 
 
 def _resolved(args: tuple) -> tuple:
@@ -299,25 +360,60 @@ def check_workers(workers: Any, owner: str) -> int | None:
     return workers
 
 
+def _from_main(payload: bytes) -> list[str]:
+    """The ``__main__`` globals a pickle refers to (functions and classes by name)."""
+    import pickletools
+
+    found, strings = [], []
+    for op, arg, _ in pickletools.genops(payload):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(arg)
+        elif op.name == "GLOBAL" and str(arg).startswith("__main__ "):
+            found.append(str(arg).split(" ", 1)[1])
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2 and strings[-2] == "__main__":
+            found.append(strings[-1])
+    return found
+
+
 def check_picklable(value: Any, what: str) -> None:
-    """Raise a clear error, before any work, when ``value`` cannot go to a worker process.
+    """Raise a clear error, before any work, when ``value`` cannot go to a worker process:
+    it does not pickle (a lambda, a local function, an open file), or it needs a function
+    or class of an interactive ``__main__`` (a notebook, ``python -c``), which a worker
+    cannot import.
 
     Raises
     ------
     ValueError
-        ``value`` does not pickle (a lambda, a local function, an open file...);
-        the message names ``what`` and the ways out.
+        The message names ``what``, the reason and the ways out.
     """
     import pickle
+    import sys
 
+    ways = ("Define model factories, models and augment functions in an importable module "
+            "(or as a functools.partial of such a function), not as a lambda, a local "
+            "function or in a notebook; or retrain in this process (executor='local', "
+            "--executor local).")
     try:
-        pickle.dumps(value)
+        payload = pickle.dumps(value)
     except Exception as err:
-        raise ValueError(f"executor='processes' sends {what} to worker processes, but it "
-                         f"cannot be pickled ({type(err).__name__}: {err}). Define model "
-                         "factories and augment functions at module level (or as a "
-                         "functools.partial of one), not as a lambda or local function; or "
-                         "pass executor='local'.") from None
+        raise ValueError(f"Worker processes need {what}, but it cannot be pickled "
+                         f"({type(err).__name__}: {err}). {ways}") from None
+    main = sys.modules.get("__main__")
+    names = _from_main(payload)
+    if names and getattr(main, "__file__", None) is None:
+        raise ValueError(f"Worker processes need {what}, but it uses {sorted(set(names))} "
+                         "defined in an interactive session, which worker processes cannot "
+                         f"import. {ways}")
+
+
+class _Lost(RuntimeError):
+    """A task whose worker process died (killed, out of memory, or unable to start)."""
+
+
+_LOST = ("its worker process died: killed, out of memory, or unable to start (a worker "
+         "imports the retrainer's classes: they must be importable, and a script that "
+         "starts workers needs the `if __name__ == \"__main__\":` guard). Retrain in this "
+         "process with executor='local' (--executor local) to see the error itself")
 
 
 class ProcessExecutor(Executor):
@@ -326,24 +422,27 @@ class ProcessExecutor(Executor):
     Workers start at the first task (not at construction). Each runs one torch
     thread (the thread policy of this module), keeps freed memory
     (:func:`quantus_roar.retrain.keep_freed_memory`, allowed here because the
-    package owns these processes) and is warmed up once, at start;
-    workers live until :meth:`close`, so models' buffers and imports are reused
-    from task to task. Everything a task gets is pickled: a model factory or
-    retrainer must be importable (a module-level function or class, or a
-    ``functools.partial`` of one), not a lambda; and a script that starts
-    workers needs the ``if __name__ == "__main__":`` guard, as for any
-    ``multiprocessing`` use. Values given to :meth:`put` go into shared memory once and
-    reach every task as a handle. Tasks are started with ``spawn`` (never ``fork``,
-    which is unsafe in a process that has run torch).
+    package owns these processes), ignores Ctrl+C (the parent stops it), exits
+    when the parent dies, and is warmed up once, at start; workers live until
+    :meth:`close`, so imports and allocations are reused from task to task.
+    Values given to :meth:`put` go into shared memory once and reach every task
+    as a handle; results come back by value. Workers are started with ``spawn``
+    (never ``fork``, which is unsafe in a process that has run torch).
+
+    Everything a task gets is pickled: a model factory or retrainer must be
+    importable (a module-level function or class, or a ``functools.partial`` of
+    one), not a lambda or a class defined in a notebook
+    (:func:`check_picklable`); and a script that starts workers needs the
+    ``if __name__ == "__main__":`` guard, as for any ``multiprocessing`` use.
 
     Parameters
     ----------
     workers : int, optional
         Worker processes; default :func:`usable_cores`.
     max_retries : int, default 3
-        Retries of a task whose worker died (every task in the pool at that
-        moment counts one) or that raised; a task that fails on every try is
-        reported with its own error where it raised one.
+        Retries of a task that raised or whose worker died. When a worker dies,
+        every task running or waiting in the pool at that moment is lost and
+        counts one try; tasks that had finished keep their results.
 
     Raises
     ------
@@ -353,87 +452,130 @@ class ProcessExecutor(Executor):
 
     def __init__(self, workers: int | None = None, *, max_retries: int = 3):
         import multiprocessing
+        import sys
         from concurrent.futures import ProcessPoolExecutor
 
         self.workers = check_workers(workers, "ProcessExecutor") or usable_cores()
+        if sys.platform == "win32":  # the most ProcessPoolExecutor accepts there
+            self.workers = min(self.workers, 61)
         self.max_retries = int(max_retries)
         self._context = multiprocessing.get_context("spawn")
         self._new_pool = lambda: ProcessPoolExecutor(self.workers, mp_context=self._context,
                                                      initializer=_worker_start)
         self._pool: Any = None  # started at the first task, then kept until close()
+        # future -> (tag, fn, args, tries so far, the task's own error of an earlier try)
         self._futures: dict[Any, tuple[Hashable, Callable[..., Any], tuple, int,
                                        BaseException | None]] = {}
+        self._ready: list[TaskResult] = []  # finished before a restart, not reported yet
 
     def put(self, value: Any) -> Any:
         return _Shared(_share(value))
 
     def submit(self, tag: Hashable, fn: Callable[..., Any], *args: Any,
                num_cpus: float = 1, num_gpus: float = 0) -> None:
-        self._start(tag, fn, args, 0)
+        self._start(tag, fn, args, 0, None)
 
     def _start(self, tag: Hashable, fn: Callable[..., Any], args: tuple, tries: int,
-               error: BaseException | None = None) -> None:
-        if self._pool is None:
-            self._pool = self._new_pool()
-        future = self._pool.submit(_run_task, fn, *_resolved(args))
-        # the error of its first failed try that was not a lost worker (reported first)
-        own = None if error is None or _lost(error) else error
+               own: BaseException | None) -> None:
+        from concurrent.futures import BrokenExecutor
+
+        for attempt in range(2):
+            if self._pool is None:
+                self._pool = self._new_pool()
+            try:
+                future = self._pool.submit(_run_in_worker, fn, *_resolved(args))
+                break
+            except BrokenExecutor:  # a worker died since the last poll
+                if attempt:
+                    raise
+                self._restart()
         self._futures[future] = (tag, fn, args, tries, own)
 
     def poll(self, block: bool = True) -> list[TaskResult]:
         out = self._poll_once(block)
-        while block and not out and self._futures:  # every finished task was retried
+        while block and not out and (self._futures or self._ready):
             out = self._poll_once(True)
         return out
 
     def _poll_once(self, block: bool) -> list[TaskResult]:
         from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, wait
 
-        if not self._futures:
-            return []
+        out, self._ready = self._ready, []
+        if out or not self._futures:
+            return out
         done, _ = wait(list(self._futures), timeout=None if block else 0,
                        return_when=FIRST_COMPLETED)
-        out: list[TaskResult] = []
+        if any(isinstance(f.exception(), BrokenExecutor) for f in done):
+            self._restart()  # sorts every task of the dead pool
+            out, self._ready = self._ready, []
+            return out
         for future in done:
-            entry = self._futures.pop(future, None)
-            if entry is None:  # lost with a dead worker's pool, already resubmitted
-                continue
-            tag, fn, args, tries, first = entry
-            try:
-                out.append(TaskResult(tag, future.result()))
-                continue
-            except BrokenExecutor as err:  # a worker died: every task of its pool is lost
-                self._restart()
-                error: BaseException = first or err  # the task's own error, if it raised one
-            except Exception as err:
-                error = err
-            if tries < self.max_retries:
-                logger.warning("task %s failed (%r); retrying", tag, error)
-                self._start(tag, fn, args, tries + 1, error)
-            else:
-                logger.error("task %s failed after %d retries: %s", tag, self.max_retries,
-                             error)
-                out.append(TaskResult(tag, error=error))
+            self._finish(future, *self._futures.pop(future))
+        out, self._ready = self._ready, []
         return out
 
+    def _finish(self, future: Any, tag: Hashable, fn: Callable[..., Any], args: tuple,
+                tries: int, own: BaseException | None) -> None:
+        """Report a finished future, or retry its task (a lost one without an error of its
+        own is reported as lost)."""
+        import pickle
+        from concurrent.futures import BrokenExecutor
+
+        error = future.exception()
+        if error is None:
+            self._ready.append(TaskResult(tag, pickle.loads(future.result())))
+            return
+        if isinstance(error, BrokenExecutor):
+            error = own or _Lost(f"Task {tag!r} failed: {_LOST}.")
+        if tries < self.max_retries:
+            logger.warning("task %s failed (%r); retrying", tag, error)
+            self._start(tag, fn, args, tries + 1, error if not isinstance(error, _Lost)
+                        else own)
+        else:
+            logger.error("task %s failed after %d retries: %s", tag, self.max_retries, error)
+            self._ready.append(TaskResult(tag, error=error))
+
     def _restart(self) -> None:
-        """A new pool after a worker died, with every task still pending resubmitted."""
-        with contextlib.suppress(Exception):
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = None
+        """A new pool after a worker died: tasks that finished keep their results, every
+        other task of the old pool counts a try and is resubmitted."""
+        old, self._pool = self._pool, None
         pending, self._futures = self._futures, {}
-        for tag, fn, args, tries, first in pending.values():
-            self._start(tag, fn, args, tries, first)
+        with contextlib.suppress(Exception):
+            old.shutdown(wait=False, cancel_futures=True)
+        for future, entry in pending.items():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._finish(future, *entry)
+            else:
+                self._finish(_LostFuture(), *entry)
 
     @property
     def pending(self) -> int:
-        return len(self._futures)
+        return len(self._futures) + len(self._ready)
 
     def close(self) -> None:
+        """Stop the workers: at once, ending the tasks still running, when some are
+        pending (an interrupted or failed call); after they finish otherwise."""
+        pool, self._pool = self._pool, None
+        running = bool(self._futures)
         self._futures.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._ready.clear()
+        if pool is None:
+            return
+        if running:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(Exception):
+                    process.terminate()
+        pool.shutdown(wait=not running, cancel_futures=True)
+
+
+class _LostFuture:
+    """Stands for a task's future lost with its pool."""
+
+    @staticmethod
+    def exception() -> BaseException:
+        from concurrent.futures.process import BrokenProcessPool
+
+        return BrokenProcessPool("the pool of the task's worker broke")
 
 
 class RayExecutor(Executor):
@@ -540,7 +682,7 @@ def get_executor(executor: str | Executor | None, *, address: str | None = None,
     if executor is None or executor == "local":
         return LocalExecutor()
     if executor == "processes":
-        return ProcessExecutor(workers)
+        return ProcessExecutor(workers, max_retries=max_retries)
     if executor == "ray":
         return RayExecutor(address, max_retries=max_retries)
     if isinstance(executor, Executor):

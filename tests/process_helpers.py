@@ -33,3 +33,37 @@ def make_lambda_factory():
     from quantus_roar import SmallCNN
 
     return lambda **kw: SmallCNN(**kw)
+
+
+def sleep_for(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def a_tensor() -> torch.Tensor:
+    return torch.arange(4.0)
+
+
+class NeedsTwo(Exception):
+    """An exception that does not unpickle from its args alone."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+
+def raise_needs_two() -> None:
+    raise NeedsTwo(1, 2)
+
+
+class GpuRetrainer:
+    """Says it trains on CUDA; never asked to train."""
+
+    device = "cuda"
+
+    def fit(self, x, y, *, seed):  # pragma: no cover - never called
+        raise AssertionError
+
+    def score(self, model, x, y):  # pragma: no cover - never called
+        raise AssertionError

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from quantus_roar import ROAR, SmallCNN, TorchRetrainer, explain
-from quantus_roar.benchmark import ResultStore, RunConfig, run
+from quantus_roar.benchmark import RunConfig, run
 from quantus_roar.benchmark.config import fingerprint
 from quantus_roar.curves import retrain_curve
 from quantus_roar.data import load_digits_data
@@ -56,7 +56,7 @@ def test_errors_are_reported_per_task_and_a_dead_worker_is_replaced(tmp_path):
     with ProcessExecutor(workers=1, max_retries=0) as ex:
         ex.submit("dies", process_helpers.die_once, str(tmp_path / "other"))
         (result,) = ex.drain()
-    assert not result.ok and "terminated abruptly" in str(result.error)
+    assert not result.ok and "its worker process died" in str(result.error)
 
 
 def test_bad_workers_and_names_fail_before_any_work(tmp_path):
@@ -72,10 +72,9 @@ def test_bad_workers_and_names_fail_before_any_work(tmp_path):
 
 def test_a_factory_that_does_not_pickle_is_named_before_any_work(tmp_path):
     cfg = RunConfig(**SMALL, model=process_helpers.make_lambda_factory())
-    with pytest.raises(ValueError, match=r"cannot be pickled.*module level"):
+    with pytest.raises(ValueError, match=r"cannot be pickled.*importable module"):
         run(cfg, tmp_path / "asked", executor="processes", progress=False)
-    with ResultStore.open_existing(tmp_path / "asked") as store:
-        assert store.frame().empty
+    assert not (tmp_path / "asked").exists()  # checked before the folder is touched
     # By default the run falls back to this process, says so, and gives the same numbers.
     small = RunConfig(**{**SMALL, "metrics": ("roar",)}, model=cfg.model)
     with pytest.warns(UserWarning, match="Retraining in this process instead"):
@@ -87,13 +86,17 @@ def test_a_factory_that_does_not_pickle_is_named_before_any_work(tmp_path):
 def test_the_thread_policy_is_in_the_fingerprint_and_holds_on_the_local_executor():
     _, description = fingerprint(RunConfig(**SMALL), "d", "cpu")
     assert description["threads"] == 1
-    torch.set_num_threads(2)
-    with one_thread():
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == 2
-    ex = LocalExecutor()
-    ex.submit("t", torch.get_num_threads)
-    assert ex.drain()[0].value == 1 and torch.get_num_threads() == 2
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        ex = LocalExecutor()
+        ex.submit("t", torch.get_num_threads)
+        assert ex.drain()[0].value == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_results_are_identical_for_any_number_of_workers_and_the_local_executor(tmp_path):
@@ -123,3 +126,71 @@ def test_the_metric_on_worker_processes_equals_the_local_executor():
     scores = ROAR(percentages=(50,), n_retrains=2, retrainer=retrainer, executor="processes",
                   disable_warnings=True)(model, x_te, y_te, a_te)
     assert isinstance(scores, dict)
+
+
+def test_results_come_back_by_value_and_odd_errors_are_named():
+    with ProcessExecutor(workers=1, max_retries=0) as ex:
+        ex.submit("t", process_helpers.a_tensor)
+        ex.submit("e", process_helpers.raise_needs_two)
+        results = {r.tag: r for r in ex.drain()}
+    assert torch.equal(results["t"].value, torch.arange(4.0))
+    assert not results["t"].value.is_shared()  # not a handle into the worker's memory
+    assert isinstance(results["e"].error, RuntimeError)
+    assert "NeedsTwo: 1 and 2" in str(results["e"].error)
+
+
+def test_a_worker_killed_while_idle_is_replaced_at_the_next_submit():
+    import os
+    import signal
+    import time
+
+    with ProcessExecutor(workers=1, max_retries=0) as ex:
+        ex.submit(0, process_helpers.worker_state, ex.put(torch.ones(2)))
+        (first,) = ex.drain()
+        os.kill(first.value["pid"], signal.SIGKILL)
+        time.sleep(1.0)  # the pool notices its dead worker
+        ex.submit(1, process_helpers.divide, 3.0, 2.0)
+        (second,) = ex.drain()
+    assert second.ok and second.value == 1.5
+
+
+def test_close_ends_running_tasks_at_once():
+    import time
+
+    ex = ProcessExecutor(workers=1)
+    ex.submit("long", process_helpers.sleep_for, 60.0)
+    time.sleep(3.0)  # started
+    start = time.perf_counter()
+    ex.close()
+    assert time.perf_counter() - start < 10 and ex.pending == 0
+
+
+def test_classes_of_an_interactive_session_are_refused_before_any_work(monkeypatch):
+    import sys
+    import types
+
+    from quantus_roar.executors import check_picklable
+
+    fake_main = types.ModuleType("__main__")  # a notebook's: no __file__
+
+    class Typed:  # defined "in the notebook"
+        pass
+
+    Typed.__module__, Typed.__qualname__ = "__main__", "Typed"
+    fake_main.Typed = Typed
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    with pytest.raises(ValueError, match=r"\['Typed'\] defined in an interactive session"):
+        check_picklable(Typed(), "the retrainer")
+    check_picklable(SmallCNN(), "the retrainer")  # importable: fine
+
+
+def test_the_default_executor_keeps_gpu_retrainers_and_workers_need_processes(tmp_path):
+    from quantus_roar.benchmark.runner import _executor
+
+    recipe_free = {k: v for k, v in SMALL.items() if k != "epochs"}
+    cfg = RunConfig(**recipe_free, retrainer=process_helpers.GpuRetrainer())
+    assert isinstance(_executor(cfg, None, None, None, lambda: None, torch.device("cpu")),
+                      LocalExecutor)
+    with pytest.raises(ValueError, match="'workers' parameter"):
+        run(RunConfig(**SMALL), tmp_path / "never", executor="local", workers=2)
+    assert not (tmp_path / "never").exists()

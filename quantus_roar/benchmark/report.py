@@ -894,8 +894,9 @@ def _timings_lines(timings: Any) -> list[str]:
              (*_PHASE_ORDER, *sorted(set(phases) - set(_PHASE_ORDER)))
              if name in phases and _is_number(phases[name])]
     workers = timings.get("workers")
-    return [f"Time per phase in the last call of the run ({timings.get('executor')}, "
-            f"{workers} worker{'s' if workers != 1 else ''}): " + ", ".join(shown)
+    where = str(timings.get("executor")) + ("" if not _is_number(workers) else
+                                           f", {workers} worker{'s' if workers != 1 else ''}")
+    return [f"Time per phase in the last call of the run ({where}): " + ", ".join(shown)
             + ". Masks and retraining are summed over the processes that ran them, so with "
             "workers they overlap with the other phases and with each other.", ""]
 

@@ -44,6 +44,7 @@ from quantus_roar.benchmark.specs import (
     explainer,
     import_factory,
     probe_explainers,
+    recipe_retrainer,
 )
 from quantus_roar.benchmark.store import (
     STAGING_PREFIX,
@@ -59,6 +60,7 @@ from quantus_roar.executors import (
     Executor,
     LocalExecutor,
     ProcessExecutor,
+    RayExecutor,
     check_picklable,
     check_workers,
     get_executor,
@@ -209,9 +211,10 @@ def run(
         ``"ray"``: tasks on a Ray cluster. Every task and this process compute
         with one torch thread (the thread policy of
         :mod:`quantus_roar.executors`, recorded in the fingerprint), so the
-        numbers are the same, bit for bit, on every executor, for any number of
-        workers, on any machine. Not part of the fingerprint: a run may switch
-        executors and resume.
+        numbers are the same, bit for bit, on every executor and for any number
+        of workers, whatever the machine's core count. Not part of the
+        fingerprint: a run may switch executors and resume. A retrainer on a
+        GPU trains here by default (one model at a time, as before).
     ray_address : str, optional
         Address of the Ray cluster (``executor="ray"``); default: the cluster
         ``ray.init`` already connected to, else a local one.
@@ -248,16 +251,18 @@ def run(
     out = Path(out)
     if not isinstance(config, RunConfig):
         raise TypeError(f"run() takes a RunConfig. Got {type(config).__name__} instead.")
-    if config.stream and executor not in (None, "local") and not isinstance(executor,
-                                                                            LocalExecutor):
+    if config.stream and (executor == "ray" or isinstance(executor, RayExecutor)):
         raise ValueError("Streamed data (--stream) is read from memory-mapped files on this "
                          "machine and cannot be retrained on Ray; run it with the local "
                          "executor, or without --stream.")
     check_workers(workers, "run")
+    if workers is not None and executor not in (None, "processes"):
+        raise ValueError(f"The 'workers' parameter (--workers) sets the worker processes of "
+                         f"executor='processes'; the executor here is {executor!r}. Leave "
+                         "workers out, or use executor='processes'.")
     device, folder, data, factory = _checked(config, out)
     summary = RunSummary(out)
-    ex = get_executor("processes" if executor is None else executor, address=ray_address,
-                      workers=workers)
+    ex = _executor(config, executor, ray_address, workers, factory, device)
     try:
         with folder.lock(), one_thread():
             data, factory = _prepared(config, folder, data, factory, device, fresh)
@@ -266,7 +271,6 @@ def run(
                 store.claim(fp, description)
                 write_text(out / "config.toml", config.to_toml())
                 ctx = RunContext(config, out, data, device, progress, ex, factory)
-                ex = ctx.executor = _usable(ex, ctx, default=executor is None)
                 units = _planned(ctx, store)
                 bar = tqdm(units, desc="benchmark", unit="unit", disable=not progress)
                 loggers = [logging.root, logging.getLogger("quantus_roar")]
@@ -291,21 +295,34 @@ def run(
     return summary
 
 
-def _usable(ex: Executor, ctx: RunContext, default: bool) -> Executor:
-    """``ex``, unless it is the default worker processes and the retrainer cannot be sent
-    to them (a class or factory defined in ``__main__`` or a notebook): then this process,
-    with a warning. The numbers are the same (one thread per task on both). Asked for
-    explicitly, worker processes that cannot get the retrainer raise at once."""
-    if not isinstance(ex, ProcessExecutor):
+def _executor(config: RunConfig, executor: str | Executor | None, address: str | None,
+              workers: int | None, factory: Callable[[], nn.Module] | None,
+              device: torch.device) -> Executor:
+    """The run's executor, decided before the folder is touched. The default is worker
+    processes, except where they cannot help: a retrainer on a GPU trains one model at a
+    time here, as before, and a retrainer that cannot be sent to a worker (a class defined
+    in a notebook, a lambda factory) retrains here with a warning (the numbers are the same:
+    one thread per task on both). Asked for explicitly, worker processes that cannot get
+    the retrainer raise at once."""
+    ex = get_executor("processes" if executor is None else executor, address=address,
+                      workers=workers)
+    if not isinstance(ex, ProcessExecutor) or factory is None:  # streamed: all done here
         return ex
+    retrainer = (config.retrainer if config.retrainer is not None
+                 else recipe_retrainer(config, factory, device))
+    target = getattr(retrainer, "device", None)
+    if executor is None and target is not None and torch.device(target).type == "cuda":
+        ex.close()
+        return LocalExecutor()
     try:
-        check_picklable(ctx.retrainer, "the retrainer (with its model factory)")
+        check_picklable(retrainer, "the retrainer (with its model factory)")
     except ValueError as err:
-        if not default:
+        if ex is not executor:  # ours to close; a caller's executor stays open
+            ex.close()
+        if executor is not None:
             raise
         warnings.warn(f"{err} Retraining in this process instead, one task at a time (the "
                       "same numbers).", QuantusRoarWarning, stacklevel=3)
-        ex.close()
         return LocalExecutor()
     return ex
 
@@ -431,6 +448,9 @@ def _work(ctx: RunContext, units: list[Unit], bar: Any, store: ResultStore, fp: 
         bar.set_postfix_str(f"waiting for {len(pending)} retraining task(s)", refresh=True)
     while pending:
         collect(block=True)
-    store.set_meta("timings", {"phases": {k: round(v, 3) for k, v in ctx.timings.items()},
-                               "executor": type(ex).__name__,
-                               "workers": getattr(ex, "workers", 1)})
+    if summary.computed:  # a resume with nothing to do keeps the last call's figures
+        remote = any(u.remote for u in units) and not ctx.data.streamed
+        store.set_meta("timings", {
+            "phases": {k: round(v, 3) for k, v in ctx.timings.items()},
+            "executor": type(ex).__name__ if remote else "this process",
+            "workers": getattr(ex, "workers", None) if remote else 1})

@@ -13,7 +13,12 @@ from quantus.helpers.enums import DataType, EvaluationCategory, ScoreDirection
 from tqdm.auto import tqdm
 
 from quantus_roar._validation import Choice, Int, Real, check_choice, validated
-from quantus_roar.executors import LocalExecutor, get_executor
+from quantus_roar.executors import (
+    LocalExecutor,
+    ProcessExecutor,
+    check_picklable,
+    get_executor,
+)
 from quantus_roar.metrics._base import (
     Call,
     ExecutorName,
@@ -385,6 +390,8 @@ class DataRandomisation(_RandomisationMetric):
         trained as two tasks of the executor (in parallel on Ray)."""
         ex = get_executor(self.executor)
         try:
+            if isinstance(ex, ProcessExecutor):
+                check_picklable(retrainer, f"the retrainer of {type(self).__name__}")
             ex.submit("random_labels", fit_task, retrainer, x, y_perm, fit_seed,
                       self.min_train_accuracy, self.max_epochs, **task_resources(retrainer))
             ex.submit("ceiling", fit_task, retrainer, x, y, ceiling_seed,

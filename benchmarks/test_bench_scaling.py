@@ -33,6 +33,7 @@ import pandas as pd
 from quantus_roar.benchmark import RunConfig, run
 from quantus_roar.benchmark.datasets import BenchmarkData
 from quantus_roar.data import make_synthetic
+from quantus_roar.executors import ProcessExecutor
 
 QUIET_TARGET_S = 150.0
 LOAD_FACTOR = 2.2
@@ -49,12 +50,17 @@ def _python(code: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _with_workers(n: int, out: Path) -> float:
+    """Wall time of the default study with ``n`` worker processes."""
+    with ProcessExecutor(workers=n) as ex:
+        return run(RunConfig(), out, progress=False, executor=ex).wall_s
+
+
 def test_default_study_by_workers(benchmark, tmp_path):
     walls = {}
-    walls["2 workers"] = benchmark.pedantic(
-        lambda: run(RunConfig(), tmp_path / "w2", progress=False, workers=2),
-        rounds=1, iterations=1).wall_s
-    walls["1 worker"] = run(RunConfig(), tmp_path / "w1", progress=False, workers=1).wall_s
+    walls["2 workers"] = benchmark.pedantic(lambda: _with_workers(2, tmp_path / "w2"),
+                                            rounds=1, iterations=1)
+    walls["1 worker"] = _with_workers(1, tmp_path / "w1")
     walls["one process"] = run(RunConfig(), tmp_path / "local", progress=False,
                                executor="local").wall_s
     benchmark.extra_info.update(walls)
@@ -68,12 +74,11 @@ def test_default_study_by_workers(benchmark, tmp_path):
 
 
 def test_default_study_under_load(benchmark, tmp_path):
-    quiet = run(RunConfig(), tmp_path / "quiet", progress=False, workers=2).wall_s
+    quiet = _with_workers(2, tmp_path / "quiet")
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        loaded = benchmark.pedantic(
-            lambda: run(RunConfig(), tmp_path / "loaded", progress=False, workers=2),
-            rounds=1, iterations=1).wall_s
+        loaded = benchmark.pedantic(lambda: _with_workers(2, tmp_path / "loaded"),
+                                    rounds=1, iterations=1)
     finally:
         spinner.kill()
         spinner.wait()

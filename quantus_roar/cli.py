@@ -231,14 +231,27 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     if args.ray_address is not None and args.executor != "ray":
         raise ValueError("--ray-address needs --executor ray.")
+    if args.workers is not None and args.executor != "processes":
+        raise ValueError(f"--workers sets the worker processes of --executor processes; "
+                         f"the executor here is {args.executor}. Leave --workers out.")
     config = _config(args)
     from quantus_roar.benchmark.runner import run
     from quantus_roar.retrain import keep_freed_memory
 
     keep_freed_memory()  # CPU training reuses freed blocks (see retrain.allocator)
-    summary = run(config, args.out, fresh=args.fresh, progress=not args.no_progress,
-                  executor=args.executor, ray_address=args.ray_address,
-                  workers=args.workers)
+    from quantus_roar.executors import ProcessExecutor
+
+    # --executor processes without --workers: the runner's default (worker processes,
+    # except for a GPU retrainer); with --workers: exactly that many.
+    executor = (None if args.executor == "processes" and args.workers is None else
+                ProcessExecutor(args.workers) if args.executor == "processes" else
+                args.executor)
+    try:
+        summary = run(config, args.out, fresh=args.fresh, progress=not args.no_progress,
+                      executor=executor, ray_address=args.ray_address)
+    finally:
+        if executor is not None and not isinstance(executor, str):
+            executor.close()
     print(f"{len(summary.computed)} cells computed, {summary.skipped} already stored, "
           f"{summary.wall_s:.1f} s. Report: {args.out / 'report.md'}")
     if summary.failed:

@@ -171,6 +171,35 @@ def _key(p: float) -> int | float:
     return int(p) if float(p).is_integer() else float(p)
 
 
+def _check_splits(train: Any, test: Any, owner: str) -> tuple[Split, Split, torch.Tensor,
+                                                               torch.Tensor, torch.Tensor,
+                                                               torch.Tensor]:
+    """The checked train and test splits of :func:`retrain_curve` and their inputs and
+    labels: the same layout and per-sample shape, every test class seen in training,
+    at least two training classes."""
+    train, x_tr, y_tr = _check_split(train, "train", owner)
+    test, x_te, y_te = _check_split(test, "test", owner)
+    if test.channel_last != train.channel_last:
+        raise ValueError(f"The 'train' and 'test' parameters of {owner} must have the same "
+                         f"layout. Got channel_last={train.channel_last} and "
+                         f"{test.channel_last}.")
+    if x_te.shape[1:] != x_tr.shape[1:]:
+        raise ValueError(f"The 'test' parameter of {owner} must have the per-sample shape of "
+                         f"the training inputs {tuple(x_tr.shape[1:])}. Got "
+                         f"{tuple(x_te.shape[1:])} instead.")
+    unseen = sorted(set(torch.unique(y_te).tolist()) - set(torch.unique(y_tr).tolist()))
+    if unseen:
+        raise ValueError(f"The 'test' parameter of {owner} holds class(es) {unseen[:10]} that "
+                         "no training label has: a retrained model cannot predict them, so its "
+                         "accuracy would count them as errors whatever the attributions. Pass "
+                         "train and test splits of the same classes.")
+    if int(torch.unique(y_tr).numel()) < 2:
+        raise ValueError(f"The 'train' parameter of {owner} must hold at least 2 classes: a "
+                         "model trained on one class predicts it always, so every accuracy "
+                         "would be 1.0 whatever the attributions.")
+    return train, test, x_tr, y_tr, x_te, y_te
+
+
 def retrain_curve(
     retrainer: Any,
     train: Split,
@@ -245,26 +274,7 @@ def retrain_curve(
     ps = check_percentages(percentages, owner)
     rule = Removal.ensure(removal, owner=owner)
     n_retrains = check_int(n_retrains, "n_retrains", owner, low=1)
-    train, x_tr, y_tr = _check_split(train, "train", owner)
-    test, x_te, y_te = _check_split(test, "test", owner)
-    if test.channel_last != train.channel_last:
-        raise ValueError(f"The 'train' and 'test' parameters of {owner} must have the same "
-                         f"layout. Got channel_last={train.channel_last} and "
-                         f"{test.channel_last}.")
-    if x_te.shape[1:] != x_tr.shape[1:]:
-        raise ValueError(f"The 'test' parameter of {owner} must have the per-sample shape of "
-                         f"the training inputs {tuple(x_tr.shape[1:])}. Got "
-                         f"{tuple(x_te.shape[1:])} instead.")
-    unseen = sorted(set(torch.unique(y_te).tolist()) - set(torch.unique(y_tr).tolist()))
-    if unseen:
-        raise ValueError(f"The 'test' parameter of {owner} holds class(es) {unseen[:10]} that "
-                         "no training label has: a retrained model cannot predict them, so its "
-                         "accuracy would count them as errors whatever the attributions. Pass "
-                         "train and test splits of the same classes.")
-    if int(torch.unique(y_tr).numel()) < 2:
-        raise ValueError(f"The 'train' parameter of {owner} must hold at least 2 classes: a "
-                         "model trained on one class predicts it always, so every accuracy "
-                         "would be 1.0 whatever the attributions.")
+    train, test, x_tr, y_tr, x_te, y_te = _check_splits(train, test, owner)
     x_te = x_te.to(x_tr.dtype)
     cl = train.channel_last
     stats = training_means(x_tr, cl) if rule.imputer.name == "channel_mean" else None

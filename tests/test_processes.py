@@ -63,8 +63,11 @@ def test_bad_workers_and_names_fail_before_any_work(tmp_path):
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="'workers' parameter of ProcessExecutor"):
             ProcessExecutor(workers=bad)
-        with pytest.raises(ValueError, match="'workers' parameter of run"):
-            run(RunConfig(**SMALL), tmp_path / "never", workers=bad)
+    from quantus_roar.cli import main
+
+    assert main(["run", "--quick", "--out", str(tmp_path / "never"), "--workers", "0"]) == 2
+    assert main(["run", "--quick", "--out", str(tmp_path / "never"), "--workers", "2",
+                 "--executor", "local"]) == 2
     assert not (tmp_path / "never").exists()
     assert ProcessExecutor().workers == usable_cores()
     assert isinstance(get_executor("processes", workers=3), ProcessExecutor)
@@ -100,11 +103,12 @@ def test_the_thread_policy_is_in_the_fingerprint_and_holds_on_the_local_executor
 
 
 def test_results_are_identical_for_any_number_of_workers_and_the_local_executor(tmp_path):
-    outs = {}
-    for name, kwargs in (("local", {"executor": "local"}), ("w1", {"workers": 1}),
-                         ("w2", {"workers": 2}), ("w3", {"workers": 3})):
-        outs[name] = tmp_path / name
-        run(RunConfig(**SMALL), outs[name], progress=False, **kwargs)
+    outs = {"local": tmp_path / "local"}
+    run(RunConfig(**SMALL), outs["local"], progress=False, executor="local")
+    for n in (1, 2, 3):
+        outs[f"w{n}"] = tmp_path / f"w{n}"
+        with ProcessExecutor(workers=n) as ex:
+            run(RunConfig(**SMALL), outs[f"w{n}"], progress=False, executor=ex)
     reference = _csv(outs["local"])
     assert len(pd.read_csv(outs["local"] / "results.csv")) > 20
     for name in ("w1", "w2", "w3"):
@@ -184,13 +188,10 @@ def test_classes_of_an_interactive_session_are_refused_before_any_work(monkeypat
     check_picklable(SmallCNN(), "the retrainer")  # importable: fine
 
 
-def test_the_default_executor_keeps_gpu_retrainers_and_workers_need_processes(tmp_path):
+def test_the_default_executor_keeps_gpu_retrainers_in_this_process():
     from quantus_roar.benchmark.runner import _executor
 
     recipe_free = {k: v for k, v in SMALL.items() if k != "epochs"}
     cfg = RunConfig(**recipe_free, retrainer=process_helpers.GpuRetrainer())
-    assert isinstance(_executor(cfg, None, None, None, lambda: None, torch.device("cpu")),
+    assert isinstance(_executor(cfg, None, None, lambda: None, torch.device("cpu")),
                       LocalExecutor)
-    with pytest.raises(ValueError, match="'workers' parameter"):
-        run(RunConfig(**SMALL), tmp_path / "never", executor="local", workers=2)
-    assert not (tmp_path / "never").exists()

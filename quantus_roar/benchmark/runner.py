@@ -62,7 +62,6 @@ from quantus_roar.executors import (
     ProcessExecutor,
     RayExecutor,
     check_picklable,
-    check_workers,
     get_executor,
     one_thread,
 )
@@ -180,7 +179,6 @@ def run(
     executor: str | Executor | None = None,
     ray_address: str | None = None,
     after_commit: Callable[[list[Cell]], None] | None = None,
-    workers: int | None = None,
 ) -> RunSummary:
     """Run (or resume) the benchmark of ``config`` into the folder ``out``.
 
@@ -203,9 +201,10 @@ def run(
     report : bool, default True
         Write the report at the end.
     executor : {None, "processes", "local", "ray"} or quantus_roar.executors.Executor
-        Where the ROAR / KAR retraining runs. ``"processes"`` (the default):
-        every unit of retrains is a task of ``workers`` worker processes
-        (:class:`~quantus_roar.executors.ProcessExecutor`) while this process
+        Where the ROAR / KAR retraining runs. ``None`` or ``"processes"``:
+        every unit of retrains is a task of worker processes, one per usable
+        core (pass ``quantus_roar.executors.ProcessExecutor(workers=N)`` for
+        another count, and close it when done) while this process
         computes attributions, deletion curves and sanity checks, and stores
         each unit as its task finishes; ``"local"``: all in this process;
         ``"ray"``: tasks on a Ray cluster. Every task and this process compute
@@ -220,8 +219,6 @@ def run(
         ``ray.init`` already connected to, else a local one.
     after_commit : callable, optional
         Called with the cells of each unit right after they are committed.
-    workers : int, optional
-        Worker processes of ``executor="processes"``; default the usable cores.
 
     Returns
     -------
@@ -255,14 +252,9 @@ def run(
         raise ValueError("Streamed data (--stream) is read from memory-mapped files on this "
                          "machine and cannot be retrained on Ray; run it with the local "
                          "executor, or without --stream.")
-    check_workers(workers, "run")
-    if workers is not None and executor not in (None, "processes"):
-        raise ValueError(f"The 'workers' parameter (--workers) sets the worker processes of "
-                         f"executor='processes'; the executor here is {executor!r}. Leave "
-                         "workers out, or use executor='processes'.")
     device, folder, data, factory = _checked(config, out)
     summary = RunSummary(out)
-    ex = _executor(config, executor, ray_address, workers, factory, device)
+    ex = _executor(config, executor, ray_address, factory, device)
     try:
         with folder.lock(), one_thread():
             data, factory = _prepared(config, folder, data, factory, device, fresh)
@@ -296,16 +288,14 @@ def run(
 
 
 def _executor(config: RunConfig, executor: str | Executor | None, address: str | None,
-              workers: int | None, factory: Callable[[], nn.Module] | None,
-              device: torch.device) -> Executor:
+              factory: Callable[[], nn.Module] | None, device: torch.device) -> Executor:
     """The run's executor, decided before the folder is touched. The default is worker
     processes, except where they cannot help: a retrainer on a GPU trains one model at a
     time here, as before, and a retrainer that cannot be sent to a worker (a class defined
     in a notebook, a lambda factory) retrains here with a warning (the numbers are the same:
     one thread per task on both). Asked for explicitly, worker processes that cannot get
     the retrainer raise at once."""
-    ex = get_executor("processes" if executor is None else executor, address=address,
-                      workers=workers)
+    ex = get_executor("processes" if executor is None else executor, address=address)
     if not isinstance(ex, ProcessExecutor) or factory is None:  # streamed: all done here
         return ex
     retrainer = (config.retrainer if config.retrainer is not None

@@ -26,10 +26,13 @@ import numpy as np
 
 from quantus_roar._validation import Int, Real, validated
 
-__all__ = ["holm", "mean_interval", "percentile_interval", "rank_interval",
-           "replicate_accuracies", "sample_counts", "seed_weights", "two_sided_p",
+__all__ = ["BOOTSTRAP_SEED", "N_BOOT", "holm", "mean_interval", "percentile_interval",
+           "rank_interval", "replicate_accuracies", "sample_counts", "seed_weights", "two_sided_p",
            "wilson_interval"]
 
+#: The seed of every bootstrap of a run's results (fixed: the same store gives the same
+#: intervals).
+BOOTSTRAP_SEED = 0
 #: Replicates of the report's bootstrap.
 N_BOOT = 1000
 

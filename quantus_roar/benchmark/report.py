@@ -23,13 +23,14 @@ import pandas as pd
 
 from quantus_roar._io import disk_error, write_text, write_with
 from quantus_roar.benchmark.config import file_name
-from quantus_roar.benchmark.store import Key, ResultStore
+from quantus_roar.benchmark.store import REPEATS, Key, ResultStore
 from quantus_roar.curves import normalised_auc
 from quantus_roar.exceptions import StorageError
 from quantus_roar.explainers import model_free
 from quantus_roar.randomisation import LAYER_ORDERS
 from quantus_roar.removal import GRANULARITIES, IMPUTERS, REDUCES
 from quantus_roar.stats import (
+    BOOTSTRAP_SEED,
     N_BOOT,
     holm,
     percentile_interval,
@@ -156,8 +157,6 @@ def _auc_per_seed(acc: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["estimator", "seed", "auc"])
 
 
-#: The seed of the report's bootstrap (fixed: the same store gives the same report).
-BOOTSTRAP_SEED = 0
 #: Family-wise level of the comparisons with Random (Holm-corrected).
 ALPHA = 0.05
 #: Fewest retrain seeds an estimator and Random need for a verdict.
@@ -1136,17 +1135,13 @@ def _data_randomisation_section(df: pd.DataFrame, run: dict[str, Any], estimator
     return lines
 
 
-#: The folder of the repeats over the explained model (the runner's ``REPEATS``).
-_REPEATS = "model-seeds"
-
-
 def _repeat_frames(out: Path, run: dict[str, Any], df: pd.DataFrame) -> dict[int, pd.DataFrame]:
     """The cells of the run and of each repeat over the explained model found in
     ``out/model-seeds/``, by model seed. A folder whose run differs in anything but the
     model seed (or that cannot be read) is left out with a warning."""
     own = run.get("model_seed", run.get("seed", 0))
     frames = {int(own) if _is_number(own) else 0: df}
-    folder = out / _REPEATS
+    folder = out / REPEATS
     if not folder.is_dir() or folder.is_symlink():
         return frames
     same = {k: v for k, v in run.items() if k not in ("model_seed",)}
@@ -1216,7 +1211,7 @@ def _repeats_section(out: Path, run: dict[str, Any], df: pd.DataFrame, estimator
              "retrains, the same data). AUC per model seed (mean over retrains), its mean "
              "with a 95 % t-interval over the model seeds, and the range of ranks the "
              "estimator takes (each model seed's AUC has its bootstrap interval in the "
-             f"report of its run, `{_REPEATS}/<model seed>/report.md`). The intervals of the "
+             f"report of its run, `{REPEATS}/<model seed>/report.md`). The intervals of the "
              "tables above cover test samples and training seeds of one explained model; "
              "these cover the explained model.", ""]
     for metric in ("roar", "kar"):

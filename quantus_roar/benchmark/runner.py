@@ -47,6 +47,7 @@ from quantus_roar.benchmark.specs import (
     recipe_retrainer,
 )
 from quantus_roar.benchmark.store import (
+    REPEATS,
     STAGING_PREFIX,
     Cell,
     Key,
@@ -78,8 +79,6 @@ logger = logging.getLogger("quantus_roar.benchmark")
 _PHASES = {"roar-noretrain": "deletion", "kar-noretrain": "deletion",
            "model-randomisation": "randomisation", "data-randomisation": "randomisation"}
 
-#: The folder of the repeats over the explained model (``model_seeds``), one run each.
-REPEATS = "model-seeds"
 
 
 @dataclass

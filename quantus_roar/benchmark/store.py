@@ -435,6 +435,8 @@ _MANIFEST: dict[str, re.Pattern[str]] = {
 }
 #: Folders the runner creates for staging streamed data (removed after the run moves them).
 STAGING_PREFIX = ".data.partial-"
+#: The folder of a run's repeats over the explained model (``model_seeds``), one run each.
+REPEATS = "model-seeds"
 
 
 def _foreign_store(path: Path) -> str | None:

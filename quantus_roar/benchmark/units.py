@@ -29,15 +29,13 @@ from quantus_roar.sanity import (
     model_randomisation,
 )
 from quantus_roar.splits import Split
-from quantus_roar.stats import mean_interval
+from quantus_roar.stats import BOOTSTRAP_SEED, mean_interval
 from quantus_roar.streaming import RemovedDataset
 from quantus_roar.tasks import retrain_group_task
 
 __all__ = ["Unit", "plan", "retrain_task"]
 
 _CHUNK = 4096
-#: The seed of the sanity checks' bootstrap intervals over samples.
-BOOTSTRAP_SEED = 0
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -335,12 +336,44 @@ def test_metric_class_conventions():
     for cls, direction in ((qr.ROAR, "lower"), (qr.KAR, "higher"),
                            (qr.ROARNoRetrain, "lower"), (qr.KARNoRetrain, "higher")):
         assert issubclass(cls, quantus.Metric)
-        assert cls.name == cls.__name__
         assert cls.score_direction.value.lower() == direction
         assert cls.evaluation_category == quantus.helpers.enums.EvaluationCategory.FAITHFULNESS
         assert quantus.helpers.enums.ModelType.TORCH in cls.model_applicability
         assert "References" in cls.__doc__
     assert math.isclose(normalised_auc([10], [0.5]), 0.5)
+
+
+_PUBLIC_METRICS = (qr.ROAR, qr.KAR, qr.ROARNoRetrain, qr.KARNoRetrain, qr.MaskLeakage,
+                   qr.ModelRandomisation, qr.DataRandomisation)
+
+
+@pytest.mark.parametrize("cls", _PUBLIC_METRICS, ids=lambda c: c.__name__)
+def test_quantus_interpret_scores_prints_the_interpretation(cls, capsys):
+    metric = cls(disable_warnings=True)
+    quantus.Metric.interpret_scores(metric)  # Quantus' own method, not an override
+    printed = capsys.readouterr().out.strip()
+    assert printed == cls.interpretation
+    direction = "Lower" if cls.score_direction.value.lower() == "lower" else "Higher"
+    assert printed.startswith(f"{direction} is better")
+    assert cls.name in cls.__init__.__doc__ and "References" in cls.__init__.__doc__
+
+
+def test_human_readable_names_and_shared_signatures():
+    names = [cls.name for cls in _PUBLIC_METRICS]
+    assert len(set(names)) == len(names) and all(" " in n for n in names)
+    # ROAR and KAR get an __init__ each (for their docstrings) with the shared signature.
+    assert qr.ROAR.__init__ is not qr.KAR.__init__
+    assert inspect.signature(qr.ROAR.__init__) == inspect.signature(qr.KAR.__init__)
+    assert "n_retrains" in inspect.signature(qr.ROAR.__init__).parameters
+    with pytest.raises(ValueError, match="did you mean 'n_retrains'"):
+        qr.ROAR(n_retrain=3)
+
+
+def test_aggregate_func_default_is_the_function_applied():
+    assert qr.ROAR(disable_warnings=True).aggregate_func is normalised_auc
+    assert qr.ROARNoRetrain(disable_warnings=True).aggregate_func is normalised_auc
+    assert qr.ModelRandomisation(disable_warnings=True).aggregate_func is np.mean
+    assert qr.KAR(aggregate_func=np.median, disable_warnings=True).aggregate_func is np.median
 
 
 def test_plot_writes_png(tmp_path, digits_model):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
+import textwrap
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -286,6 +288,31 @@ def check_kwargs(kwargs: dict, owner: str, known: Iterable[str]) -> None:
                      f"{', '.join(hints)}. It takes {', '.join(known)}.")
 
 
+def _documented_init(cls: type) -> Callable:
+    """``cls.__init__`` with a docstring of its own in Quantus' format.
+
+    Quantus' ``Metric.interpret_scores()`` prints the second sentence of
+    ``__init__.__doc__``; metrics that share an ``__init__`` (ROAR and KAR)
+    each get a thin one, whose signature is the shared one's.
+    """
+    inner = cls.__init__
+    if "." in cls.interpretation.rstrip("."):
+        raise TypeError(f"{cls.__name__}.interpretation must be one sentence without an inner "
+                        "full stop (Quantus' interpret_scores() prints up to the first one).")
+
+    @functools.wraps(inner)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        inner(self, *args, **kwargs)
+
+    doc = cls.__doc__ or ""
+    refs = doc[doc.index("References"):] if "References" in doc else ""
+    __init__.__doc__ = (f"Set up the {cls.name} metric. {cls.interpretation.rstrip('.')}.\n\n"
+                        f"Parameters and call: see :class:`{cls.__qualname__}`.\n\n"
+                        + textwrap.dedent("    " + refs.lstrip()))
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    return __init__
+
+
 class QuantusRoarMetric(quantus.Metric):
     """Quantus plumbing shared by every quantus_roar metric: the base arguments, one
     ``__call__`` that checks the call, warnings, attribution checks.
@@ -306,7 +333,10 @@ class QuantusRoarMetric(quantus.Metric):
     return_aggregate : bool, default False
         Return one number instead of the per-percentage or per-step values.
     aggregate_func : callable, optional
-        How the values become that number; each metric names its default.
+        How the values become that number; default ``default_aggregate``:
+        ``np.mean`` as in Quantus, except for the accuracy curves, whose
+        default is :func:`quantus_roar.curves.normalised_auc` over the
+        percentages. ``metric.aggregate_func`` is the function applied.
     default_plot_func : callable, optional
         The function :meth:`plot` uses.
     disable_warnings : bool, default False
@@ -316,12 +346,23 @@ class QuantusRoarMetric(quantus.Metric):
     """
 
     model_applicability: ClassVar[set[ModelType]] = {ModelType.TORCH}
+    #: How to read the scores, one sentence without an inner full stop: the
+    #: second sentence of the class's ``__init__`` docstring, which Quantus'
+    #: ``interpret_scores()`` prints.
+    interpretation: ClassVar[str] = ""
+    #: ``aggregate_func`` when none is given.
+    default_aggregate: ClassVar[Callable] = staticmethod(np.mean)
     #: Keywords a call takes besides Quantus' own, passed to ``_evaluate``.
     call_keywords: ClassVar[tuple[str, ...]] = ()
     #: Fewest classes ``y_batch`` must hold (2 where a model is trained on it).
     min_classes: ClassVar[int] = 1
     #: ``softmax`` when the caller gives None.
     default_softmax: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "interpretation" in cls.__dict__:
+            cls.__init__ = _documented_init(cls)  # type: ignore[method-assign]
 
     @validated(seed=Seed(), target=Choice(TARGETS), aggregate_func=_OPTIONAL_FUNC,
                normalise_func=_OPTIONAL_FUNC, default_plot_func=_OPTIONAL_FUNC)
@@ -353,8 +394,8 @@ class QuantusRoarMetric(quantus.Metric):
             disable_warnings=disable_warnings, display_progressbar=display_progressbar,
             **kwargs,
         )
-        # Quantus defaults aggregate_func to np.mean; each metric documents its own default.
-        self.aggregate_func = aggregate_func
+        # Quantus' default is np.mean; a curve's is its normalised area (the metric says so).
+        self.aggregate_func = aggregate_func or self.default_aggregate
 
     def __call__(
         self,
@@ -587,6 +628,8 @@ class RemovalMetric(QuantusRoarMetric):
     order: ClassVar[str] = "remove_top"
     #: Whether the metric's removal fills with an imputer of the user's choice.
     takes_imputer: ClassVar[bool] = True
+    #: A curve's one number: its area over the percentages, normalised to [0, 1].
+    default_aggregate: ClassVar[Callable] = staticmethod(normalised_auc)
 
     @validated(percentages=Percentages())
     def __init__(
@@ -641,7 +684,7 @@ class RemovalMetric(QuantusRoarMetric):
     def _aggregate(self, curve: dict) -> float:
         keys = sorted(curve)
         values = [curve[k] for k in keys]
-        if self.aggregate_func is None:
+        if self.aggregate_func is normalised_auc:
             return normalised_auc(keys, values)
         return float(self.aggregate_func(np.asarray(values)))
 

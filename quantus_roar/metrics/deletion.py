@@ -78,7 +78,11 @@ class ROARNoRetrain(_DeletionMetric):
        Neural Networks", NeurIPS 2019 (why to retrain).
     """
 
-    name = "ROARNoRetrain"
+    name = "Remove without Retraining (MoRF)"
+    interpretation = (
+        "Lower is better: the faster the explained model's accuracy falls when the "
+        "top-ranked features are removed, the more the ranking found what this model uses "
+        "(part of the fall can be its reaction to the fill, which retraining would remove)")
     score_direction = ScoreDirection.LOWER
     order = "remove_top"
 
@@ -101,6 +105,9 @@ class KARNoRetrain(_DeletionMetric):
        Neural Networks", NeurIPS 2019.
     """
 
-    name = "KARNoRetrain"
+    name = "Keep without Retraining (LeRF)"
+    interpretation = (
+        "Higher is better: the more accuracy the explained model keeps on only the "
+        "top-ranked features, the more the ranking found what this model uses")
     score_direction = ScoreDirection.HIGHER
     order = "keep_top"

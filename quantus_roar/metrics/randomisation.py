@@ -140,7 +140,7 @@ class _RandomisationMetric(QuantusRoarMetric):
             means = {name: {step: float(np.nanmean(self.scores[name][step])) for step in steps}
                      for name in self._similarities}
         if self.return_aggregate:
-            agg = self.aggregate_func or np.mean
+            agg = self.aggregate_func
             reduced = {name: float(agg(np.asarray(list(per.values()))))
                        for name, per in means.items()}
             one = len(self._similarities) == 1
@@ -236,7 +236,11 @@ class ModelRandomisation(_RandomisationMetric):
        Checks for Evaluations of Deep Neural Network Explanations", CVPR 2023.
     """
 
-    name = "ModelRandomisation"
+    name = "Model Randomisation Test"
+    interpretation = (
+        "Lower is better: the similarity of the explanations before and after layers are "
+        "randomised in turn; an explanation that stays near the ceiling step does not depend "
+        "on what the model learned, one near the floor step does")
     call_keywords = ("x_train", "y_train")
 
     @validated(layer_order=Choice(LAYER_ORDERS))
@@ -349,7 +353,11 @@ class DataRandomisation(_RandomisationMetric):
     .. [1] Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018.
     """
 
-    name = "DataRandomisation"
+    name = "Data Randomisation Test"
+    interpretation = (
+        "Lower is better: the similarity between the explanations of the model and of one "
+        "trained on permuted labels; near the ceiling step, the explanation does not depend "
+        "on the relation between inputs and labels")
     call_keywords = ("x_test", "y_test", "a_test")
     min_classes = 2
 

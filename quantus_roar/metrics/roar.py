@@ -216,7 +216,11 @@ class ROAR(_RetrainMetric):
     {0: 0.97, 50: 0.71, 90: 0.35}
     """
 
-    name = "ROAR"
+    name = "Remove And Retrain (ROAR)"
+    interpretation = (
+        "Lower is better: the faster test accuracy falls when the top-ranked features are "
+        "removed and a fresh model is trained, the more of what the task needs the ranking "
+        "put first (compare with Random and the mask-leakage figure)")
     score_direction = ScoreDirection.LOWER
     order = "remove_top"
 
@@ -238,7 +242,10 @@ class KAR(_RetrainMetric):
        Interpretability Methods in Deep Neural Networks", NeurIPS 2019.
     """
 
-    name = "KAR"
+    name = "Keep And Retrain (KAR)"
+    interpretation = (
+        "Higher is better: the more test accuracy a fresh model trained on only the "
+        "top-ranked features keeps, the more of what the task needs the ranking put first")
     score_direction = ScoreDirection.HIGHER
     order = "keep_top"
 
@@ -293,7 +300,11 @@ class MaskLeakage(_RetrainMetric):
        Interpretability Methods in Deep Neural Networks", NeurIPS 2019.
     """
 
-    name = "MaskLeakage"
+    name = "Mask Leakage"
+    interpretation = (
+        "Lower is better: the test accuracy of models trained on the removal masks alone; "
+        "above chance, the ROAR drop at that percentage partly measures what the shape of "
+        "the mask gives away")
     score_direction = ScoreDirection.LOWER
     evaluation_category = EvaluationCategory.NONE
     order = "remove_top"

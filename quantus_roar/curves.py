@@ -44,9 +44,9 @@ from quantus_roar._validation import (
 from quantus_roar.removal import Removal
 from quantus_roar.splits import Split, retrain_seeds
 from quantus_roar.tasks import (
+    curve_groups,
     retrain_group_task,
     sample_ids,
-    task_groups,
     task_resources,
     to_channels_first,
     training_means,
@@ -217,12 +217,13 @@ def retrain_curve(
     (the unmodified baseline is 0 % removed for ROAR and 100 % kept for KAR,
     see :func:`unmodified_point`), ``n_retrains`` fresh models are trained per
     percentage with the seeds :func:`~quantus_roar.splits.retrain_seeds` gives
-    for ``removal.seed``. Locally all ``(percentage x seed)`` jobs go to
-    ``retrainer`` in one ``fit_score_many`` call so that a batching retrainer
-    trains them together; on Ray they are split into tasks by
-    :func:`~quantus_roar.tasks.task_groups` (one task for a batchable model,
-    one per retrain otherwise), each computing its own masks
-    (:func:`~quantus_roar.tasks.retrain_group`). ``"channel_mean"``
+    for ``removal.seed``. The ``(percentage x seed)`` jobs are trained in the
+    tasks :func:`~quantus_roar.tasks.curve_groups` makes: a retrainer that
+    batches (``TorchRetrainer``) trains groups of up to
+    ``CPU_MODELS_PER_TASK`` models at once on the CPU, the same groups on
+    every executor; one that cannot gets every job in one ``fit_score_many``
+    call in this process, and one task per job on worker processes and Ray.
+    Each task computes its own masks (:func:`~quantus_roar.tasks.retrain_group`). ``"channel_mean"``
     imputation uses the means of the unmodified training inputs for both
     splits.
 
@@ -285,7 +286,7 @@ def retrain_curve(
     local = isinstance(ex, LocalExecutor)
     options = {"removal": rule, "stats": stats, "train_ids": train.ids, "test_ids": test.ids,
                "channel_last": cl, "progress": progress and local}
-    groups = [list(range(len(jobs)))] if local else task_groups(retrainer, jobs, x_tr[:2])
+    groups = curve_groups(retrainer, jobs, x_tr[:2], local)
     try:
         if isinstance(ex, ProcessExecutor):
             check_picklable(retrainer, f"the retrainer of {owner}")

@@ -21,7 +21,8 @@ from quantus_roar.removal import Removal, channel_means
 from quantus_roar.retrain.base import RetrainJob, check_scores, fit_correct_many, fit_score_many
 from quantus_roar.splits import Split
 
-__all__ = ["retrain_group", "retrain_group_task", "task_groups", "task_resources"]
+__all__ = ["CPU_MODELS_PER_TASK", "curve_groups", "retrain_group", "retrain_group_task",
+           "task_groups", "task_resources"]
 
 
 def to_channels_first(t: torch.Tensor, ndim: int, channel_last: bool) -> torch.Tensor:
@@ -167,13 +168,51 @@ def task_resources(retrainer: Any) -> dict[str, float]:
     return {"num_cpus": THREADS_PER_TASK, "num_gpus": 1 if on_gpu else 0}
 
 
-def task_groups(retrainer: Any, jobs: Sequence[Any], x_example: Any) -> list[list[int]]:
-    """Indices of the jobs each task trains: all together when the retrainer can train
-    them at once (``retrainer.batchable(x)``, honouring ``max_ensemble``), else one per task."""
+#: Most models one CPU task trains at once when the retrainer sets no ``max_ensemble``:
+#: small enough that a curve's retrains spread over several workers, large enough for
+#: the ensemble path (ensembles of 4-12 SmallCNNs train equally fast per model).
+CPU_MODELS_PER_TASK = 8
+
+
+def _batches(retrainer: Any, x_example: Any) -> bool:
+    """Whether ``retrainer`` trains several models at once on inputs like ``x_example``."""
     batchable = getattr(retrainer, "batchable", None)
-    can = callable(batchable) and getattr(retrainer, "ensemble", "auto") is not False and bool(
+    return callable(batchable) and getattr(retrainer, "ensemble", "auto") is not False and bool(
         batchable(x_example)[0])
-    if not can:
-        return [[i] for i in range(len(jobs))]
-    size = getattr(retrainer, "max_ensemble", None) or len(jobs)
-    return [list(range(i, min(i + size, len(jobs)))) for i in range(0, len(jobs), size)]
+
+
+def task_groups(retrainer: Any, jobs: Sequence[Any], x_example: Any) -> list[list[int]]:
+    """Indices of the jobs each task trains.
+
+    A retrainer that can train the jobs at once (``retrainer.batchable(x)``)
+    gets them in groups of at most ``max_ensemble`` or, on the CPU without one,
+    in ``ceil(n / CPU_MODELS_PER_TASK)`` groups of sizes that differ by one at
+    most (so a group has one model only if there is one job); on a GPU in one
+    group. Any other retrainer gets one task per job.
+
+    The groups depend on the retrainer and the jobs only, never on the
+    executor or its number of workers, and every executor trains the same
+    groups: dropout and augmentation draws are seeded per group, so the same
+    groups give the same bits (``tests/test_processes.py``).
+    """
+    n = len(jobs)
+    if not _batches(retrainer, x_example):
+        return [[i] for i in range(n)]
+    size = getattr(retrainer, "max_ensemble", None)
+    if size:
+        return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+    device = getattr(retrainer, "device", None)
+    if device is not None and torch.device(device).type != "cpu":
+        return [list(range(n))]
+    k = max(1, -(-n // CPU_MODELS_PER_TASK))
+    bounds = [i * n // k for i in range(k + 1)]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
+
+
+def curve_groups(retrainer: Any, jobs: Sequence[Any], x_example: Any,
+                 local: bool) -> list[list[int]]:
+    """The tasks of a curve: :func:`task_groups`, except that this process gives a
+    retrainer that cannot batch all jobs in one call (its own ``fit_score_many``)."""
+    if local and not _batches(retrainer, x_example):
+        return [list(range(len(jobs)))]
+    return task_groups(retrainer, jobs, x_example)

@@ -121,7 +121,7 @@ def test_the_metric_on_worker_processes_equals_the_local_executor():
     model = TorchRetrainer(SmallCNN(), epochs=3).fit(x_tr, y_tr, seed=0)
     a_tr = explain(model, x_tr, y_tr, method="Gradient")
     a_te = explain(model, x_te, y_te, method="Gradient")
-    kw = dict(percentages=(50,), n_retrains=2)
+    kw = dict(percentages=(50,), n_retrains=5)  # 10 jobs: two tasks of five models
     retrainer = TorchRetrainer(SmallCNN(), epochs=3)
     local = retrain_curve(retrainer, Split(x_tr, y_tr, a_tr), Split(x_te, y_te, a_te), **kw)
     procs = retrain_curve(retrainer, Split(x_tr, y_tr, a_tr), Split(x_te, y_te, a_te),
@@ -130,6 +130,39 @@ def test_the_metric_on_worker_processes_equals_the_local_executor():
     scores = ROAR(percentages=(50,), n_retrains=2, retrainer=retrainer, executor="processes",
                   disable_warnings=True)(model, x_te, y_te, a_te)
     assert isinstance(scores, dict)
+
+
+def test_a_curve_is_split_into_the_same_tasks_on_every_executor():
+    """A curve's ensemble is split by a rule of the retrainer and the jobs alone
+    (curve_groups), so worker processes share it and every executor trains the same
+    groups; ensembles of two or more models train each model as it would be alone."""
+    from quantus_roar.tasks import CPU_MODELS_PER_TASK, curve_groups, task_groups
+
+    x_tr, y_tr, _, _ = load_digits_data(seed=0)
+    x_tr, y_tr = x_tr[:300], y_tr[:300]
+    cnn = TorchRetrainer(SmallCNN())
+    for n in (1, 2, 8, 9, 17, 30):
+        groups = task_groups(cnn, list(range(n)), x_tr[:2])
+        assert [i for g in groups for i in g] == list(range(n))  # in order, each once
+        assert len(groups) == -(-n // CPU_MODELS_PER_TASK)
+        assert max(map(len, groups)) - min(map(len, groups)) <= 1
+        assert min(map(len, groups)) >= min(n, 2)
+        assert curve_groups(cnn, list(range(n)), x_tr[:2], local=True) == groups
+    assert task_groups(cnn, list(range(30)), x_tr[:2]) == [
+        list(range(0, 7)), list(range(7, 15)), list(range(15, 22)), list(range(22, 30))]
+    capped = TorchRetrainer(SmallCNN(), max_ensemble=4)
+    assert task_groups(capped, list(range(6)), x_tr[:2]) == [[0, 1, 2, 3], [4, 5]]
+    single = TorchRetrainer(SmallCNN(), ensemble=False)
+    assert task_groups(single, list(range(3)), x_tr[:2]) == [[0], [1], [2]]
+    assert curve_groups(single, list(range(3)), x_tr[:2], local=True) == [[0, 1, 2]]
+    jobs = [(x_tr, y_tr, None, None, s) for s in range(6)]
+    with one_thread():
+        models = {size: TorchRetrainer(SmallCNN(), epochs=2, max_ensemble=size).fit_many(jobs)
+                  for size in (6, 4, 2)}
+    for size in (4, 2):
+        for a, b in zip(models[6], models[size], strict=True):
+            assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(),
+                                                         strict=True)), size
 
 
 def test_results_come_back_by_value_and_odd_errors_are_named():

@@ -69,7 +69,7 @@ from quantus_roar.executors import (
 from quantus_roar.sanity import (
     derived_seed,
 )
-from quantus_roar.tasks import task_groups, task_resources
+from quantus_roar.tasks import curve_groups, task_resources
 
 __all__ = ["RunSummary", "derived_seed", "file_name", "probe_explainers", "run"]
 
@@ -418,11 +418,13 @@ def _work(ctx: RunContext, units: list[Unit], bar: Any, store: ResultStore, fp: 
             continue
         bar.set_postfix_str(f"{unit.metric} {unit.estimator}", refresh=True)
         if unit.remote and not ctx.data.streamed:
-            # Locally one task per unit (the ensemble path trains it at once); on a cluster
-            # as many tasks as the retrainer cannot batch together (task_groups).
-            groups = ([todo] if isinstance(ex, LocalExecutor) else
-                      [[todo[i] for i in g] for g in task_groups(
-                          ctx.retrainer, todo, ctx.data.x_train[:2])])
+            # The same tasks on every executor (curve_groups), made from all the unit's
+            # keys: a task's cells are stored together, so a resumed unit's tasks are
+            # whole groups of the first run and train the same models.
+            groups = [keys for keys in ([unit.keys[i] for i in g] for g in curve_groups(
+                ctx.retrainer, unit.keys, ctx.data.x_train[:2], isinstance(ex, LocalExecutor)))
+                if any(k in todo for k in keys)]
+            groups = [[k for k in keys if k in todo] for keys in groups]
             for g, keys in enumerate(groups):
                 fn, args, finish = retrain_task(ctx, ex, unit.metric, unit.estimator, keys)
                 pending[(unit.metric, unit.estimator, g)] = (unit, finish)

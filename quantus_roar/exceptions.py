@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["NotAClassifierError", "NotResettableError", "QuantusRoarWarning", "StorageError"]
+__all__ = ["FunctionalReLUError", "NotAClassifierError", "NotResettableError", "QuantusRoarWarning",
+           "StorageError"]
 
 
 class QuantusRoarWarning(UserWarning):
@@ -20,3 +21,8 @@ class StorageError(OSError):
 
 class NotAClassifierError(ValueError):
     """A model does not return one row of class scores per input, shape (N, n_classes)."""
+
+
+class FunctionalReLUError(TypeError):
+    """A method that changes or prunes activations (Guided Backprop, PruneGrad) was asked
+    of a model that applies them as functions (``F.relu``) or has none."""

@@ -47,7 +47,8 @@ from quantus_roar._validation import (
     model_dtype,
     validated,
 )
-from quantus_roar.exceptions import NotAClassifierError
+from quantus_roar.exceptions import FunctionalReLUError, NotAClassifierError
+from quantus_roar.prunegrad import DEFAULT_KEEP, prunegrad
 from quantus_roar.removal import gaussian_blur
 
 __all__ = [
@@ -70,18 +71,18 @@ __all__ = [
 ]
 
 BASE_METHODS: tuple[str, ...] = ("Gradient", "IntegratedGradients", "GuidedBackprop",
-                                 "InputXGradient", "Saliency")
+                                 "InputXGradient", "Saliency", "PruneGrad")
+# The bases of the benchmark's estimators, each plain and with every noise ensemble.
+_ESTIMATOR_BASES = ("Gradient", "IntegratedGradients", "GuidedBackprop", "PruneGrad")
 CONTROLS: tuple[str, ...] = ("Random", "Sobel", "InputMagnitude", "BlurredRandom")
 NOISE_TYPES: tuple[str, ...] = ("SmoothGrad", "SmoothGradSquared", "VarGrad")
 
-#: The benchmark's estimators: every base method of the ROAR paper plain and
-#: with each noise ensemble, and the two controls. Name -> :func:`explain` kwargs.
+#: The benchmark's estimators: every base method of the ROAR paper and PruneGrad,
+#: plain and with each noise ensemble, and the controls. Name -> :func:`explain` kwargs.
 ESTIMATORS: dict[str, dict[str, Any]] = {
-    **{base: {"method": base, "noise": None}
-       for base in ("Gradient", "IntegratedGradients", "GuidedBackprop")},
+    **{base: {"method": base, "noise": None} for base in _ESTIMATOR_BASES},
     **{f"{base}_{noise}": {"method": base, "noise": noise}
-       for base in ("Gradient", "IntegratedGradients", "GuidedBackprop")
-       for noise in NOISE_TYPES},
+       for base in _ESTIMATOR_BASES for noise in NOISE_TYPES},
     **{control: {"method": control, "noise": None} for control in CONTROLS},
 }
 
@@ -101,6 +102,7 @@ TARGETS: tuple[str, ...] = ("predicted", "label")
 # Integrated Gradients options the other methods ignore, so that one
 # explain_func_kwargs dict can serve every estimator of a benchmark.
 _IG_ONLY = frozenset({"n_steps", "baselines", "internal_batch_size"})
+_PRUNEGRAD_ONLY = frozenset({"keep"})
 # Per-method captum arguments: fixed ones define the method (Gradient is signed),
 # defaults can be overridden through explain's **method_kwargs.
 _FIXED_KWARGS: dict[str, dict[str, Any]] = {"Gradient": {"abs": False},
@@ -108,10 +110,6 @@ _FIXED_KWARGS: dict[str, dict[str, Any]] = {"Gradient": {"abs": False},
 _DEFAULT_KWARGS: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": 25}}
 _RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
                torch.Tensor.relu_}
-
-
-class FunctionalReLUError(TypeError):
-    """Guided Backprop was asked of a model that applies ReLU as a function."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -132,7 +130,8 @@ class _ReluSpy(TorchFunctionMode):
 
 
 @torch.no_grad()
-def _check_relu_modules(model: nn.Module, example: torch.Tensor) -> None:
+def _check_relu_modules(model: nn.Module, example: torch.Tensor,
+                        method: str = "GuidedBackprop") -> None:
     spy = _ReluSpy()
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
 
@@ -150,6 +149,14 @@ def _check_relu_modules(model: nn.Module, example: torch.Tensor) -> None:
     finally:
         for h in handles:
             h.remove()
+    if spy.functional and method == "PruneGrad":
+        raise FunctionalReLUError(
+            f"PruneGrad prunes the outputs of activation modules, but {type(model).__name__} "
+            f"applies ReLU as a function ({spy.functional} call(s) of torch.relu / F.relu "
+            "outside nn.ReLU modules in one forward pass), and those units would not be "
+            "pruned. Replace them with nn.ReLU modules, or use another method.")
+    if method == "PruneGrad":
+        return
     if not relus and not spy.functional:
         raise FunctionalReLUError(
             f"GuidedBackprop changes the backward pass of ReLUs, but {type(model).__name__} has "
@@ -247,6 +254,9 @@ def _base_attribution(model: nn.Module, method: str, kwargs: dict[str, Any]
 
     if method != "IntegratedGradients":
         kwargs = {k: v for k, v in kwargs.items() if k not in _IG_ONLY}
+    if method == "PruneGrad":
+        return _prunegrad_attribution(model, kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k not in _PRUNEGRAD_ONLY}
     cls = {"Gradient": Saliency, "Saliency": Saliency, "InputXGradient": InputXGradient,
            "GuidedBackprop": GuidedBackprop, "IntegratedGradients": IntegratedGradients}[method]
     fixed = _FIXED_KWARGS.get(method, {})
@@ -260,6 +270,17 @@ def _base_attribution(model: nn.Module, method: str, kwargs: dict[str, Any]
     attribution = cls(model)
     opts = {**_DEFAULT_KWARGS.get(method, {}), **kwargs, **fixed}
     return lambda x, t: attribution.attribute(x, target=t, **opts)
+
+
+def _prunegrad_attribution(model: nn.Module, kwargs: dict[str, Any]
+                           ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    unknown = sorted(set(kwargs) - _PRUNEGRAD_ONLY)
+    if unknown:
+        raise TypeError(f"explain(method='PruneGrad') got keyword argument(s) {unknown}; it "
+                        "takes 'keep', the share of each layer's units kept per input.")
+    keep = check_number(kwargs.get("keep", DEFAULT_KEEP), "keep", "explain(method='PruneGrad')",
+                        low=0.0, high=1.0, low_open=True)
+    return lambda x, t: prunegrad(model, x, t, keep)
 
 
 def _input_tensor(x: Any, name: str, owner: str, dtype: torch.dtype = torch.float32
@@ -386,7 +407,10 @@ def explain(
     method : str, default "Gradient"
         A base method -- ``"Gradient"`` (signed gradient), ``"IntegratedGradients"``
         (zero, i.e. black, baseline; ``n_steps`` default 25), ``"GuidedBackprop"``,
-        ``"InputXGradient"`` -- a control -- ``"Random"`` (uniform values from a
+        ``"InputXGradient"``, ``"PruneGrad"`` (the gradient through the network
+        pruned for each input, keeping the ``keep`` share, default 0.75, of each
+        layer's units by activation x gradient; :mod:`quantus_roar.prunegrad`)
+        -- a control -- ``"Random"`` (uniform values from a
         counter-based hash of the seed and the input's content: the same
         image and seed give the same map in any batch), ``"Sobel"`` (per channel
         ``sqrt(gx² + gy²)`` of the Sobel derivatives, images only),
@@ -418,10 +442,11 @@ def explain(
     reduce_channels : bool, default False
         Sum over the channel axis, returning (N, 1, ...).
     **method_kwargs
-        Passed to the captum method (``sigma`` to BlurredRandom). The Integrated Gradients options
-        ``n_steps``, ``baselines`` and ``internal_batch_size`` are ignored by
-        the other methods (one kwargs dict serves a whole benchmark); any
-        other keyword the captum method does not accept is an error.
+        Passed to the captum method (``sigma`` to BlurredRandom, ``keep`` to
+        PruneGrad). The Integrated Gradients options ``n_steps``,
+        ``baselines`` and ``internal_batch_size``, and PruneGrad's ``keep``,
+        are ignored by the other methods (one kwargs dict serves a whole
+        benchmark); any other keyword the method does not accept is an error.
 
     Returns
     -------
@@ -433,7 +458,8 @@ def explain(
     ValueError
         Unknown method or noise type, noise on a control, bad ``n_samples``.
     FunctionalReLUError
-        ``"GuidedBackprop"`` on a model that applies ReLU as a function.
+        ``"GuidedBackprop"`` or ``"PruneGrad"`` on a model that applies ReLU
+        as a function (or, for PruneGrad, has no activation module).
 
     References
     ----------
@@ -445,6 +471,8 @@ def explain(
     .. [4] Sundararajan et al., "Axiomatic Attribution for Deep Networks",
        ICML 2017; Springenberg et al., "Striving for Simplicity", ICLR
        workshop 2015.
+    .. [5] Khakzar et al., "Improving Feature Attribution through
+       Input-specific Network Pruning", arXiv:1911.11081, 2019 (PruneGrad).
     """
     owner = "explain"
     method, noise = _resolved(method, noise)
@@ -628,8 +656,8 @@ def _gradient_maps(
     model: nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, noise: str | None,
     n_samples: int, stdev: float, seed: int, batch_size: int, method_kwargs: dict[str, Any],
 ) -> torch.Tensor:
-    if method == "GuidedBackprop":
-        _check_relu_modules(model, x[:1])
+    if method in ("GuidedBackprop", "PruneGrad"):
+        _check_relu_modules(model, x[:1], method)
     if method == "IntegratedGradients":
         method_kwargs = {"internal_batch_size": batch_size, **method_kwargs}
     base = _base_attribution(model, method, method_kwargs)

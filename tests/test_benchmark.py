@@ -73,14 +73,16 @@ def test_quick_run_writes_the_report_and_report_rebuilds_identical_tables(quick,
         expected = store.get_meta("expected_cells")
         df = store.frame()
     # 4 estimators: baseline 2 + random-label models 1 + per estimator
-    # (deletion 2 x 4 + retrains 2 x 3 x 2 + mask leakage 3 x 2) + for the two that
-    # use the model (Random and Sobel do not: no sanity checks) model rand. 5 + data rand. 3
-    assert expected == 2 + 1 + 4 * (2 * 4 + 2 * 3 * 2 + 3 * 2) + 2 * (5 + 3)
+    # (deletion 2 x 4 + Quantus' pixel flipping 1 + retrains 2 x 3 x 2 + mask leakage 3 x 2)
+    # + for the two that use the model (Random and Sobel do not: no sanity checks) model
+    # rand. 5 + data rand. 3
+    assert expected == 2 + 1 + 4 * (2 * 4 + 1 + 2 * 3 * 2 + 3 * 2) + 2 * (5 + 3)
     assert len(df.groupby(["metric", "estimator", "param", "seed"])) == expected
     report = (quick / "report.md").read_text()
     csv = (quick / "results.csv").read_text()
     for heading in ("## ROAR", "## KAR", "## ROAR with and without retraining",
-                    "## Model randomisation", "## Data randomisation"):
+                    "## Model randomisation", "## Data randomisation",
+                    "## The three benchmarks side by side"):
         assert heading in report
     os.remove(quick / "report.md")
     assert main(["report", str(quick)]) == 0

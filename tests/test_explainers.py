@@ -173,13 +173,13 @@ def test_errors(digits):
 
 
 def test_estimators_cover_the_paper_grid():
-    bases = ("Gradient", "IntegratedGradients", "GuidedBackprop")
+    bases = ("Gradient", "IntegratedGradients", "GuidedBackprop", "PruneGrad")
     for base in bases:
         assert ESTIMATORS[base] == {"method": base, "noise": None}
         for noise in ("SmoothGrad", "SmoothGradSquared", "VarGrad"):
             assert ESTIMATORS[f"{base}_{noise}"] == {"method": base, "noise": noise}
     controls = {"Random", "Sobel", "InputMagnitude", "BlurredRandom"}
-    assert controls <= set(ESTIMATORS) and len(ESTIMATORS) == 12 + len(controls)
+    assert controls <= set(ESTIMATORS) and len(ESTIMATORS) == 16 + len(controls)
 
 
 def test_every_estimator_runs_through_quantus_evaluate(digits):

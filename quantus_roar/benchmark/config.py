@@ -39,8 +39,8 @@ __all__ = ["FILLED_METRICS", "METRICS", "RUN_MAX_SEED", "RunConfig", "SettingTyp
 FILLED_METRICS: tuple[str, ...] = ("roar-noretrain", "kar-noretrain", "roar", "kar")
 
 #: The runner's metrics, in the order they are computed per estimator.
-METRICS: tuple[str, ...] = ("roar-noretrain", "kar-noretrain", "roar", "kar", "mask-leakage",
-                            "model-randomisation", "data-randomisation")
+METRICS: tuple[str, ...] = ("roar-noretrain", "kar-noretrain", "pixel-flipping", "roar", "kar",
+                            "mask-leakage", "model-randomisation", "data-randomisation")
 
 # The quick preset: the four estimators that span the paper's outcomes, three
 # percentages, two retrains, a sample of the test set for the sanity checks.

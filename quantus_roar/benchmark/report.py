@@ -1226,6 +1226,14 @@ def _repeats_section(out: Path, run: dict[str, Any], df: pd.DataFrame, estimator
     return lines
 
 
+def _trio_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
+                  layers: list[str], chance: float | None,
+                  reps: dict[Key, np.ndarray]) -> list[str]:
+    from quantus_roar.benchmark.trio import trio_section
+
+    return trio_section(df, run, estimators, layers, chance, reps)
+
+
 def build_report(out: str | Path) -> Path:
     """Write ``results.csv``, ``report.md`` and ``figures/*.png`` for the run in ``out``.
 
@@ -1261,6 +1269,7 @@ def build_report(out: str | Path) -> Path:
              *_consistency_section(df, estimators, fills, reps),
              *_fill_sections(df, estimators, fills, reps),
              *_leakage_section(df, estimators, chance, fills[0], reps),
+             *_trio_section(df, run, estimators, layers, chance, reps),
              *_figure_lines(df, run, estimators, out, figures),
              *_model_randomisation_section(df, run, estimators, layers, layer_types, figures),
              *_data_randomisation_section(df, run, estimators, meta["sizes"]),

@@ -76,7 +76,7 @@ __all__ = ["RunSummary", "derived_seed", "file_name", "probe_explainers", "run"]
 logger = logging.getLogger("quantus_roar.benchmark")
 
 #: The phase of the time spent in a unit computed in this process, by metric.
-_PHASES = {"roar-noretrain": "deletion", "kar-noretrain": "deletion",
+_PHASES = {"roar-noretrain": "deletion", "kar-noretrain": "deletion", "pixel-flipping": "deletion",
            "model-randomisation": "randomisation", "data-randomisation": "randomisation"}
 
 

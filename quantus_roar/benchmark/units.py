@@ -151,6 +151,56 @@ def _deletion_unit(ctx: RunContext, metric: str, estimator: str,
     return [c for c in cells if c.key in wanted]
 
 
+#: Quantus' PixelFlipping curve has about this many steps (features per step chosen so).
+PIXEL_FLIPPING_STEPS = 64
+
+
+def _features_in_step(n_features: int, steps: int = PIXEL_FLIPPING_STEPS) -> int:
+    """The divisor of ``n_features`` (Quantus needs one) whose number of steps is closest
+    to ``steps`` by ratio; more steps on a tie."""
+    divisors = [d for d in range(1, n_features + 1) if n_features % d == 0]
+    return min(divisors, key=lambda d: (abs(math.log(n_features / d / steps)), d))
+
+
+def pixel_flipping_auc(model: nn.Module, x: np.ndarray, targets: np.ndarray, a: np.ndarray,
+                       device: torch.device) -> np.ndarray:
+    """Quantus' ``PixelFlipping`` per sample: the normalised area under the softmax score
+    of ``targets`` as the features are replaced most relevant (``abs``) first, over about
+    :data:`PIXEL_FLIPPING_STEPS` steps. Lower is better. The fill is Quantus' ``"mean"``:
+    the mean of the image as perturbed so far, recomputed at every step; the curve starts
+    after the first step, as Quantus' does."""
+    import warnings
+
+    import quantus
+
+    fis = _features_in_step(int(np.prod(a.shape[1:])))
+    metric = quantus.PixelFlipping(features_in_step=fis, perturb_baseline="mean", abs=True,
+                                   normalise=False, disable_warnings=True,
+                                   display_progressbar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Quantus' notices about its own parameters
+        curves = np.asarray(metric(model=model, x_batch=x, y_batch=targets, a_batch=a,
+                                   device=str(device), softmax=True, batch_size=256),
+                            dtype=np.float64)
+    return np.trapezoid(curves, dx=1.0 / max(1, curves.shape[1] - 1), axis=1)
+
+
+def _pixel_flipping_unit(ctx: RunContext, metric: str, estimator: str,
+                         keys: list[Key]) -> list[Cell]:
+    """Quantus' PixelFlipping on the sanity samples, for the explained class."""
+    start = time.perf_counter()
+    idx = ctx.sanity_index
+    a = np.asarray(ctx.attributions(estimator, "test")[idx], dtype=np.float32)
+    if a.shape[1:] != ctx.data.x_test.shape[1:]:  # one channel: Quantus wants x's shape
+        a = np.broadcast_to(a, (len(a), *ctx.data.x_test.shape[1:])).copy()
+    auc = pixel_flipping_auc(ctx.model.eval(), np.asarray(ctx.data.x_test[idx]),
+                             ctx.sanity_targets.cpu().numpy(), a, ctx.device)
+    lo, hi = mean_interval(auc, seed=BOOTSTRAP_SEED)
+    wall = time.perf_counter() - start
+    return [Cell(*keys[0], "auc", float(np.mean(auc)), wall),
+            Cell(*keys[0], "auc.lo", lo, wall), Cell(*keys[0], "auc.hi", hi, wall)]
+
+
 def _by_repeat(keys: list[Key]) -> dict[int, list[Key]]:
     """The keys of a sanity unit grouped by repeat (their seed), in order."""
     out: dict[int, list[Key]] = {}
@@ -256,6 +306,8 @@ def plan(ctx: RunContext) -> Iterator[Unit]:
                 unmodified = str(unmodified_point(_order(metric)))
                 keys = [(metric, e, p, 0) for p in dict.fromkeys([unmodified, *ps])]
                 fn = _deletion_unit
+            elif base == "pixel-flipping":
+                keys, fn = [(metric, e, "auc", 0)], _pixel_flipping_unit
             elif base in ("roar", "kar", "mask-leakage"):
                 # The shared baseline unit is KAR's 100 % kept; mask leakage's 0 % (no
                 # mask at all) is chance, reported from the labels.

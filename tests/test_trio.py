@@ -1,0 +1,85 @@
+"""The trio table: sanity verdicts against floor and ceiling, Quantus' PixelFlipping
+against an independent computation, and one row per estimator of a real run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from quantus_roar.benchmark import RunConfig, run
+from quantus_roar.benchmark.trio import randomisation_verdict, trio_table
+from quantus_roar.benchmark.units import _features_in_step, pixel_flipping_auc
+
+
+def test_verdicts_compare_intervals_with_floor_and_ceiling():
+    ceiling = (0.6, 0.55, 0.65)
+    assert randomisation_verdict((0.2, 0.15, 0.25), (0.1, 0.05, 0.15), ceiling) == "pass"
+    # overlapping the ceiling's interval: no more change than retraining gives
+    assert randomisation_verdict((0.5, 0.45, 0.56), (0.1, 0.05, 0.15), ceiling) == "fail"
+    assert randomisation_verdict((0.62, 0.6, 0.64), (0.1, 0.05, 0.15), ceiling) == "fail"
+    # an untrained model's map is as similar as a retrained one's: the check cannot tell
+    assert randomisation_verdict((0.2, 0.15, 0.25), (0.5, 0.45, 0.56), ceiling).startswith(
+        "cannot tell")
+    assert randomisation_verdict((0.2, 0.15, 0.25), None, None).startswith("n/a")
+
+
+def test_features_in_step_divides_and_comes_closest_to_64_steps():
+    for n, steps in ((64, 64), (1024, 64), (3 * 32 * 32, 64), (784, 56), (97, 97), (10, 10)):
+        f = _features_in_step(n)
+        assert n % f == 0 and n // f == steps, (n, f)
+
+
+class _Linear(nn.Module):
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w
+
+
+def test_pixel_flipping_auc_agrees_with_a_direct_computation():
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 1, 4, 4)).astype(np.float32)
+    a = rng.standard_normal((5, 1, 4, 4)).astype(np.float32)
+    t = np.array([0, 1, 2, 0, 1])
+    w = torch.as_tensor(rng.standard_normal((16, 3)), dtype=torch.float32)
+    model = _Linear(w).eval()
+    got = pixel_flipping_auc(model, x, t, a, torch.device("cpu"))
+    want = []
+    for xi, ai, ti in zip(x.reshape(5, -1), a.reshape(5, -1), t, strict=True):
+        cur, curve = xi.copy(), []
+        for j in np.argsort(-np.abs(ai), kind="stable"):  # 16 features: one per step
+            cur[j] = cur.mean()  # Quantus' "mean": of the image as perturbed so far
+            p = torch.softmax(torch.as_tensor(cur) @ w, 0)[ti]
+            curve.append(float(p))
+        want.append(np.trapezoid(curve, dx=1 / (len(curve) - 1)))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_trio_has_a_row_per_estimator_with_every_benchmark(tmp_path):
+    cfg = RunConfig(estimators=("Gradient", "PruneGrad", "Random"), percentages=(50,),
+                    retrains=1, epochs=3, sanity_samples=40, max_epochs=12)
+    run(cfg, tmp_path, progress=False, executor="local")
+    report = (tmp_path / "report.md").read_text()
+    assert "## The three benchmarks side by side" in report
+    df = pd.read_csv(tmp_path / "results.csv", dtype={"param": str})
+    pf = df[(df.metric == "pixel-flipping") & (df.quantity == "auc")]
+    assert sorted(pf.estimator) == ["Gradient", "PruneGrad", "Random"]
+    assert pf.value.between(0, 1).all()
+    from quantus_roar.benchmark.report import _read_store
+
+    df2, run_meta, layers, _, _ = _read_store(tmp_path)
+    table = trio_table(df2, run_meta, ["Gradient", "PruneGrad", "Random"],
+                       layers[0], 0.1)  # top_down: the input layer is randomised last
+    assert list(table["estimator"]) == ["Gradient", "PruneGrad", "Random"]
+    random = table.set_index("estimator").loc["Random"]
+    assert random["MR verdict"] == "n/a"  # model-free: no sanity check
+    for e in ("Gradient", "PruneGrad"):
+        row = table.set_index("estimator").loc[e]
+        assert row["MR verdict"] in ("pass", "fail") or row["MR verdict"].startswith("cannot")
+        assert "[" in row["ROAR AUC"] and "[" in row["PixelFlipping AUC (Quantus)"]

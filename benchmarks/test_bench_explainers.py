@@ -97,3 +97,26 @@ def test_smoothgrad_vs_captum_noise_tunnel(benchmark, case):
     corr = np.corrcoef(ours.ravel(), ref.ravel())[0, 1]
     assert corr > 0.9
     assert t_ours < 1.5 * t_default
+
+
+#: PruneGrad's target: at most this many times Gradient's time on the same inputs.
+PRUNEGRAD_FACTOR = 3.0
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_prunegrad_against_gradient(benchmark, case):
+    """PruneGrad (scoring pass + pruned pass, batched) against the plain gradient, measured
+    alternately in the same run, best of five each."""
+    model, x, y = CASES[case]()
+    explain(model, x[:8], y[:8], method="PruneGrad")  # warm-up
+    explain(model, x[:8], y[:8], method="Gradient")
+    prune, grad = [], []
+    for _ in range(5):
+        prune.append(_time_once(lambda: explain(model, x, y, method="PruneGrad")))
+        grad.append(_time_once(lambda: explain(model, x, y, method="Gradient")))
+    benchmark.pedantic(lambda: explain(model, x, y, method="PruneGrad"), rounds=1, iterations=1)
+    ratio = min(prune) / min(grad)
+    benchmark.extra_info.update(prunegrad_s=min(prune), gradient_s=min(grad), ratio=ratio)
+    print(f"\n{case}: PruneGrad {min(prune) * 1000:.1f} ms, Gradient {min(grad) * 1000:.1f} ms "
+          f"({ratio:.2f}x; target at most {PRUNEGRAD_FACTOR}x)")
+    assert ratio <= PRUNEGRAD_FACTOR

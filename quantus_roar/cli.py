@@ -66,7 +66,8 @@ def _add_grid_flags(run: argparse.ArgumentParser) -> None:
                      "signature; imported like --model) (default: every built-in and "
                      "FixedPrior(Gradient_SmoothGradSquared))")
     run.add_argument("--metrics", type=_csv, help="comma-separated: roar,kar,roar-noretrain,"
-                     "kar-noretrain,mask-leakage,model-randomisation,data-randomisation "
+                     "kar-noretrain,pixel-flipping,mask-leakage,model-randomisation,"
+                     "data-randomisation "
                      "(default: all)")
     run.add_argument("--imputers", type=_csv, help="a sweep over fills, e.g. "
                      "channel_mean,zero,noisy_linear: every ROAR, KAR and deletion cell once "

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from quantus_roar._activations import RELU_FUNCS, functional_calls
 from quantus_roar._hashing import STREAM_RANDOM, content_keys, hash_keys, mix32
 from quantus_roar._validation import (
     INPUT_HINT,
@@ -48,7 +48,7 @@ from quantus_roar._validation import (
     validated,
 )
 from quantus_roar.exceptions import FunctionalReLUError, NotAClassifierError
-from quantus_roar.prunegrad import DEFAULT_KEEP, prunegrad
+from quantus_roar.prunegrad import DEFAULT_KEEP, check_activation_modules, prunegrad
 from quantus_roar.removal import gaussian_blur
 
 __all__ = [
@@ -108,67 +108,25 @@ _PRUNEGRAD_ONLY = frozenset({"keep"})
 _FIXED_KWARGS: dict[str, dict[str, Any]] = {"Gradient": {"abs": False},
                                              "Saliency": {"abs": True}}
 _DEFAULT_KWARGS: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": 25}}
-_RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
-               torch.Tensor.relu_}
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-class _ReluSpy(TorchFunctionMode):
-    """Records ReLU calls made outside ``nn.ReLU`` modules during one forward pass."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inside = 0
-        self.functional = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self.inside == 0 and func in _RELU_FUNCS:
-            self.functional += 1
-        return func(*args, **(kwargs or {}))
-
-
-@torch.no_grad()
-def _check_relu_modules(model: nn.Module, example: torch.Tensor,
-                        method: str = "GuidedBackprop") -> None:
-    spy = _ReluSpy()
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-
-    def enter(*_: Any) -> None:
-        spy.inside += 1
-
-    def leave(*_: Any) -> None:
-        spy.inside -= 1
-
-    handles = [h for m in relus for h in (m.register_forward_pre_hook(enter),
-                                          m.register_forward_hook(leave))]
-    try:
-        with spy:
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    if spy.functional and method == "PruneGrad":
-        raise FunctionalReLUError(
-            f"PruneGrad prunes the outputs of activation modules, but {type(model).__name__} "
-            f"applies ReLU as a function ({spy.functional} call(s) of torch.relu / F.relu "
-            "outside nn.ReLU modules in one forward pass), and those units would not be "
-            "pruned. Replace them with nn.ReLU modules, or use another method.")
-    if method == "PruneGrad":
-        return
-    if not relus and not spy.functional:
+def _check_relu_modules(model: nn.Module, example: torch.Tensor) -> None:
+    relus, functional = functional_calls(model, example, (nn.ReLU,), RELU_FUNCS)
+    if not relus and not functional:
         raise FunctionalReLUError(
             f"GuidedBackprop changes the backward pass of ReLUs, but {type(model).__name__} has "
             "no ReLU (no nn.ReLU module and no torch.relu / F.relu call in one forward pass), so "
             "Guided Backprop would equal the plain gradient. Use method='Gradient', or a model "
             "with nn.ReLU activations."
         )
-    if spy.functional:
+    if functional:
         raise FunctionalReLUError(
             f"GuidedBackprop needs every ReLU of the model as an nn.ReLU module (it overrides "
             f"their backward pass), but {type(model).__name__} applies ReLU as a function "
-            f"({spy.functional} call(s) of torch.relu / F.relu outside nn.ReLU modules in one "
+            f"({functional} call(s) of torch.relu / F.relu outside nn.ReLU modules in one "
             "forward pass). Replace them with nn.ReLU modules, or use another method."
         )
 
@@ -235,7 +193,7 @@ def _blurred_random(x: torch.Tensor, seed: int, sigma: Any) -> torch.Tensor:
 def _control(x: torch.Tensor, method: str, seed: int, kwargs: dict[str, Any]) -> torch.Tensor:
     """The model-free controls: Random, Sobel, InputMagnitude (|x|), BlurredRandom."""
     allowed = {"sigma"} if method == "BlurredRandom" else set()
-    unknown = sorted(set(kwargs) - allowed - _IG_ONLY)
+    unknown = sorted(set(kwargs) - allowed - _IG_ONLY - _PRUNEGRAD_ONLY)
     if unknown:
         raise TypeError(f"explain(method={method!r}) got keyword argument(s) {unknown}; it "
                         f"takes {sorted(allowed) or 'none'}.")
@@ -656,8 +614,10 @@ def _gradient_maps(
     model: nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, noise: str | None,
     n_samples: int, stdev: float, seed: int, batch_size: int, method_kwargs: dict[str, Any],
 ) -> torch.Tensor:
-    if method in ("GuidedBackprop", "PruneGrad"):
-        _check_relu_modules(model, x[:1], method)
+    if method == "GuidedBackprop":
+        _check_relu_modules(model, x[:1])
+    elif method == "PruneGrad":
+        check_activation_modules(model, x[:1])
     if method == "IntegratedGradients":
         method_kwargs = {"internal_batch_size": batch_size, **method_kwargs}
     base = _base_attribution(model, method, method_kwargs)

@@ -13,7 +13,12 @@ The choices the paper's abstract leaves open, and ours (``docs/explainers.md``):
 * **Where units are.** The outputs of activation modules (:data:`ACTIVATIONS`:
   ``nn.ReLU`` and the other elementwise nonlinearities), one layer per call,
   so a module applied twice is two layers. Activations applied as functions
-  (``F.relu``) cannot be hooked and are refused (:class:`FunctionalReLUError`).
+  (``F.relu``, ``torch.sigmoid``, ...) cannot be hooked and are refused
+  (:class:`FunctionalReLUError`). Units lie on axis 1 (channels first, as
+  torch's convolutions); an activation of a sequence model shaped (N, T, F)
+  would be pruned per time step, and an activation applied to a tensor
+  without the batch axis first is refused unless its first size happens to
+  equal the batch size: apply activations to (N, units, ...) tensors.
 * **Contribution.** Signed ``activation x gradient`` summed over a channel's
   positions; ranked by its absolute value (a unit that lowers the logit
   contributes too).
@@ -47,15 +52,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantus_roar._activations import ACTIVATION_FUNCS, ACTIVATIONS, functional_calls
+from quantus_roar._validation import check_number, evaluating
 from quantus_roar.exceptions import FunctionalReLUError
 
-__all__ = ["ACTIVATIONS", "DEFAULT_KEEP", "prunegrad", "unit_masks"]
-
-#: Modules whose outputs are the units PruneGrad scores and prunes.
-ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Softplus, nn.Tanh, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid,
-    nn.Hardtanh, nn.Tanhshrink, nn.Softsign)
+__all__ = ["ACTIVATIONS", "DEFAULT_KEEP", "check_activation_modules", "prunegrad",
+           "unit_masks"]
 
 #: Share of each layer's units kept for an input (see the module docstring).
 DEFAULT_KEEP = 0.75
@@ -77,8 +79,10 @@ class _Layers:
             return None
         i, self.calls = self.calls, self.calls + 1
         if self.masks is None:
+            # Recorded as computed; the model continues with a copy, so an in-place
+            # operation after the activation (``h += skip``) cannot change the record.
             self.outputs.append(out)
-            return None
+            return out.clone()
         mask = self.masks[i]
         return out * mask.reshape(*mask.shape, *([1] * (out.ndim - 2))).to(out.dtype)
 
@@ -99,6 +103,25 @@ def _check_layers(model: nn.Module, layers: _Layers) -> None:
             f"PruneGrad prunes the outputs of activation modules (nn.ReLU, nn.GELU, ...), but "
             f"{type(model).__name__} has none. Apply its nonlinearities as modules "
             "(nn.ReLU() instead of F.relu), or use method='Gradient'.")
+
+
+def check_activation_modules(model: nn.Module, example: torch.Tensor) -> None:
+    """Raise :class:`FunctionalReLUError` unless every activation of one forward pass on
+    ``example`` is an activation module PruneGrad can prune."""
+    modules, functional = functional_calls(model, example, ACTIVATIONS, ACTIVATION_FUNCS)
+    if not modules:
+        _check_layers(model, _Layers(model))
+    if functional:
+        raise FunctionalReLUError(
+            f"PruneGrad prunes the outputs of activation modules, but {type(model).__name__} "
+            f"applies {functional} activation(s) as functions (torch.relu, F.gelu, "
+            "torch.sigmoid, ... outside activation modules) in one forward pass, and those "
+            "units would not be pruned. Replace them with modules (nn.ReLU, nn.GELU, "
+            "nn.Sigmoid, ...), or use another method.")
+
+
+def _checked_keep(keep: float) -> float:
+    return check_number(keep, "keep", "PruneGrad", low=0.0, high=1.0, low_open=True)
 
 
 def _keep_masks(scores: torch.Tensor, keep: float) -> torch.Tensor:
@@ -122,10 +145,11 @@ def _scores(out: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
 def unit_masks(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
                keep: float = DEFAULT_KEEP) -> list[torch.Tensor]:
     """The units PruneGrad keeps: one (N, units) bool tensor per activation call, in the
-    order of the forward pass (see the module docstring)."""
+    order of the forward pass (see the module docstring); computed in ``eval()`` mode."""
+    keep = _checked_keep(keep)
     layers = _Layers(model)
     _check_layers(model, layers)
-    with torch.enable_grad(), layers.hooked(None):
+    with evaluating(model), torch.enable_grad(), layers.hooked(None):
         logit = _target_logit(model, x.detach().clone().requires_grad_(True), t)
         outs = layers.outputs
         if any(o.shape[0] != len(x) or not o.requires_grad for o in outs):
@@ -141,14 +165,15 @@ def prunegrad(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
               keep: float = DEFAULT_KEEP) -> torch.Tensor:
     """PruneGrad maps of ``x`` (N, ...) for the classes ``t`` (N,): see the module docstring.
 
-    ``model`` must be in the mode it explains in (``explain`` puts it in
-    ``eval()``); ``keep`` in (0, 1]. Returns the gradient, shaped like ``x``.
+    ``keep`` in (0, 1]. The model runs in ``eval()`` mode (its mode is restored).
+    Returns the gradient, shaped like ``x``.
     """
+    keep = _checked_keep(keep)
     layers = _Layers(model)
     _check_layers(model, layers)
     masks = unit_masks(model, x, t, keep) if keep < 1.0 else None
     xg = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), layers.hooked(masks):
+    with evaluating(model), torch.enable_grad(), layers.hooked(masks):
         logit = _target_logit(model, xg, t)
         if masks is not None and layers.calls != len(masks):
             raise RuntimeError(f"PruneGrad: {type(model).__name__} applied its activations "

@@ -192,8 +192,11 @@ def task_groups(retrainer: Any, jobs: Sequence[Any], x_example: Any) -> list[lis
 
     The groups depend on the retrainer and the jobs only, never on the
     executor or its number of workers, and every executor trains the same
-    groups: dropout and augmentation draws are seeded per group, so the same
-    groups give the same bits (``tests/test_processes.py``).
+    groups, so the numbers are the same everywhere. Dropout and augmentation
+    draws are seeded per group, so for a model with either the numbers depend
+    on the grouping (which is why ``CPU_MODELS_PER_TASK`` is part of a run's
+    fingerprint); without them, a model trained in any group of two or more
+    gets the same bits (``tests/test_processes.py``).
     """
     n = len(jobs)
     if not _batches(retrainer, x_example):

@@ -89,6 +89,7 @@ def test_a_factory_that_does_not_pickle_is_named_before_any_work(tmp_path):
 def test_the_thread_policy_is_in_the_fingerprint_and_holds_on_the_local_executor():
     _, description = fingerprint(RunConfig(**SMALL), "d", "cpu")
     assert description["threads"] == 1
+    assert description["models_per_task"] == 8  # the grouping of a curve's retrains
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -135,7 +136,8 @@ def test_the_metric_on_worker_processes_equals_the_local_executor():
 def test_a_curve_is_split_into_the_same_tasks_on_every_executor():
     """A curve's ensemble is split by a rule of the retrainer and the jobs alone
     (curve_groups), so worker processes share it and every executor trains the same
-    groups; ensembles of two or more models train each model as it would be alone."""
+    groups; for a model without dropout or augmentation (SmallCNN), ensembles of two or
+    more models train each model with the same bits."""
     from quantus_roar.tasks import CPU_MODELS_PER_TASK, curve_groups, task_groups
 
     x_tr, y_tr, _, _ = load_digits_data(seed=0)

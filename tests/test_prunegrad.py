@@ -142,11 +142,56 @@ def test_bad_keep_and_models_fail_with_a_clear_error():
     # one kwargs dict serves every estimator of a benchmark: others ignore 'keep'
     assert np.array_equal(qr.explain(model, x, t, method="Gradient", keep=0.3),
                           qr.explain(model, x, t, method="Gradient"))
-    with pytest.raises(qr.FunctionalReLUError, match="applies ReLU as a function"):
+    with pytest.raises(qr.FunctionalReLUError, match="applies 1 activation"):
         qr.explain(_Functional(), torch.randn(3, 4), [0, 1, 0], method="PruneGrad")
     linear = nn.Sequential(nn.Linear(4, 2))
     with pytest.raises(qr.FunctionalReLUError, match="has none"):
         qr.explain(linear, torch.randn(3, 4), [0, 1, 0], method="PruneGrad")
+    gelu = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), _Apply(torch.sigmoid), nn.Linear(5, 2))
+    with pytest.raises(qr.FunctionalReLUError, match="1 activation"):
+        qr.explain(gelu, torch.randn(3, 4), [0, 1, 0], method="PruneGrad")
+    # the controls ignore 'keep' too; the core function checks it itself
+    assert qr.explain(model, x, t, method="Random", keep=0.3).shape == (4, 6)
+    for bad in (float("nan"), 2.0, 0.0):
+        with pytest.raises(ValueError, match="'keep' parameter of PruneGrad"):
+            prunegrad(model, x, torch.as_tensor(t), bad)
+
+
+class _Apply(nn.Module):
+    """Calls a function that is not an activation module (here torch.sigmoid)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class _InPlaceSkip(nn.Module):
+    def __init__(self, in_place: bool):
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.fc1, self.fc2, self.act = nn.Linear(6, 6), nn.Linear(6, 3), nn.ReLU()
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=gen)
+        self.in_place = in_place
+
+    def forward(self, x):
+        h = self.act(self.fc1(x))
+        if self.in_place:
+            h += x  # changes the activation's output after it was computed
+        else:
+            h = h + x
+        return self.fc2(h)
+
+
+def test_an_in_place_change_after_an_activation_does_not_change_the_masks():
+    x = torch.randn(12, 6, generator=torch.Generator().manual_seed(2))
+    t = torch.arange(12) % 3
+    a = prunegrad(_InPlaceSkip(True).eval(), x, t, 0.5)
+    b = prunegrad(_InPlaceSkip(False).eval(), x, t, 0.5)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def _evidence_share(maps: np.ndarray, evidence: np.ndarray, k: int) -> np.ndarray:

@@ -26,10 +26,40 @@ def test_verdicts_compare_intervals_with_floor_and_ceiling():
     assert randomisation_verdict((0.2, 0.15, 0.25), None, None).startswith("n/a")
 
 
-def test_features_in_step_divides_and_comes_closest_to_64_steps():
-    for n, steps in ((64, 64), (1024, 64), (3 * 32 * 32, 64), (784, 56), (97, 97), (10, 10)):
-        f = _features_in_step(n)
-        assert n % f == 0 and n // f == steps, (n, f)
+def test_features_in_step_divides_the_image_and_comes_closest_to_64_steps():
+    # (H x W, C x H x W, steps): Quantus needs a divisor of H x W and steps over C x H x W
+    for hw, chw, steps in ((64, 64, 64), (1024, 1024, 64), (1024, 3072, 48), (784, 784, 56),
+                           (97, 97, 97), (10, 10, 10), (64, 192, 48)):
+        f = _features_in_step(hw, chw)
+        assert hw % f == 0 and chw // f == steps, (hw, chw, f)
+
+
+def test_pixel_flipping_runs_on_rgb_with_one_channel_attributions():
+    rng = np.random.default_rng(1)
+    x = rng.random((6, 3, 8, 8)).astype(np.float32)
+    a = np.broadcast_to(rng.standard_normal((6, 1, 8, 8)), x.shape).astype(np.float32)
+    model = _Linear(torch.as_tensor(rng.standard_normal((192, 4)), dtype=torch.float32))
+    auc = pixel_flipping_auc(model.eval(), x, np.arange(6) % 4, a, torch.device("cpu"))
+    assert auc.shape == (6,) and np.all((auc >= 0) & (auc <= 1))
+
+
+def test_a_pixel_flipping_failure_is_stored_as_nan_and_the_run_goes_on(tmp_path, monkeypatch,
+                                                                        caplog):
+    from quantus_roar.benchmark import units
+
+    def fails(*args, **kwargs):
+        raise AssertionError("Quantus cannot take this")
+
+    monkeypatch.setattr(units, "pixel_flipping_auc", fails)
+    cfg = RunConfig(estimators=("Gradient",), metrics=("pixel-flipping", "roar-noretrain"),
+                    percentages=(50,), epochs=2, sanity_samples=20)
+    with caplog.at_level("WARNING", logger="quantus_roar.benchmark"):
+        run(cfg, tmp_path, progress=False, executor="local")
+    assert "Quantus cannot take this" in caplog.text
+    df = pd.read_csv(tmp_path / "results.csv")
+    pf = df[df.metric == "pixel-flipping"]
+    assert sorted(pf.quantity) == ["auc", "auc.hi", "auc.lo"] and pf.value.isna().all()
+    assert not df[df.metric == "roar-noretrain"].value.isna().any()  # the rest is computed
 
 
 class _Linear(nn.Module):

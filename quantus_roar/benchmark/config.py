@@ -26,6 +26,7 @@ from quantus_roar.explainers import (
 from quantus_roar.randomisation import LAYER_ORDERS
 from quantus_roar.removal import GRANULARITIES, IMPUTERS, REDUCES, Removal
 from quantus_roar.similarity import SIMILARITIES
+from quantus_roar.tasks import CPU_MODELS_PER_TASK
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -699,6 +700,8 @@ def fingerprint(config: RunConfig, data_digest: str, device_type: str) -> tuple[
         **{k: v for k, v in config.to_dict().items() if k not in _OUTSIDE_FINGERPRINT},
         "device": device_type,
         "threads": THREADS_PER_TASK,  # the thread policy: the bits of CPU sums depend on it
+        # how a curve's retrains are grouped: dropout and augmentation draws are per group
+        "models_per_task": CPU_MODELS_PER_TASK,
         "data_digest": data_digest,
         "versions": {name: _version(name) for name in
                      ("quantus-roar", "torch", "numpy", "captum", "quantus")},

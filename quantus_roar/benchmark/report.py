@@ -1228,10 +1228,10 @@ def _repeats_section(out: Path, run: dict[str, Any], df: pd.DataFrame, estimator
 
 def _trio_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
                   layers: list[str], chance: float | None,
-                  reps: dict[Key, np.ndarray]) -> list[str]:
+                  reps: dict[Key, np.ndarray], fill: str | None) -> list[str]:
     from quantus_roar.benchmark.trio import trio_section
 
-    return trio_section(df, run, estimators, layers, chance, reps)
+    return trio_section(df, run, estimators, layers, chance, reps, fill)
 
 
 def build_report(out: str | Path) -> Path:
@@ -1269,7 +1269,7 @@ def build_report(out: str | Path) -> Path:
              *_consistency_section(df, estimators, fills, reps),
              *_fill_sections(df, estimators, fills, reps),
              *_leakage_section(df, estimators, chance, fills[0], reps),
-             *_trio_section(df, run, estimators, layers, chance, reps),
+             *_trio_section(df, run, estimators, layers, chance, reps, fills[0]),
              *_figure_lines(df, run, estimators, out, figures),
              *_model_randomisation_section(df, run, estimators, layers, layer_types, figures),
              *_data_randomisation_section(df, run, estimators, meta["sizes"]),

@@ -48,6 +48,8 @@ def randomisation_verdict(randomised: tuple[float, float, float],
     without a ceiling."""
     if ceiling is None:
         return "n/a (no ceiling)"
+    if not all(np.isfinite(v) for v in (*randomised, *ceiling, *(floor or ()))):
+        return "n/a (NaN similarity)"
     if floor is not None and floor[2] >= ceiling[1]:
         return "cannot tell (floor reaches ceiling)"
     return "pass" if randomised[2] < ceiling[1] else "fail"
@@ -100,20 +102,27 @@ def _leakage_column(df: pd.DataFrame, estimators: list[str], chance: float | Non
 
 def trio_table(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
                last_step: str | None, chance: float | None,
-               reps: dict[Key, np.ndarray] | None = None) -> pd.DataFrame:
+               reps: dict[Key, np.ndarray] | None = None, fill: str | None = None
+               ) -> pd.DataFrame:
     """One row per estimator: model and data randomisation (the run's first similarity,
-    value [interval] and verdict), deletion without retraining (ours and Quantus'
-    PixelFlipping, lower is better), ROAR and KAR (AUC [interval], rank interval, test
-    against Random) and the mask-only accuracy at :data:`TRIO_STEP` % removed."""
+    value [interval] and verdict; ``last_step`` is the step with every layer randomised,
+    None for no model randomisation column), deletion without retraining (ours and
+    Quantus' PixelFlipping, lower is better), ROAR and KAR (AUC [interval], rank
+    interval, test against Random) and the mask-only accuracy at :data:`TRIO_STEP` %
+    removed. In a sweep over fills, the filled metrics of ``fill``."""
     reps = reps or {}
     sims = list(run.get("similarities") or [])
     sim = sims[0] if sims else "spearman_abs"
+
+    def keyed(metric: str) -> str:
+        return metric if fill is None else f"{metric}@{fill}"
+
     columns = {
-        "deletion AUC (MoRF)": _auc_column(curve_table(df, "roar-noretrain", estimators,
+        "deletion AUC (MoRF)": _auc_column(curve_table(df, keyed("roar-noretrain"), estimators,
                                                        reps), False),
         "PixelFlipping AUC (Quantus)": _pixel_flipping_column(df, estimators),
-        "ROAR AUC": _auc_column(curve_table(df, "roar", estimators, reps), True),
-        "KAR AUC": _auc_column(curve_table(df, "kar", estimators, reps), True),
+        "ROAR AUC": _auc_column(curve_table(df, keyed("roar"), estimators, reps), True),
+        "KAR AUC": _auc_column(curve_table(df, keyed("kar"), estimators, reps), True),
         f"mask-only accuracy at {TRIO_STEP:g}%": _leakage_column(df, estimators, chance, reps),
     }
     rows = []
@@ -131,21 +140,32 @@ def trio_table(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
     return pd.DataFrame(rows)
 
 
+def _last_step(run: dict[str, Any], layers: list[str]) -> str | None:
+    """The model-randomisation step with every layer randomised: the last of a cascade
+    (the input layer top-down, the output layer bottom-up); None for the independent
+    order, where no step randomises them all."""
+    order = run.get("layer_order", "top_down")
+    if not layers or order == "independent":
+        return None
+    return layers[0] if order == "top_down" else layers[-1]
+
+
 def trio_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
                  layers: list[str], chance: float | None,
-                 reps: dict[Key, np.ndarray]) -> list[str]:
+                 reps: dict[Key, np.ndarray], fill: str | None = None) -> list[str]:
     """The report's section: the table and what each column and verdict means."""
-    order = layers[::-1] if run.get("layer_order", "top_down") == "top_down" else layers
-    last = order[-1] if order else None
-    table = trio_table(df, run, estimators, last, chance, reps)
-    if table.empty or len(table.columns) <= 1:
+    table = trio_table(df, run, estimators, _last_step(run, layers), chance, reps, fill)
+    values = table.drop(columns=["estimator"], errors="ignore")
+    if table.empty or values.empty or values.isin(["n/a"]).all().all():
         return []
-    lines = ["## The three benchmarks side by side", "",
+    lines = ["## The three benchmarks side by side"
+             + ("" if fill is None else f", fill `{fill}`"), "",
              "Each estimator on the sanity checks, pixel perturbation without retraining and "
              "ROAR/KAR, every number with its 95 % interval. *Model randomisation*: the "
              "similarity between the trained model's explanations and those after every "
              f"layer is randomised (cascading, `{run.get('layer_order', 'top_down')}`; the "
-             "last step), against a fresh model (*floor*) and one trained with another seed "
+             "last step; not shown for the independent order, where no step randomises "
+             "every layer), against a fresh model (*floor*) and one trained with another seed "
              "(*ceiling*); *data randomisation*: the same against a model trained on "
              "permuted labels. Verdict **pass**: the interval lies below the ceiling's, so "
              "the map changed more than between two equally good models; **fail**: it does "

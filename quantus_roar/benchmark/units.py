@@ -4,6 +4,7 @@ estimator's ROAR curve, one deletion curve, one estimator's sanity check), and
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +34,9 @@ from quantus_roar.stats import BOOTSTRAP_SEED, mean_interval
 from quantus_roar.streaming import RemovedDataset
 from quantus_roar.tasks import retrain_group_task
 
-__all__ = ["Unit", "plan", "retrain_task"]
+__all__ = ["Unit", "pixel_flipping_auc", "plan", "retrain_task"]
+
+logger = logging.getLogger("quantus_roar.benchmark")
 
 _CHUNK = 4096
 
@@ -155,10 +158,12 @@ def _deletion_unit(ctx: RunContext, metric: str, estimator: str,
 PIXEL_FLIPPING_STEPS = 64
 
 
-def _features_in_step(n_features: int, steps: int = PIXEL_FLIPPING_STEPS) -> int:
-    """The divisor of ``n_features`` (Quantus needs one) whose number of steps is closest
-    to ``steps`` by ratio; more steps on a tie."""
-    divisors = [d for d in range(1, n_features + 1) if n_features % d == 0]
+def _features_in_step(n_positions: int, n_features: int,
+                      steps: int = PIXEL_FLIPPING_STEPS) -> int:
+    """A divisor of ``n_positions`` (Quantus checks it against the spatial size, H x W)
+    that makes the number of steps over all ``n_features`` (C x H x W) closest to
+    ``steps`` by ratio; more steps on a tie."""
+    divisors = [d for d in range(1, n_positions + 1) if n_positions % d == 0]
     return min(divisors, key=lambda d: (abs(math.log(n_features / d / steps)), d))
 
 
@@ -173,7 +178,7 @@ def pixel_flipping_auc(model: nn.Module, x: np.ndarray, targets: np.ndarray, a: 
 
     import quantus
 
-    fis = _features_in_step(int(np.prod(a.shape[1:])))
+    fis = _features_in_step(int(np.prod(x.shape[2:])), int(np.prod(x.shape[1:])))
     metric = quantus.PixelFlipping(features_in_step=fis, perturb_baseline="mean", abs=True,
                                    normalise=False, disable_warnings=True,
                                    display_progressbar=False)
@@ -182,22 +187,34 @@ def pixel_flipping_auc(model: nn.Module, x: np.ndarray, targets: np.ndarray, a: 
         curves = np.asarray(metric(model=model, x_batch=x, y_batch=targets, a_batch=a,
                                    device=str(device), softmax=True, batch_size=256),
                             dtype=np.float64)
-    return np.trapezoid(curves, dx=1.0 / max(1, curves.shape[1] - 1), axis=1)
+    if curves.shape[1] < 2:
+        return curves[:, 0]
+    # the trapezoid rule over [0, 1] (np.trapezoid needs numpy 2)
+    return (curves[:, 1:] + curves[:, :-1]).sum(1) / (2.0 * (curves.shape[1] - 1))
 
 
 def _pixel_flipping_unit(ctx: RunContext, metric: str, estimator: str,
                          keys: list[Key]) -> list[Cell]:
-    """Quantus' PixelFlipping on the sanity samples, for the explained class."""
+    """Quantus' PixelFlipping on the sanity samples, for the explained class. Where Quantus
+    cannot evaluate the data (its own checks), the cells hold NaN, shown as n/a, and a
+    warning says why: a run never stops for this comparison."""
     start = time.perf_counter()
     idx = ctx.sanity_index
     a = np.asarray(ctx.attributions(estimator, "test")[idx], dtype=np.float32)
     if a.shape[1:] != ctx.data.x_test.shape[1:]:  # one channel: Quantus wants x's shape
         a = np.broadcast_to(a, (len(a), *ctx.data.x_test.shape[1:])).copy()
-    auc = pixel_flipping_auc(ctx.model.eval(), np.asarray(ctx.data.x_test[idx]),
-                             ctx.sanity_targets.cpu().numpy(), a, ctx.device)
+    try:
+        auc = pixel_flipping_auc(ctx.model, np.asarray(ctx.data.x_test[idx], dtype=np.float32),
+                                 ctx.sanity_targets.cpu().numpy(), a, ctx.device)
+    except Exception as err:  # Quantus' asserts and errors on data it does not support
+        logger.warning("Quantus' PixelFlipping could not evaluate %s on this data (%s: %s); "
+                       "its cells are stored as NaN (n/a in the report).", estimator,
+                       type(err).__name__, err)
+        auc = np.full(len(idx), np.nan)
     lo, hi = mean_interval(auc, seed=BOOTSTRAP_SEED)
     wall = time.perf_counter() - start
-    return [Cell(*keys[0], "auc", float(np.mean(auc)), wall),
+    return [Cell(*keys[0], "auc", float(np.mean(auc)) if np.isfinite(auc).all() else math.nan,
+                 wall),
             Cell(*keys[0], "auc.lo", lo, wall), Cell(*keys[0], "auc.hi", hi, wall)]
 
 

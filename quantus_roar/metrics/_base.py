@@ -296,9 +296,6 @@ def _documented_init(cls: type) -> Callable:
     each get a thin one, whose signature is the shared one's.
     """
     inner = cls.__init__
-    if "." in cls.interpretation.rstrip("."):
-        raise TypeError(f"{cls.__name__}.interpretation must be one sentence without an inner "
-                        "full stop (Quantus' interpret_scores() prints up to the first one).")
 
     @functools.wraps(inner)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -310,6 +307,7 @@ def _documented_init(cls: type) -> Callable:
                         f"Parameters and call: see :class:`{cls.__qualname__}`.\n\n"
                         + textwrap.dedent("    " + refs.lstrip()))
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__module__ = cls.__module__
     return __init__
 
 
@@ -346,9 +344,9 @@ class QuantusRoarMetric(quantus.Metric):
     """
 
     model_applicability: ClassVar[set[ModelType]] = {ModelType.TORCH}
-    #: How to read the scores, one sentence without an inner full stop: the
-    #: second sentence of the class's ``__init__`` docstring, which Quantus'
-    #: ``interpret_scores()`` prints.
+    #: How to read the scores: :meth:`interpret_scores` prints it. Also the second
+    #: sentence of the class's ``__init__`` docstring, which Quantus' own
+    #: ``Metric.interpret_scores`` prints (up to the next full stop).
     interpretation: ClassVar[str] = ""
     #: ``aggregate_func`` when none is given.
     default_aggregate: ClassVar[Callable] = staticmethod(np.mean)
@@ -358,6 +356,13 @@ class QuantusRoarMetric(quantus.Metric):
     min_classes: ClassVar[int] = 1
     #: ``softmax`` when the caller gives None.
     default_softmax: ClassVar[bool] = False
+
+    def interpret_scores(self) -> str:
+        """Print how to read the scores, as Quantus' metrics do, and return the text."""
+        if not self.interpretation:
+            return super().interpret_scores()
+        print(self.interpretation)
+        return self.interpretation
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)

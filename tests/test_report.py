@@ -278,6 +278,27 @@ def test_spearman_with_three_estimators_is_a_number(tmp_path):
     assert "retraining: **1.00** [95 % interval 1.00, 1.00]." in text
 
 
+def test_deletion_without_retraining_ranks_the_lower_morf_auc_first(tmp_path):
+    """MoRF deletion: the accuracy that falls fastest (lowest AUC) ranks first, as ROAR;
+    the trio table shows that rank."""
+    from quantus_roar.benchmark.report import _read_store, curve_table
+    from quantus_roar.benchmark.trio import trio_table
+
+    cells = [_acc("baseline", "-", 0, s, 0.95) for s in range(3)]
+    for e, shift in (("Gradient", 0.0), ("Sobel", 0.1), ("Random", 0.3)):
+        cells += [_acc("roar-noretrain", e, p, 0, a + shift)
+                  for p, a in zip(("0", *PS), (0.6, 0.5, 0.3, 0.1), strict=True)]
+    _write(tmp_path, cells, retrains=3)
+    df, run, *_ = _read_store(tmp_path)
+    table = curve_table(df, "roar-noretrain", ["Gradient", "Sobel", "Random"])
+    assert list(table["estimator"]) == ["Gradient", "Sobel", "Random"]
+    assert list(table["rank"]) == ["1", "2", "3"]
+    trio = trio_table(df, run, ["Gradient", "Sobel", "Random"], None, None).set_index(
+        "estimator")
+    assert trio.loc["Gradient", "deletion AUC (MoRF)"].endswith("rank 1")
+    assert trio.loc["Random", "deletion AUC (MoRF)"].endswith("rank 3")
+
+
 # --------------------------------------------------------------------------- figures
 
 

@@ -246,8 +246,9 @@ def curve_table(df: pd.DataFrame, metric: str, estimators: list[str],
     Point values are means over retrains; the intervals resample the test samples
     (from ``reps``, the stored per-sample results, see :func:`replicates`) and the
     training seeds together, :data:`N_BOOT` times. Without per-sample results a
-    cell's interval covers the seeds only. For ROAR a better estimator has the
-    *lower* AUC (accuracy falls faster); for KAR the higher. *unmodified* is the
+    cell's interval covers the seeds only. For ROAR (and ROARNoRetrain, MoRF) a
+    better estimator has the *lower* AUC (accuracy falls faster); for KAR (and
+    KARNoRetrain) the higher. *unmodified* is the
     retrain on unmodified data (0 % removed for ROAR, 100 % kept for KAR), part
     of the AUC of both. *rank* is the 95 % interval of the estimator's rank by
     AUC over the replicates ("2-4": not distinguishable from its neighbours).
@@ -267,7 +268,7 @@ def curve_table(df: pd.DataFrame, metric: str, estimators: list[str],
     reps = reps or {}
     rows = _cell_replicates(acc, reps, n_boot)
     per = _estimator_replicates(acc, rows, n_boot)
-    lower_better = _base(metric) == "roar"
+    lower_better = _base(metric) in ("roar", "roar-noretrain")  # MoRF: lower is better
     unmodified = _UNMODIFIED[_base(metric)]
     names = [e for e in estimators if e in per]
     means = acc.groupby(["estimator", "percentage"])["accuracy"].mean()

@@ -17,10 +17,14 @@ from quantus_roar.benchmark.report import (
 )
 from quantus_roar.benchmark.store import Key
 
-__all__ = ["TRIO_STEP", "randomisation_verdict", "trio_section", "trio_table"]
+__all__ = ["INPUT_DOMINATED_SHARE", "TRIO_STEP", "randomisation_verdict", "trio_section",
+           "trio_table"]
 
 #: The percentage whose mask-only accuracy the trio shows beside ROAR.
 TRIO_STEP = 50.0
+#: A floor at this share of the ceiling or above marks a method whose map depends little
+#: on any model: an untrained network's map already keeps that much of the similarity.
+INPUT_DOMINATED_SHARE = 0.5
 
 
 def _interval(df: pd.DataFrame, metric: str, estimator: str, step: str, quantity: str
@@ -45,14 +49,21 @@ def randomisation_verdict(randomised: tuple[float, float, float],
     faithful method's map changes between two equally good models. ``"fail"`` when it
     does not. ``"cannot tell"`` when the floor (a fresh model) reaches the ceiling, so
     even a map of an untrained network is as similar as a retrained one's; ``"n/a"``
-    without a ceiling."""
+    without a ceiling. A pass is marked *input-dominated* when the floor is at least
+    :data:`INPUT_DOMINATED_SHARE` of the ceiling: the map changed, but an untrained
+    network's map already resembles the trained one's that much (Guided Backprop's
+    finding in Adebayo et al.)."""
     if ceiling is None:
         return "n/a (no ceiling)"
     if not all(np.isfinite(v) for v in (*randomised, *ceiling, *(floor or ()))):
         return "n/a (NaN similarity)"
     if floor is not None and floor[2] >= ceiling[1]:
         return "cannot tell (floor reaches ceiling)"
-    return "pass" if randomised[2] < ceiling[1] else "fail"
+    if randomised[2] >= ceiling[1]:
+        return "fail"
+    if floor is not None and ceiling[0] > 0 and floor[0] >= INPUT_DOMINATED_SHARE * ceiling[0]:
+        return f"pass, input-dominated (floor {floor[0] / ceiling[0]:.0%} of ceiling)"
+    return "pass"
 
 
 def _sanity_cell(df: pd.DataFrame, metric: str, estimator: str, step: str,
@@ -169,7 +180,10 @@ def trio_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
              "(*ceiling*); *data randomisation*: the same against a model trained on "
              "permuted labels. Verdict **pass**: the interval lies below the ceiling's, so "
              "the map changed more than between two equally good models; **fail**: it does "
-             "not; **cannot tell**: the floor reaches the ceiling. *deletion AUC*: "
+             "not; **cannot tell**: the floor reaches the ceiling; *input-dominated*: a "
+             f"pass whose floor is at least {INPUT_DOMINATED_SHARE:.0%} of the ceiling, so "
+             "an untrained network's map already resembles the trained one's that much. "
+             "*deletion AUC*: "
              "`ROARNoRetrain` (this package's fill, no retraining; lower is better); "
              "*PixelFlipping AUC*: Quantus' `PixelFlipping` on the sanity samples for the "
              "explained class (Quantus' `\"mean\"` fill, the mean of the image as perturbed so "

@@ -536,7 +536,8 @@ def _model_free_note(df: pd.DataFrame, run: dict[str, Any], metric: str) -> list
 
 
 _COLOURS = {"Gradient": "tab:blue", "IntegratedGradients": "tab:orange",
-            "GuidedBackprop": "tab:green", "InputXGradient": "tab:purple", "Random": "black",
+            "GuidedBackprop": "tab:green", "InputXGradient": "tab:purple", "PruneGrad": "tab:olive",
+            "Random": "black",
             "Sobel": "tab:red", "InputMagnitude": "tab:brown", "BlurredRandom": "tab:gray",
             "FixedPrior": "tab:pink"}
 _STYLES = {"": "-", "SmoothGrad": "--", "SmoothGradSquared": ":", "VarGrad": "-."}

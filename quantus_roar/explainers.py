@@ -1,9 +1,10 @@
-"""The ROAR paper's estimators and controls, as Quantus explain functions.
+"""The ROAR paper's estimators and controls, and PruneGrad, as Quantus explain functions.
 
 :func:`explain` computes Gradient, Integrated Gradients, Guided Backprop and
-Input x Gradient (through captum), each plain or wrapped in SmoothGrad,
-SmoothGrad² or VarGrad, and the two controls of Hooker et al. (2019): a
-seeded Random ranking and a Sobel edge filter. It has Quantus' explain_func
+Input x Gradient (through captum) and PruneGrad (:mod:`quantus_roar.prunegrad`),
+each plain or wrapped in SmoothGrad, SmoothGrad² or VarGrad; the two controls of
+Hooker et al. (2019), a seeded Random ranking and a Sobel edge filter; and the
+leakage controls InputMagnitude and BlurredRandom. It has Quantus' explain_func
 signature::
 
     quantus_roar.ROAR()(model, x, y, explain_func=quantus_roar.explain,

@@ -27,8 +27,8 @@ The choices the paper's abstract leaves open, and ours (``docs/explainers.md``):
   exactly the plain gradient. The default, ``keep=0.75``, prunes a quarter of
   each layer: on synthetic data with planted evidence the share of the top
   pixels that fall on the evidence falls steadily as more is pruned (SmallCNN:
-  0.593 at keep=1, 0.588 at 0.75, 0.559 at 0.5, 0.396 at 0.1). The paper's own
-  setting could not be read here; pass ``keep`` to match it.
+  0.593 at keep=1, 0.588 at 0.75, 0.559 at 0.5, 0.396 at 0.1). Its abstract
+  does not state the paper's setting; pass ``keep`` to match it.
 
 Batched: both passes (scoring and the pruned gradient) run on the whole batch,
 with per-sample masks applied through forward hooks; no per-sample loop. The

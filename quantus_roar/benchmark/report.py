@@ -359,9 +359,32 @@ def leakage_table(df: pd.DataFrame, estimators: list[str], chance: float | None,
     return pd.DataFrame(rows)
 
 
-def _leakage_section(df: pd.DataFrame, estimators: list[str], chance: float | None,
-                     fill: str | None, reps: dict[Key, np.ndarray]) -> list[str]:
-    table = leakage_table(df, estimators, chance, reps)
+class _Tables:
+    """The ROAR/KAR/deletion and leakage tables of one report, each bootstrapped once
+    and shared by the sections that show them (their own and the trio table)."""
+
+    def __init__(self, df: pd.DataFrame, estimators: list[str], chance: float | None,
+                 reps: dict[Key, np.ndarray]) -> None:
+        self.df, self.estimators, self.chance, self.reps = df, estimators, chance, reps
+        self._curves: dict[str, pd.DataFrame] = {}
+        self._leakage: pd.DataFrame | None = None
+
+    def curve(self, metric: str) -> pd.DataFrame:
+        """:func:`curve_table` of ``metric`` (a stored name, e.g. ``"roar@zero"``)."""
+        if metric not in self._curves:
+            self._curves[metric] = curve_table(self.df, metric, self.estimators, self.reps)
+        return self._curves[metric]
+
+    def leakage(self) -> pd.DataFrame:
+        """:func:`leakage_table` of the run."""
+        if self._leakage is None:
+            self._leakage = leakage_table(self.df, self.estimators, self.chance, self.reps)
+        return self._leakage
+
+
+def _leakage_section(tables: _Tables, fill: str | None) -> list[str]:
+    df, estimators, chance = tables.df, tables.estimators, tables.chance
+    table = tables.leakage()
     if table.empty:
         return []
     level = "unknown" if chance is None else f"{chance:.3f}"
@@ -902,14 +925,14 @@ def _timings_lines(timings: Any) -> list[str]:
             "workers they overlap with the other phases and with each other.", ""]
 
 
-def _curve_sections(df: pd.DataFrame, estimators: list[str], fills: list[str | None],
-                    reps: dict[Key, np.ndarray]) -> list[str]:
+def _curve_sections(tables: _Tables, fills: list[str | None]) -> list[str]:
     """ROAR and KAR: accuracy per percentage, ranked by AUC, against Random (per fill)."""
+    reps = tables.reps
     lines: list[str] = []
     for fill in fills:
         for metric, title, better in (("roar", "ROAR (remove and retrain)", "lower"),
                                       ("kar", "KAR (keep and retrain)", "higher")):
-            table = curve_table(df, _keyed(metric, fill), estimators, reps)
+            table = tables.curve(_keyed(metric, fill))
             if table.empty:
                 continue
             where = "0 % removed" if metric == "roar" else "100 % kept"
@@ -1228,12 +1251,12 @@ def _repeats_section(out: Path, run: dict[str, Any], df: pd.DataFrame, estimator
     return lines
 
 
-def _trio_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
-                  layers: list[str], chance: float | None,
-                  reps: dict[Key, np.ndarray], fill: str | None) -> list[str]:
+def _trio_section(tables: _Tables, run: dict[str, Any], layers: list[str],
+                  fill: str | None) -> list[str]:
     from quantus_roar.benchmark.trio import trio_section
 
-    return trio_section(df, run, estimators, layers, chance, reps, fill)
+    return trio_section(tables.df, run, tables.estimators, layers, tables.chance, tables.reps,
+                        fill, tables)
 
 
 def build_report(out: str | Path) -> Path:
@@ -1264,14 +1287,15 @@ def build_report(out: str | Path) -> Path:
     write_text(out / "results.csv",
                df.drop(columns=["fingerprint", "finished_at"]).to_csv(index=False))
     estimators = _estimators(df, run)
+    tables = _Tables(df, estimators, chance, reps)
     figures = _figures_folder(out)
     lines = [*_summary_section(df, run, estimators, expected, meta["timings"]),
-             *_curve_sections(df, estimators, fills, reps),
+             *_curve_sections(tables, fills),
              *_noretrain_sections(df, estimators, fills, reps),
              *_consistency_section(df, estimators, fills, reps),
              *_fill_sections(df, estimators, fills, reps),
-             *_leakage_section(df, estimators, chance, fills[0], reps),
-             *_trio_section(df, run, estimators, layers, chance, reps, fills[0]),
+             *_leakage_section(tables, fills[0]),
+             *_trio_section(tables, run, layers, fills[0]),
              *_figure_lines(df, run, estimators, out, figures),
              *_model_randomisation_section(df, run, estimators, layers, layer_types, figures),
              *_data_randomisation_section(df, run, estimators, meta["sizes"]),

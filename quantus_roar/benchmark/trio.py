@@ -9,12 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quantus_roar.benchmark.report import (
-    _fmt_ci,
-    _md,
-    curve_table,
-    leakage_table,
-)
+from quantus_roar.benchmark.report import _fmt_ci, _md, _Tables
 from quantus_roar.benchmark.store import Key
 
 __all__ = ["INPUT_DOMINATED_SHARE", "TRIO_STEP", "randomisation_verdict", "trio_section",
@@ -102,9 +97,7 @@ def _pixel_flipping_column(df: pd.DataFrame, estimators: list[str]) -> dict[str,
     return out
 
 
-def _leakage_column(df: pd.DataFrame, estimators: list[str], chance: float | None,
-                    reps: dict[Key, np.ndarray]) -> dict[str, str]:
-    table = leakage_table(df, estimators, chance, reps)
+def _leakage_column(table: pd.DataFrame) -> dict[str, str]:
     col = f"{TRIO_STEP:g}%"
     if table.empty or col not in table.columns:
         return {}
@@ -113,15 +106,16 @@ def _leakage_column(df: pd.DataFrame, estimators: list[str], chance: float | Non
 
 def trio_table(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
                last_step: str | None, chance: float | None,
-               reps: dict[Key, np.ndarray] | None = None, fill: str | None = None
-               ) -> pd.DataFrame:
+               reps: dict[Key, np.ndarray] | None = None, fill: str | None = None,
+               tables: _Tables | None = None) -> pd.DataFrame:
     """One row per estimator: model and data randomisation (the run's first similarity,
     value [interval] and verdict; ``last_step`` is the step with every layer randomised,
     None for no model randomisation column), deletion without retraining (ours and
     Quantus' PixelFlipping, lower is better), ROAR and KAR (AUC [interval], rank
     interval, test against Random) and the mask-only accuracy at :data:`TRIO_STEP` %
-    removed. In a sweep over fills, the filled metrics of ``fill``."""
-    reps = reps or {}
+    removed. In a sweep over fills, the filled metrics of ``fill``. ``tables``: the
+    report's tables of the same run and estimators, when already computed."""
+    tables = tables or _Tables(df, estimators, chance, reps or {})
     sims = list(run.get("similarities") or [])
     sim = sims[0] if sims else "spearman_abs"
 
@@ -129,12 +123,11 @@ def trio_table(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
         return metric if fill is None else f"{metric}@{fill}"
 
     columns = {
-        "deletion AUC (MoRF)": _auc_column(curve_table(df, keyed("roar-noretrain"), estimators,
-                                                       reps), False),
+        "deletion AUC (MoRF)": _auc_column(tables.curve(keyed("roar-noretrain")), False),
         "PixelFlipping AUC (Quantus)": _pixel_flipping_column(df, estimators),
-        "ROAR AUC": _auc_column(curve_table(df, keyed("roar"), estimators, reps), True),
-        "KAR AUC": _auc_column(curve_table(df, keyed("kar"), estimators, reps), True),
-        f"mask-only accuracy at {TRIO_STEP:g}%": _leakage_column(df, estimators, chance, reps),
+        "ROAR AUC": _auc_column(tables.curve(keyed("roar")), True),
+        "KAR AUC": _auc_column(tables.curve(keyed("kar")), True),
+        f"mask-only accuracy at {TRIO_STEP:g}%": _leakage_column(tables.leakage()),
     }
     rows = []
     for e in estimators:
@@ -162,10 +155,11 @@ def _last_step(run: dict[str, Any], layers: list[str]) -> str | None:
 
 
 def trio_section(df: pd.DataFrame, run: dict[str, Any], estimators: list[str],
-                 layers: list[str], chance: float | None,
-                 reps: dict[Key, np.ndarray], fill: str | None = None) -> list[str]:
+                 layers: list[str], chance: float | None, reps: dict[Key, np.ndarray],
+                 fill: str | None = None, tables: _Tables | None = None) -> list[str]:
     """The report's section: the table and what each column and verdict means."""
-    table = trio_table(df, run, estimators, _last_step(run, layers), chance, reps, fill)
+    table = trio_table(df, run, estimators, _last_step(run, layers), chance, reps, fill,
+                       tables)
     values = table.drop(columns=["estimator"], errors="ignore")
     if table.empty or values.empty or values.isin(["n/a"]).all().all():
         return []

@@ -28,11 +28,13 @@ Plain PyTorch; Ray is imported only by :class:`RayExecutor` (the ``ray`` extra).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from multiprocessing import context as _mp_context
 from typing import Any
 
 __all__ = [
@@ -406,6 +408,97 @@ def check_picklable(value: Any, what: str) -> None:
                          f"import. {ways}")
 
 
+def _needs_main(fn: Callable[..., Any], args: tuple) -> bool:
+    """Whether a task refers to a function or class of ``__main__`` (the parent's script),
+    which its worker must then import. Arrays and tensors are not looked into: their
+    bytes name no class of ``__main__``."""
+    import io
+    import pickle
+
+    import numpy as np
+    import torch
+
+    class _Scan(pickle.Pickler):
+        def persistent_id(self, obj: Any) -> Any:
+            if type(obj) in (torch.Tensor, torch.nn.Parameter) or (
+                    type(obj) is np.ndarray and obj.dtype != object):
+                return 0
+            return None
+
+    buffer = io.BytesIO()
+    try:
+        _Scan(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((fn, _resolved(args)))
+    except Exception:  # pickled for real at submit, which reports the error
+        return True
+    return bool(_from_main(buffer.getvalue()))
+
+
+class _SpawnWithoutMain:
+    """:mod:`multiprocessing.spawn` whose preparation data leaves out the parent's
+    ``__main__``, so a new process does not run the parent's script again."""
+
+    def __getattr__(self, name: str) -> Any:
+        from multiprocessing import spawn
+
+        return getattr(spawn, name)
+
+    @staticmethod
+    def get_preparation_data(name: str) -> dict:
+        from multiprocessing import spawn
+
+        data = spawn.get_preparation_data(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+
+@functools.cache
+def _popen_without_main() -> Any:
+    """A ``Popen`` of ``spawn`` whose new process skips running the parent's ``__main__``
+    again, or None where multiprocessing launches processes otherwise (Windows)."""
+    import types
+
+    try:
+        from multiprocessing import popen_spawn_posix
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    launch = popen_spawn_posix.Popen._launch
+    if "spawn" not in launch.__code__.co_names:  # pragma: no cover - another stdlib
+        return None
+    # The stdlib's own launch, reading `spawn` from a namespace of its own: nothing
+    # global is patched, so processes started meanwhile by others are not affected.
+    namespace = dict(vars(popen_spawn_posix), spawn=_SpawnWithoutMain())
+    plain = types.FunctionType(launch.__code__, namespace, launch.__name__,
+                               launch.__defaults__, launch.__closure__)
+    return type("_PopenWithoutMain", (popen_spawn_posix.Popen,), {"_launch": plain})
+
+
+class _ProcessWithoutMain(_mp_context.SpawnProcess):
+    """A ``spawn`` process that does not run the parent's ``__main__`` again."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        popen = _popen_without_main()
+        return (popen or _mp_context.SpawnProcess._Popen)(process_obj)
+
+
+class _ContextWithoutMain(_mp_context.SpawnContext):
+    Process = _ProcessWithoutMain
+
+
+def _spawn_context(with_main: bool) -> Any:
+    """The ``spawn`` context, or with ``with_main=False`` one whose processes skip running
+    the parent's ``__main__`` module again. ``spawn`` imports the parent's script in
+    every worker (its top-level imports included: seconds for a script that imports
+    Quantus), which a worker only needs when a task refers to something defined there.
+    Where multiprocessing launches processes otherwise (Windows), plain ``spawn``."""
+    import multiprocessing
+
+    if with_main or _popen_without_main() is None:
+        return multiprocessing.get_context("spawn")
+    return _ContextWithoutMain()
+
+
 class _Lost(RuntimeError):
     """A task whose worker process died (killed, out of memory, or unable to start)."""
 
@@ -427,7 +520,10 @@ class ProcessExecutor(Executor):
     :meth:`close`, so imports and allocations are reused from task to task.
     Values given to :meth:`put` go into shared memory once and reach every task
     as a handle; results come back by value. Workers are started with ``spawn``
-    (never ``fork``, which is unsafe in a process that has run torch).
+    (never ``fork``, which is unsafe in a process that has run torch), and they
+    run the parent's script (``__main__``) again only when the tasks refer to a
+    function or class defined there: a script's top-level imports (Quantus
+    takes seconds) are not paid again in every worker otherwise.
 
     Everything a task gets is pickled: a model factory or retrainer must be
     importable (a module-level function or class, or a ``functools.partial`` of
@@ -451,22 +547,28 @@ class ProcessExecutor(Executor):
     """
 
     def __init__(self, workers: int | None = None, *, max_retries: int = 3):
-        import multiprocessing
         import sys
-        from concurrent.futures import ProcessPoolExecutor
 
         self.workers = check_workers(workers, "ProcessExecutor") or usable_cores()
         if sys.platform == "win32":  # the most ProcessPoolExecutor accepts there
             self.workers = min(self.workers, 61)
         self.max_retries = int(max_retries)
-        self._context = multiprocessing.get_context("spawn")
-        self._new_pool = lambda: ProcessPoolExecutor(self.workers, mp_context=self._context,
-                                                     initializer=_worker_start)
         self._pool: Any = None  # started at the first task, then kept until close()
+        self._with_main = False  # whether the pool's workers imported the parent's script
         # future -> (tag, fn, args, tries so far, the task's own error of an earlier try)
         self._futures: dict[Any, tuple[Hashable, Callable[..., Any], tuple, int,
                                        BaseException | None]] = {}
         self._ready: list[TaskResult] = []  # finished before a restart, not reported yet
+        # tasks that need the parent's script, waiting for a pool whose workers have it
+        self._held: list[tuple[Hashable, Callable[..., Any], tuple, int,
+                               BaseException | None]] = []
+
+    def _new_pool(self, with_main: bool) -> Any:
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._with_main = with_main
+        return ProcessPoolExecutor(self.workers, mp_context=_spawn_context(with_main),
+                                   initializer=_worker_start)
 
     def put(self, value: Any) -> Any:
         return _Shared(_share(value))
@@ -477,11 +579,19 @@ class ProcessExecutor(Executor):
 
     def _start(self, tag: Hashable, fn: Callable[..., Any], args: tuple, tries: int,
                own: BaseException | None) -> None:
+        """Submit a task; the first task decides whether the workers import the parent's
+        script (only when it refers to something defined there). A later task that needs
+        the script waits until the workers without it are idle, then gets new workers."""
         from concurrent.futures import BrokenExecutor
 
+        needs_main = (self._pool is None or not self._with_main) and _needs_main(fn, args)
+        if self._pool is not None and needs_main and not self._with_main:
+            self._held.append((tag, fn, args, tries, own))
+            self._release_held()
+            return
         for attempt in range(2):
             if self._pool is None:
-                self._pool = self._new_pool()
+                self._pool = self._new_pool(needs_main)
             try:
                 future = self._pool.submit(_run_in_worker, fn, *_resolved(args))
                 break
@@ -491,15 +601,29 @@ class ProcessExecutor(Executor):
                 self._restart()
         self._futures[future] = (tag, fn, args, tries, own)
 
+    def _release_held(self) -> None:
+        """Once no task runs, replace workers without the parent's script by workers with
+        it and submit the tasks that wait for them."""
+        if not self._held or self._futures:
+            return
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        held, self._held = self._held, []
+        self._pool = self._new_pool(True)
+        for entry in held:
+            self._start(*entry)
+
     def poll(self, block: bool = True) -> list[TaskResult]:
         out = self._poll_once(block)
-        while block and not out and (self._futures or self._ready):
+        while block and not out and (self._futures or self._ready or self._held):
             out = self._poll_once(True)
         return out
 
     def _poll_once(self, block: bool) -> list[TaskResult]:
         from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, wait
 
+        self._release_held()
         out, self._ready = self._ready, []
         if out or not self._futures:
             return out
@@ -550,7 +674,7 @@ class ProcessExecutor(Executor):
 
     @property
     def pending(self) -> int:
-        return len(self._futures) + len(self._ready)
+        return len(self._futures) + len(self._ready) + len(self._held)
 
     def close(self) -> None:
         """Stop the workers: at once, ending the tasks still running, when some are
@@ -559,6 +683,7 @@ class ProcessExecutor(Executor):
         running = bool(self._futures)
         self._futures.clear()
         self._ready.clear()
+        self._held.clear()
         if pool is None:
             return
         if running:

@@ -230,3 +230,81 @@ def test_the_default_executor_keeps_gpu_retrainers_in_this_process():
     cfg = RunConfig(**recipe_free, retrainer=process_helpers.GpuRetrainer())
     assert isinstance(_executor(cfg, None, None, lambda: None, torch.device("cpu")),
                       LocalExecutor)
+
+
+_SCRIPT = """
+import json, operator, os, sys
+from pathlib import Path
+
+MARKS = Path(sys.argv[1])
+(MARKS / str(os.getpid())).touch()  # every process that runs this script leaves a mark
+
+
+def from_script(x):
+    return x + 1
+
+
+def main():
+    from quantus_roar.executors import ProcessExecutor
+
+    def marks():
+        return len(list(MARKS.iterdir()))
+
+    out = {}
+    with ProcessExecutor(workers=2) as ex:
+        for i in range(4):
+            ex.submit(("plain", i), operator.add, i, 10)
+        out["plain"] = sorted(r.value for r in ex.drain())
+        out["marks after plain"] = marks()
+        ex.submit("plain again", operator.add, 1, 1)
+        ex.submit("from the script", from_script, 1)  # waits for workers with the script
+        out["mixed"] = sorted([str(r.tag), r.value] for r in ex.drain())
+        out["marks after mixed"] = marks()
+    with ProcessExecutor(workers=1) as ex:
+        ex.submit("first from the script", from_script, 5)
+        out["first"] = [r.value for r in ex.drain()]
+        out["marks after first"] = marks()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_workers_run_the_parents_script_only_when_a_task_needs_it(tmp_path):
+    """spawn re-runs the parent's script in every worker; tasks that need nothing from it
+    skip that, a task that does gets workers that ran it, after the others are done."""
+    import json
+    import subprocess
+    import sys
+
+    script, marks = tmp_path / "script.py", tmp_path / "marks"
+    script.write_text(_SCRIPT)
+    marks.mkdir()
+    done = subprocess.run([sys.executable, str(script), str(marks)], check=True,
+                          capture_output=True, text=True, timeout=300)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["plain"] == [10, 11, 12, 13]
+    assert out["marks after plain"] == 1  # the parent alone: no worker ran the script
+    assert out["mixed"] == [["from the script", 2], ["plain again", 2]]
+    assert out["marks after mixed"] >= 2  # the new worker ran it
+    assert out["first"] == [6]
+    assert out["marks after first"] == out["marks after mixed"] + 1
+
+
+def test_only_tasks_that_refer_to_main_need_it(monkeypatch):
+    import sys
+
+    from quantus_roar.executors import _needs_main
+
+    big = torch.zeros(1000)
+    assert not _needs_main(process_helpers.divide, (1.0, 2.0))
+    assert not _needs_main(process_helpers.worker_state, (big,))
+    assert not _needs_main(process_helpers.divide, (SmallCNN(), big.numpy()))
+    marker = type("Marker", (), {"__module__": "__main__"})
+    monkeypatch.setattr(sys.modules["__main__"], "Marker", marker, raising=False)
+    assert _needs_main(process_helpers.divide, ([1, {"deep": marker()}],))  # nested
+    assert _needs_main(marker, ())
+    lost = type("Lost", (), {"__module__": "__main__"})  # not findable: not for us to judge
+    assert _needs_main(process_helpers.divide, (lost,))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -54,6 +55,27 @@ _ENSEMBLE_DATA_BUDGET = 2 * 1024**3
 _OWN_KEYWORDS = ("model", "recipe", "model_fn", "device", "ensemble", "max_ensemble",
                  "num_workers")
 _OWN_CONSTRAINTS = {"max_ensemble": Int(1, optional=True), "num_workers": Int(0)}
+
+
+# torch wraps Optimizer.add_param_group (called by every optimizer's __init__) and
+# zero_grad in torch._disable_dynamo, and step in _use_grad_for_differentiable; both
+# wrappers import torch._dynamo -- over 1,000 modules, about 1.7 s -- the first time
+# they run in a process, so the first retrain of every worker process paid it. The
+# wrappers only matter when torch.compile traces the call, which this training loop
+# never does. These subclasses call the same methods without them (step under
+# no_grad, as the wrapper runs it when differentiable=False), so training is bit for
+# bit as with torch.optim.Adam and SGD (tests/test_retrain_cold.py).
+_ADD_PARAM_GROUP = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+
+
+class _Adam(torch.optim.Adam):
+    add_param_group = _ADD_PARAM_GROUP
+    step = torch.no_grad()(inspect.unwrap(torch.optim.Adam.step))
+
+
+class _SGD(torch.optim.SGD):
+    add_param_group = _ADD_PARAM_GROUP
+    step = torch.no_grad()(inspect.unwrap(torch.optim.SGD.step))
 
 
 def _rng_devices(device: torch.device) -> list[torch.device]:
@@ -563,11 +585,11 @@ class TorchRetrainer(RetrainerBase):
 
     def _optimizer(self, params: Sequence[torch.Tensor], steps: int):
         if self.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=self.lr,
-                                                          weight_decay=self.weight_decay)
+            opt: torch.optim.Optimizer = _Adam(params, lr=self.lr,
+                                               weight_decay=self.weight_decay)
         else:
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                                  weight_decay=self.weight_decay)
+            opt = _SGD(params, lr=self.lr, momentum=self.momentum,
+                       weight_decay=self.weight_decay)
         sched: Any = None
         if self.schedule == "onecycle":
             # Adam: torch's default cycles beta1 between 0.95 and 0.85 (the published recipe).
@@ -688,7 +710,8 @@ class TorchRetrainer(RetrainerBase):
             xb = self.augment(xb.flatten(0, 1), aug_gen).unflatten(0, xb.shape[:2])
         losses, loss = net.loss(xb, yb)
         bad = ~torch.isfinite(losses.detach())
-        opt.zero_grad(set_to_none=True)
+        for p in net.params:  # opt.zero_grad(set_to_none=True), which imports torch._dynamo
+            p.grad = None
         loss.backward()
         opt.step()
         if sched is not None:

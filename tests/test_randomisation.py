@@ -305,3 +305,49 @@ def test_runner_and_metrics_give_the_same_sanity_numbers(tmp_path):
         assert stored[step] == pytest.approx(value, abs=1e-6), step
     # The steps differ, so the agreement is not one of two constants.
     assert len({round(v, 3) for v in means.values()}) >= len(means) - 1
+
+
+def test_the_two_checks_share_floor_ceiling_and_original_explanations(tmp_path, monkeypatch):
+    """Run together, data randomisation reuses model randomisation's floor and ceiling
+    comparisons and original explanations (the same models, so the same numbers): the
+    cells equal those of each check run alone, bit for bit, with 3 fewer explanations
+    per estimator and repeat."""
+    import pandas as pd
+
+    from quantus_roar.benchmark import RunConfig, run
+    from quantus_roar.benchmark.context import RunContext
+    from quantus_roar.benchmark.store import ResultStore
+
+    calls = []
+    explained = RunContext.sanity_attributions
+
+    def counted(self, model, estimator):
+        calls.append(estimator)
+        return explained(self, model, estimator)
+
+    monkeypatch.setattr(RunContext, "sanity_attributions", counted)
+    common = dict(estimators=("Gradient", "GuidedBackprop"), percentages=(50,),
+                  sanity_samples=20, sanity_seeds=2, similarities=("spearman", "ssim"),
+                  device="cpu", max_epochs=4, min_train_accuracy=0.1)
+
+    def cells(out, metrics):
+        run(RunConfig(metrics=metrics, **common), out, progress=False, report=False)
+        with ResultStore.open_existing(out) as store:
+            df = store.frame().drop(columns=["wall_s", "fingerprint"])
+        return df.sort_values(["metric", "estimator", "param", "seed", "quantity"]
+                              ).reset_index(drop=True)
+
+    both = cells(tmp_path / "both", ("model-randomisation", "data-randomisation"))
+    n_both, calls[:] = len(calls), []
+    alone = pd.concat([cells(tmp_path / "model", ("model-randomisation",)),
+                       cells(tmp_path / "data", ("data-randomisation",))])
+    n_alone = len(calls)
+    alone = alone.sort_values(["metric", "estimator", "param", "seed", "quantity"]
+                              ).reset_index(drop=True)
+    pd.testing.assert_frame_equal(both, alone)
+    assert set(both.param[both.metric == "data-randomisation"]) >= {"floor", "ceiling",
+                                                                    "random_labels"}
+    layers = 3  # SmallCNN's convolutions and classifier
+    per_repeat_alone = (1 + layers + 2) + (1 + 3)  # original + steps, for each check
+    assert n_alone == 2 * 2 * per_repeat_alone - 2 * 2  # the original: once per check
+    assert n_both == n_alone - 2 * (2 * 2 + 1)  # floor, ceiling per repeat; the original

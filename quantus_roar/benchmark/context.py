@@ -96,6 +96,7 @@ class RunContext:
         self.test_ids = torch.arange(self.n_train, self.n_train + self.n_test)
         self.seeds = retrain_seeds(config.pipeline_seed, config.retrains)
         self._memo: dict[Any, Any] = {}
+        self._sanity_shared: tuple[str | None, dict[Any, Any]] = (None, {})
         #: Seconds spent per phase in this call (see :meth:`timed`).
         self.timings: dict[str, float] = {}
 
@@ -313,6 +314,14 @@ class RunContext:
                                        device=self.device,
                                        batch_size=self.config.explain_batch_size)
         return self.memo("sanity_targets", build)
+
+    def sanity_shared(self, estimator: str) -> dict[Any, Any]:
+        """What the two sanity checks of ``estimator`` share -- the original explanations,
+        the floor and ceiling comparisons -- kept for one estimator at a time (the plan
+        runs an estimator's checks one after the other)."""
+        if self._sanity_shared[0] != estimator:
+            self._sanity_shared = (estimator, {})
+        return self._sanity_shared[1]
 
     def sanity_attributions(self, model: nn.Module, estimator: str) -> torch.Tensor:
         x = self.tensor(self.data.x_test[self.sanity_index])

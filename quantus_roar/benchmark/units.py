@@ -228,17 +228,40 @@ def _by_repeat(keys: list[Key]) -> dict[int, list[Key]]:
 
 def _sanity_explain(ctx: RunContext, estimator: str) -> Explain:
     """The sanity cores' ``explain(model, step)`` with the run's cached estimator: the
-    original explanations are computed once per unit."""
-    original: list[torch.Tensor] = []
+    original explanations are computed once for both checks of the estimator."""
+    shared = ctx.sanity_shared(estimator)
 
     def explain(model: nn.Module, step: str) -> torch.Tensor:
         if step != "original":
             return ctx.sanity_attributions(model, estimator)
-        if not original:
-            original.append(ctx.sanity_attributions(ctx.model, estimator))
-        return original[0]
+        if "original" not in shared:
+            shared["original"] = ctx.sanity_attributions(ctx.model, estimator)
+        return shared["original"]
 
     return explain
+
+
+# Both sanity checks compare the original explanations with those of the same floor
+# model (every layer re-initialised with the repeat's floor seed) and the same ceiling
+# model (ctx.ceiling_model), so the same numbers: whichever check of an estimator runs
+# first computes these steps, the other reuses its comparisons.
+_SHARED_STEPS = ("floor", "ceiling")
+
+
+def _sharing(ctx: RunContext, estimator: str, s: int, steps: set[str],
+             compute: Callable[[set[str]], Iterator[Comparison]]) -> Iterator[Comparison]:
+    """The comparisons of ``steps`` in repeat ``s``: floor and ceiling from the estimator's
+    other check when it has computed them, the rest from ``compute(steps left)``."""
+    shared = ctx.sanity_shared(estimator)
+    reused = [shared[(s, step)] for step in _SHARED_STEPS
+              if step in steps and (s, step) in shared]
+    left = steps - {c.step for c in reused}
+    if left:
+        for c in compute(left):
+            if c.step in _SHARED_STEPS:
+                shared[(s, c.step)] = c
+            yield c
+    yield from reused
 
 
 def _counted(items: Iterator[Comparison], bar: Any) -> Iterator[Comparison]:
@@ -268,11 +291,11 @@ def _model_randomisation_unit(ctx: RunContext, metric: str, estimator: str,
     explain, cells = _sanity_explain(ctx, estimator), []
     bar = tqdm(total=len(keys), desc="randomising layers", leave=False, disable=not ctx.progress)
     for s, wanted in _by_repeat(keys).items():
-        steps = {key[2] for key in wanted}
-        comparisons = model_randomisation(
+        comparisons = _sharing(ctx, estimator, s, {key[2] for key in wanted},
+                               lambda steps, s=s: model_randomisation(
             ctx.model, explain, ctx.layers, seeds=ctx.sanity_seeds(s),
             similarities=ctx.config.similarities, layer_order=ctx.config.layer_order,
-            ceiling=ctx.ceiling_model(s) if "ceiling" in steps else None, steps=steps)
+            ceiling=ctx.ceiling_model(s) if "ceiling" in steps else None, steps=steps))
         cells += _sanity_cells(_counted(comparisons, bar), wanted)
     bar.close()
     return cells
@@ -291,13 +314,13 @@ def _data_randomisation_unit(ctx: RunContext, metric: str, estimator: str,
         return cells
     explain, cells = _sanity_explain(ctx, estimator), []
     for s, wanted in _by_repeat(keys).items():
-        steps = {key[2] for key in wanted}
-        comparisons = data_randomisation(
+        comparisons = _sharing(ctx, estimator, s, {key[2] for key in wanted},
+                               lambda steps, s=s: data_randomisation(
             ctx.model, explain, ctx.layers, seeds=ctx.sanity_seeds(s),
             similarities=ctx.config.similarities,
             random_label_model=(ctx.random_label_model(s)[0] if "random_labels" in steps
                                 else None),
-            ceiling=ctx.ceiling_model(s) if "ceiling" in steps else None, steps=steps)
+            ceiling=ctx.ceiling_model(s) if "ceiling" in steps else None, steps=steps))
         cells += _sanity_cells(comparisons, wanted)
     return cells
 

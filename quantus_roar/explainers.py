@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,7 @@ __all__ = [
     "FixedPrior",
     "FunctionalReLUError",
     "explain",
+    "explain_ensembles",
     "explanation_targets",
     "fixed_prior_source",
     "model_free",
@@ -433,8 +434,92 @@ def explain(
     .. [5] Khakzar et al., "Improving Feature Attribution through
        Input-specific Network Pruning", arXiv:1911.11081, 2019 (PruneGrad).
     """
-    owner = "explain"
     method, noise = _resolved(method, noise)
+    return _explained(model, inputs, targets, method, (noise,), n_samples, stdev, seed, device,
+                      batch_size, reduce_channels, method_kwargs)[noise]
+
+
+@validated(n_samples=Int(1), stdev=Real(0.0), seed=Seed(), batch_size=Int(1))
+def explain_ensembles(
+    model: nn.Module,
+    inputs: np.ndarray | torch.Tensor,
+    targets: np.ndarray | torch.Tensor | int,
+    *,
+    method: str = "Gradient",
+    noises: Sequence[str] = NOISE_TYPES,
+    n_samples: int = 15,
+    stdev: float = 0.15,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    reduce_channels: bool = False,
+    **method_kwargs: Any,
+) -> dict[str, np.ndarray]:
+    """Several noise ensembles of one base method from one set of noisy maps.
+
+    SmoothGrad, SmoothGrad² and VarGrad of a method average the same maps of
+    the same noisy copies in different ways; this computes the maps once and
+    returns each ensemble in ``noises``, each equal bit for bit to
+    ``explain(..., method=method, noise=<it>)`` with the same arguments, for
+    the cost of one.
+
+    Parameters
+    ----------
+    method : str
+        A base method of :func:`explain` (not a control, not a preset with its
+        own noise).
+    noises : sequence of str
+        Names in :data:`NOISE_TYPES`, without repeats.
+    model, inputs, targets, n_samples, stdev, seed, device, batch_size
+        As :func:`explain`.
+    reduce_channels, **method_kwargs
+        As :func:`explain`.
+
+    Returns
+    -------
+    dict
+        ``noise -> attributions`` (float32 arrays shaped like ``inputs``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from quantus_roar import SmallCNN
+    >>> model, x = SmallCNN(), torch.rand(3, 1, 8, 8)
+    >>> maps = explain_ensembles(model, x, [0, 1, 2], method="Gradient", n_samples=4)
+    >>> sorted(maps), bool((maps["VarGrad"] == explain(model, x, [0, 1, 2],
+    ...     method="Gradient_VarGrad", n_samples=4)).all())
+    (['SmoothGrad', 'SmoothGradSquared', 'VarGrad'], True)
+    """
+    owner = "explain_ensembles"
+    if isinstance(noises, str) or not noises:
+        raise ValueError(f"The 'noises' parameter of {owner} must be a non-empty sequence of "
+                         f"names in {list(NOISE_TYPES)}. Got {noises!r} instead.")
+    noises = tuple(noises)
+    for noise in noises:
+        check_choice(noise, "noises", owner, NOISE_TYPES)
+    if len(set(noises)) != len(noises):
+        raise ValueError(f"The 'noises' parameter of {owner} names a noise type twice: "
+                         f"{list(noises)}.")
+    preset = ESTIMATORS.get(QUANTUS_ALIASES.get(method, method), {}) if isinstance(
+        method, str) else {}
+    if preset.get("noise") is not None:
+        raise ValueError(f"{owner} needs a base method ({list(BASE_METHODS)}), not the preset "
+                         f"{method!r}, which has a noise type of its own.")
+    method, _ = _resolved(method, None)
+    if method in CONTROLS:
+        raise ValueError(f"{owner}(method={method!r}) is a control; it takes no noise "
+                         "ensemble.")
+    return _explained(model, inputs, targets, method, noises, n_samples, stdev, seed, device,
+                      batch_size, reduce_channels, method_kwargs)
+
+
+def _explained(model: nn.Module, inputs: Any, targets: Any, method: str,
+               noises: tuple[str | None, ...], n_samples: int, stdev: float, seed: int,
+               device: Any, batch_size: int, reduce_channels: bool,
+               method_kwargs: dict[str, Any]) -> dict[str | None, np.ndarray]:
+    """:func:`explain` and :func:`explain_ensembles` once the method is resolved: the
+    maps of each noise type in ``noises`` (None: no ensemble)."""
+    owner = "explain" if noises[0] is None or len(noises) == 1 else "explain_ensembles"
     check_model(model, owner)
     device = model_device(model, device)
     x = _input_tensor(inputs, "inputs", owner, model_dtype(model)).to(device)
@@ -452,10 +537,17 @@ def explain(
                      x_name="inputs").to(device)
 
     if method in CONTROLS:
-        out = _control(x, method, seed, method_kwargs)
+        maps = {None: _control(x, method, seed, method_kwargs)}
     else:
-        out = _explain_gradient_method(model, x, t, method, noise, int(n_samples), float(stdev),
-                                       seed, int(batch_size), method_kwargs)
+        maps = _explain_gradient_method(model, x, t, method, noises, int(n_samples),
+                                        float(stdev), seed, int(batch_size), method_kwargs)
+    return {noise: _finished(out, method, reduce_channels, method_kwargs)
+            for noise, out in maps.items()}
+
+
+def _finished(out: torch.Tensor, method: str, reduce_channels: bool,
+              method_kwargs: dict[str, Any]) -> np.ndarray:
+    """Maps summed over channels if asked, refused if not finite, as float32 numpy."""
     if reduce_channels and out.ndim >= 3:
         out = out.sum(dim=1, keepdim=True)
     bad = ~torch.isfinite(out)
@@ -603,18 +695,28 @@ def n_classes(model: nn.Module, x: torch.Tensor, owner: str = "n_classes") -> in
 
 
 def _explain_gradient_method(
-    model: nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, noise: str | None,
-    n_samples: int, stdev: float, seed: int, batch_size: int, method_kwargs: dict[str, Any],
-) -> torch.Tensor:
+    model: nn.Module, x: torch.Tensor, t: torch.Tensor, method: str,
+    noises: tuple[str | None, ...], n_samples: int, stdev: float, seed: int, batch_size: int,
+    method_kwargs: dict[str, Any],
+) -> dict[str | None, torch.Tensor]:
     with evaluating(model):
-        return _gradient_maps(model, x, t, method, noise, n_samples, stdev, seed, batch_size,
+        return _gradient_maps(model, x, t, method, noises, n_samples, stdev, seed, batch_size,
                               method_kwargs)
 
 
+# How each noise ensemble averages the maps of the noisy copies, (n_samples, N, ...).
+_ENSEMBLE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "SmoothGrad": lambda maps: maps.mean(0),
+    "SmoothGradSquared": lambda maps: (maps * maps).mean(0),
+    "VarGrad": lambda maps: ((maps * maps).mean(0) - maps.mean(0) ** 2).clamp_min(0.0),
+}
+
+
 def _gradient_maps(
-    model: nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, noise: str | None,
-    n_samples: int, stdev: float, seed: int, batch_size: int, method_kwargs: dict[str, Any],
-) -> torch.Tensor:
+    model: nn.Module, x: torch.Tensor, t: torch.Tensor, method: str,
+    noises: tuple[str | None, ...], n_samples: int, stdev: float, seed: int, batch_size: int,
+    method_kwargs: dict[str, Any],
+) -> dict[str | None, torch.Tensor]:
     if method == "GuidedBackprop":
         _check_relu_modules(model, x[:1])
     elif method == "PruneGrad":
@@ -633,19 +735,17 @@ def _gradient_maps(
                 parts.append(base(chunk, targets[i : i + batch_size]).detach())
         return torch.cat(parts)
 
-    if noise is None:
-        return run(x, t)
+    if noises == (None,):
+        return {None: run(x, t)}
     # Noisy copies of as many inputs at once as fit in a few batches.
     per_chunk = max(1, (4 * batch_size) // n_samples)
-    outs = []
+    outs: dict[str | None, list[torch.Tensor]] = {noise: [] for noise in noises}
     for start in range(0, len(x), per_chunk):
         xc, tc = x[start : start + per_chunk], t[start : start + per_chunk]
         noisy = noisy_inputs(xc, n_samples, stdev, seed)
         maps = run(noisy.flatten(0, 1), tc.repeat(n_samples)).unflatten(0, noisy.shape[:2])
-        if noise == "SmoothGrad":
-            outs.append(maps.mean(0))
-        elif noise == "SmoothGradSquared":
-            outs.append((maps * maps).mean(0))
-        else:
-            outs.append(((maps * maps).mean(0) - maps.mean(0) ** 2).clamp_min(0.0))
-    return torch.cat(outs)
+        for noise, parts in outs.items():
+            parts.append(_ENSEMBLE[noise](maps))
+    return {noise: torch.cat(parts) for noise, parts in outs.items()}
+
+

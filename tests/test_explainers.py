@@ -200,3 +200,40 @@ def test_every_estimator_runs_through_quantus_evaluate(digits):
         assert len(res["Sparseness"]) == len(x), name
     # the unmodified accuracy does not depend on the estimator
     assert len({res["ROARNoRetrain"][0] for res in results.values()}) == 1
+
+
+@pytest.mark.parametrize("base", ["Gradient", "IntegratedGradients", "GuidedBackprop",
+                                  "PruneGrad"])
+def test_noise_ensembles_together_equal_each_alone_bit_for_bit(base):
+    from quantus_roar.explainers import explain_ensembles
+
+    model = qr.SmallCNN().eval()
+    x = torch.rand(37, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.arange(37) % 10
+    maps = explain_ensembles(model, x, t, method=base, n_samples=6, batch_size=16, seed=3)
+    assert list(maps) == ["SmoothGrad", "SmoothGradSquared", "VarGrad"]
+    for noise, a in maps.items():
+        alone = explain(model, x, t, method=base, noise=noise, n_samples=6, batch_size=16,
+                        seed=3)
+        assert a.dtype == alone.dtype == np.float32 and np.array_equal(a, alone), noise
+    assert not np.array_equal(maps["SmoothGrad"], maps["VarGrad"])
+    two = explain_ensembles(model, x, t, method=base, noises=("VarGrad", "SmoothGrad"),
+                            n_samples=6, batch_size=16, seed=3, reduce_channels=True)
+    assert list(two) == ["VarGrad", "SmoothGrad"]
+    assert np.array_equal(two["VarGrad"], maps["VarGrad"].sum(1, keepdims=True))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"noises": ()}, "non-empty sequence"),
+    ({"noises": "VarGrad"}, "non-empty sequence"),
+    ({"noises": ("VarGrad", "VarGrad")}, "twice"),
+    ({"noises": ("Blur",)}, "noises"),
+    ({"method": "Random"}, "control"),
+    ({"method": "Gradient_VarGrad"}, "base method"),
+    ({"n_samples": 0}, "n_samples"),
+])
+def test_noise_ensembles_refuse_bad_arguments(kwargs, match):
+    from quantus_roar.explainers import explain_ensembles
+
+    with pytest.raises(ValueError, match=match):
+        explain_ensembles(qr.SmallCNN(), torch.rand(2, 1, 8, 8), [0, 1], **kwargs)

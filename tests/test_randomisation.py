@@ -351,3 +351,47 @@ def test_the_two_checks_share_floor_ceiling_and_original_explanations(tmp_path, 
     per_repeat_alone = (1 + layers + 2) + (1 + 3)  # original + steps, for each check
     assert n_alone == 2 * 2 * per_repeat_alone - 2 * 2  # the original: once per check
     assert n_both == n_alone - 2 * (2 * 2 + 1)  # floor, ceiling per repeat; the original
+
+
+@pytest.mark.parametrize("cap", [None, 0])
+def test_the_runner_computes_a_methods_noise_ensembles_together(tmp_path, monkeypatch, cap):
+    """SmoothGrad and VarGrad of one method average the same noisy maps: the runner
+    computes them once for both, attributions and sanity steps alike, and every cell
+    equals the one of a run of each estimator alone. With no room to hold maps
+    (cap 0) each is computed alone again, with the same cells."""
+    import pandas as pd
+
+    from quantus_roar.benchmark import RunConfig, run, specs
+    from quantus_roar.benchmark.store import ResultStore
+
+    calls = []
+    together = specs.explain_ensembles
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["noises"])
+        return together(*args, **kwargs)
+
+    monkeypatch.setattr(specs, "explain_ensembles", counted)
+    if cap is not None:
+        monkeypatch.setattr(specs, "SHARED_MAPS_BYTES", cap)
+    common = dict(percentages=(50,), sanity_samples=12, similarities=("spearman",),
+                  metrics=("roar-noretrain", "model-randomisation"), device="cpu")
+
+    def cells(out, estimators):
+        run(RunConfig(estimators=estimators, **common), out, progress=False, report=False)
+        with ResultStore.open_existing(out) as store:
+            df = store.frame().drop(columns=["wall_s", "fingerprint"])
+        return df[df.estimator != "-"]
+
+    pair = ("Gradient_SmoothGrad", "Gradient_VarGrad")
+    both = cells(tmp_path / "both", pair)
+    n_both = len(calls)
+    assert all(noises == ("SmoothGrad", "VarGrad") for noises in calls)
+    alone = pd.concat([cells(tmp_path / e, (e,)) for e in pair])
+    assert len(calls) == n_both  # one estimator of a method: explain as before
+    key = ["metric", "estimator", "param", "seed", "quantity"]
+    pd.testing.assert_frame_equal(both.sort_values(key).reset_index(drop=True),
+                                  alone.sort_values(key).reset_index(drop=True))
+    # test attributions, the original, 3 layers, floor and ceiling; each once for the pair
+    maps_needed = 1 + 1 + 3 + 2
+    assert n_both == (maps_needed if cap is None else 2 * maps_needed)

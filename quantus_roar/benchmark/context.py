@@ -20,7 +20,12 @@ from quantus_roar._io import disk_error, open_memmap, remove_quietly, write_with
 from quantus_roar._validation import as_tensor
 from quantus_roar.benchmark.config import RunConfig, file_name
 from quantus_roar.benchmark.datasets import BenchmarkData
-from quantus_roar.benchmark.specs import explainer, model_factory, recipe_retrainer
+from quantus_roar.benchmark.specs import (
+    explainer,
+    model_factory,
+    recipe_retrainer,
+    shared_noise_explainers,
+)
 from quantus_roar.executors import Executor
 from quantus_roar.explainers import FixedPrior, explanation_targets, fixed_prior_source
 from quantus_roar.randomisation import execution_order
@@ -91,6 +96,8 @@ class RunContext:
             if source is not None:
                 self.explainers.setdefault(source, explainer(config, source))
                 self.explainers[e] = self._prior_explainer(source)
+        # A method's noise ensembles from one set of noisy maps (the same maps, bit for bit).
+        self.explainers.update(shared_noise_explainers(config, list(self.explainers)))
         self.n_train, self.n_test = len(data.y_train), len(data.y_test)
         self.train_ids = torch.arange(self.n_train)
         self.test_ids = torch.arange(self.n_train, self.n_train + self.n_test)

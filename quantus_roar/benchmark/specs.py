@@ -4,6 +4,7 @@ the retrainer of the recipe. Each is checked before a run touches its folder."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import random
@@ -18,12 +19,19 @@ from torch import nn
 from quantus_roar._validation import as_tensor
 from quantus_roar.benchmark.config import RunConfig
 from quantus_roar.benchmark.datasets import BenchmarkData
-from quantus_roar.explainers import ESTIMATORS, explain, explanation_targets, fixed_prior_source
+from quantus_roar.explainers import (
+    ESTIMATORS,
+    explain,
+    explain_ensembles,
+    explanation_targets,
+    fixed_prior_source,
+)
 from quantus_roar.models import SmallCNN, SmallResNet
 from quantus_roar.retrain import TorchRetrainer
 
 __all__ = ["Explainer", "checked_model_factory", "explainer", "import_callable",
-           "import_factory", "model_factory", "probe_explainers", "recipe_retrainer"]
+           "import_factory", "model_factory", "probe_explainers", "recipe_retrainer",
+           "shared_noise_explainers"]
 
 # --------------------------------------------------------------------------- models
 
@@ -158,6 +166,91 @@ def explainer(config: RunConfig, name: str) -> Explainer:
 
 
 _PROBE = 2
+
+
+#: Bytes of noise-ensemble maps a run holds for their siblings at most (oldest dropped).
+SHARED_MAPS_BYTES = 1 << 30
+
+
+def _content_key(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                 device: torch.device) -> bytes:
+    """A digest of what a map depends on: the model's weights and buffers, the inputs, the
+    targets and the device (models are randomised in place, so not their identity)."""
+    h = hashlib.blake2b(digest_size=20)
+    for name, value in [*model.state_dict().items(), ("x", x), ("t", t)]:
+        if not isinstance(value, torch.Tensor):  # a module's extra state
+            h.update(f"{name}|{value!r}|".encode())
+            continue
+        v = value.detach().cpu()
+        h.update(f"{name}|{v.dtype}|{tuple(v.shape)}|".encode())
+        if v.is_quantized:
+            v = v.dequantize()
+        if v.dtype == torch.bfloat16:
+            v = v.float()
+        h.update(v.contiguous().numpy().tobytes())
+    h.update(str(device).encode())
+    return h.digest()
+
+
+class _Siblings:
+    """The noise ensembles of one base method in a run, computed together.
+
+    SmoothGrad, SmoothGrad² and VarGrad of a method average the same maps of the
+    same noisy copies (:func:`~quantus_roar.explainers.explain_ensembles`): the
+    first of them asked for a model and inputs computes all, and the others'
+    maps wait here, keyed by content, until they are asked for the same model
+    and inputs (their attributions, every step of the sanity checks), up to
+    :data:`SHARED_MAPS_BYTES`. A map is the same, bit for bit, as computed
+    alone.
+    """
+
+    def __init__(self, config: RunConfig, base: str, noises: dict[str, str]):
+        self.config, self.base, self.noises = config, base, noises  # estimator -> noise
+        self.held: dict[tuple[str, bytes], np.ndarray] = {}
+        self.bytes = 0
+
+    def _hold(self, key: tuple[str, bytes], a: np.ndarray) -> None:
+        if key in self.held:
+            self.bytes -= self.held.pop(key).nbytes
+        while self.held and self.bytes + a.nbytes > SHARED_MAPS_BYTES:
+            self.bytes -= self.held.pop(next(iter(self.held))).nbytes  # the oldest
+        if a.nbytes <= SHARED_MAPS_BYTES:
+            self.held[key] = a
+            self.bytes += a.nbytes
+
+    def explainer(self, name: str) -> Explainer:
+        def shared(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                   device: torch.device) -> np.ndarray:
+            content = _content_key(model, x, t, device)
+            if (name, content) in self.held:
+                a = self.held.pop((name, content))
+                self.bytes -= a.nbytes
+                return a
+            maps = explain_ensembles(model, x, t, method=self.base,
+                                     noises=tuple(self.noises.values()),
+                                     seed=self.config.pipeline_seed, device=device,
+                                     batch_size=self.config.explain_batch_size)
+            for other, noise in self.noises.items():
+                if other != name:
+                    self._hold((other, content), maps[noise])
+            return maps[self.noises[name]]
+        return shared
+
+
+def shared_noise_explainers(config: RunConfig, names: list[str]) -> dict[str, Explainer]:
+    """Explainers for the built-in noise ensembles among ``names`` that share a base method
+    with another of them (:class:`_Siblings`); the others are left out."""
+    groups: dict[str, dict[str, str]] = {}
+    for name in names:
+        spec = ESTIMATORS.get(name)
+        if spec is not None and spec["noise"] is not None:
+            groups.setdefault(spec["method"], {})[name] = spec["noise"]
+    out: dict[str, Explainer] = {}
+    for base, noises in groups.items():
+        if len(noises) > 1:
+            siblings = _Siblings(config, base, noises)
+            out.update({name: siblings.explainer(name) for name in noises})
+    return out
 
 
 def probe_explainers(config: RunConfig, data: BenchmarkData, factory: Callable[[], nn.Module],

@@ -32,6 +32,7 @@ import functools
 import logging
 import os
 import socket
+import types
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from multiprocessing import context as _mp_context
@@ -410,27 +411,38 @@ def check_picklable(value: Any, what: str) -> None:
 
 def _needs_main(fn: Callable[..., Any], args: tuple) -> bool:
     """Whether a task refers to a function or class of ``__main__`` (the parent's script),
-    which its worker must then import. Arrays and tensors are not looked into: their
-    bytes name no class of ``__main__``."""
-    import io
+    which its worker must then import: every object the task pickles is looked at,
+    but arrays and tensors (of classes defined elsewhere) are not looked into, and the
+    bytes are not kept."""
     import pickle
 
     import numpy as np
     import torch
 
+    found = []
+
+    class _Discard:
+        @staticmethod
+        def write(data: bytes) -> int:
+            return len(data)
+
     class _Scan(pickle.Pickler):
         def persistent_id(self, obj: Any) -> Any:
-            if type(obj) in (torch.Tensor, torch.nn.Parameter) or (
-                    type(obj) is np.ndarray and obj.dtype != object):
+            defined_there = isinstance(obj, (type, types.FunctionType)) and getattr(
+                obj, "__module__", None) == "__main__"
+            if defined_there or type(obj).__module__ == "__main__":
+                found.append(obj)
+                return 0
+            if isinstance(obj, torch.Tensor) or (
+                    isinstance(obj, np.ndarray) and obj.dtype != object):
                 return 0
             return None
 
-    buffer = io.BytesIO()
     try:
-        _Scan(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((fn, _resolved(args)))
+        _Scan(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump((fn, _resolved(args)))
     except Exception:  # pickled for real at submit, which reports the error
         return True
-    return bool(_from_main(buffer.getvalue()))
+    return bool(found)
 
 
 class _SpawnWithoutMain:
@@ -456,12 +468,10 @@ class _SpawnWithoutMain:
 def _popen_without_main() -> Any:
     """A ``Popen`` of ``spawn`` whose new process skips running the parent's ``__main__``
     again, or None where multiprocessing launches processes otherwise (Windows)."""
-    import types
-
-    try:
-        from multiprocessing import popen_spawn_posix
-    except ImportError:  # pragma: no cover - Windows
+    if os.name != "posix":  # pragma: no cover - Windows launches processes otherwise
         return None
+    from multiprocessing import popen_spawn_posix
+
     launch = popen_spawn_posix.Popen._launch
     if "spawn" not in launch.__code__.co_names:  # pragma: no cover - another stdlib
         return None
@@ -579,19 +589,20 @@ class ProcessExecutor(Executor):
 
     def _start(self, tag: Hashable, fn: Callable[..., Any], args: tuple, tries: int,
                own: BaseException | None) -> None:
-        """Submit a task; the first task decides whether the workers import the parent's
-        script (only when it refers to something defined there). A later task that needs
-        the script waits until the workers without it are idle, then gets new workers."""
+        """Submit a task. Workers run the parent's script only once a task refers to
+        something defined there (then every later pool does too); such a task, and every
+        task after it, waits while workers without the script run tasks, then gets new
+        workers."""
         from concurrent.futures import BrokenExecutor
 
-        needs_main = (self._pool is None or not self._with_main) and _needs_main(fn, args)
-        if self._pool is not None and needs_main and not self._with_main:
+        needs_main = not self._with_main and _needs_main(fn, args)
+        if self._held or (self._pool is not None and needs_main):
             self._held.append((tag, fn, args, tries, own))
             self._release_held()
             return
         for attempt in range(2):
             if self._pool is None:
-                self._pool = self._new_pool(needs_main)
+                self._pool = self._new_pool(needs_main or self._with_main)
             try:
                 future = self._pool.submit(_run_in_worker, fn, *_resolved(args))
                 break
@@ -603,16 +614,21 @@ class ProcessExecutor(Executor):
 
     def _release_held(self) -> None:
         """Once no task runs, replace workers without the parent's script by workers with
-        it and submit the tasks that wait for them."""
+        it and submit the tasks that wait, in order."""
         if not self._held or self._futures:
             return
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        if not self._with_main:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.shutdown(wait=True)
+            self._pool = self._new_pool(True)
         held, self._held = self._held, []
-        self._pool = self._new_pool(True)
-        for entry in held:
-            self._start(*entry)
+        for i, entry in enumerate(held):
+            try:
+                self._start(*entry)
+            except BaseException:
+                self._held = held[i:] + self._held  # still pending, not lost
+                raise
 
     def poll(self, block: bool = True) -> list[TaskResult]:
         out = self._poll_once(block)

@@ -318,21 +318,22 @@ def explanation_targets(model: nn.Module, x: Any, y: Any, target: str, *,
 # --------------------------------------------------------------------------- public
 
 
-def _resolved(method: str, noise: str | None) -> tuple[str, str | None]:
+def _resolved(method: str, noise: str | None, owner: str = "explain"
+              ) -> tuple[str, str | None]:
     """The base method and noise ensemble of ``explain(method=..., noise=...)``: Quantus'
     names and the estimator presets (``"IntegratedGradients_VarGrad"``) resolved."""
     method = QUANTUS_ALIASES.get(method, method)
     if method in ESTIMATORS and method not in BASE_METHODS + CONTROLS:
         preset = ESTIMATORS[method]
         if noise is not None and noise != preset["noise"]:
-            raise ValueError(f"explain(method={method!r}) already implies "
+            raise ValueError(f"{owner}(method={method!r}) already implies "
                              f"noise={preset['noise']!r}; got noise={noise!r} as well.")
         method, noise = preset["method"], preset["noise"]
-    check_choice(method, "method", "explain",
+    check_choice(method, "method", owner,
                  tuple(dict.fromkeys((*BASE_METHODS, *CONTROLS, *ESTIMATORS, *QUANTUS_ALIASES))))
-    check_choice(noise, "noise", "explain", (None, *NOISE_TYPES))
+    check_choice(noise, "noise", owner, (None, *NOISE_TYPES))
     if noise is not None and method in CONTROLS:
-        raise ValueError(f"explain(method={method!r}) is a control; it takes no noise "
+        raise ValueError(f"{owner}(method={method!r}) is a control; it takes no noise "
                          f"ensemble. Got noise={noise!r}.")
     return method, noise
 
@@ -436,7 +437,7 @@ def explain(
     """
     method, noise = _resolved(method, noise)
     return _explained(model, inputs, targets, method, (noise,), n_samples, stdev, seed, device,
-                      batch_size, reduce_channels, method_kwargs)[noise]
+                      batch_size, reduce_channels, method_kwargs, "explain")[noise]
 
 
 @validated(n_samples=Int(1), stdev=Real(0.0), seed=Seed(), batch_size=Int(1))
@@ -505,21 +506,20 @@ def explain_ensembles(
     if preset.get("noise") is not None:
         raise ValueError(f"{owner} needs a base method ({list(BASE_METHODS)}), not the preset "
                          f"{method!r}, which has a noise type of its own.")
-    method, _ = _resolved(method, None)
+    method, _ = _resolved(method, None, owner)
     if method in CONTROLS:
         raise ValueError(f"{owner}(method={method!r}) is a control; it takes no noise "
                          "ensemble.")
     return _explained(model, inputs, targets, method, noises, n_samples, stdev, seed, device,
-                      batch_size, reduce_channels, method_kwargs)
+                      batch_size, reduce_channels, method_kwargs, owner)
 
 
 def _explained(model: nn.Module, inputs: Any, targets: Any, method: str,
                noises: tuple[str | None, ...], n_samples: int, stdev: float, seed: int,
                device: Any, batch_size: int, reduce_channels: bool,
-               method_kwargs: dict[str, Any]) -> dict[str | None, np.ndarray]:
-    """:func:`explain` and :func:`explain_ensembles` once the method is resolved: the
-    maps of each noise type in ``noises`` (None: no ensemble)."""
-    owner = "explain" if noises[0] is None or len(noises) == 1 else "explain_ensembles"
+               method_kwargs: dict[str, Any], owner: str) -> dict[str | None, np.ndarray]:
+    """:func:`explain` and :func:`explain_ensembles` (``owner``) once the method is
+    resolved: the maps of each noise type in ``noises`` (None: no ensemble)."""
     check_model(model, owner)
     device = model_device(model, device)
     x = _input_tensor(inputs, "inputs", owner, model_dtype(model)).to(device)

@@ -3,6 +3,7 @@ same numbers for any number of workers and on every executor."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import process_helpers
 import pytest
@@ -258,7 +259,11 @@ def main():
         out["marks after plain"] = marks()
         ex.submit("plain again", operator.add, 1, 1)
         ex.submit("from the script", from_script, 1)  # waits for workers with the script
+        ex.submit("plain after", operator.add, 2, 2)  # waits behind it
+        out["pending"] = ex.pending
         out["mixed"] = sorted([str(r.tag), r.value] for r in ex.drain())
+        ex.submit("plain last", operator.add, 3, 3)  # the workers with the script stay
+        out["last"] = [r.value for r in ex.drain()]
         out["marks after mixed"] = marks()
     with ProcessExecutor(workers=1) as ex:
         ex.submit("first from the script", from_script, 5)
@@ -287,7 +292,9 @@ def test_workers_run_the_parents_script_only_when_a_task_needs_it(tmp_path):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["plain"] == [10, 11, 12, 13]
     assert out["marks after plain"] == 1  # the parent alone: no worker ran the script
-    assert out["mixed"] == [["from the script", 2], ["plain again", 2]]
+    assert out["pending"] == 3
+    assert out["mixed"] == [["from the script", 2], ["plain after", 4], ["plain again", 2]]
+    assert out["last"] == [6]
     assert out["marks after mixed"] >= 2  # the new worker ran it
     assert out["first"] == [6]
     assert out["marks after first"] == out["marks after mixed"] + 1
@@ -308,3 +315,17 @@ def test_only_tasks_that_refer_to_main_need_it(monkeypatch):
     assert _needs_main(marker, ())
     lost = type("Lost", (), {"__module__": "__main__"})  # not findable: not for us to judge
     assert _needs_main(process_helpers.divide, (lost,))
+    # The name "__main__" pickled before the references (memoised: no literal string)
+    assert _needs_main(process_helpers.divide, ("__main__", [marker(), marker()]))
+    assert not _needs_main(process_helpers.divide, ("__main__", big.numpy().view(np.memmap)))
+
+
+def test_workers_run_the_script_where_processes_are_not_launched_by_posix_spawn(monkeypatch):
+    import multiprocessing
+
+    from quantus_roar import executors
+
+    monkeypatch.setattr(executors.os, "name", "nt")
+    assert executors._popen_without_main.__wrapped__() is None
+    monkeypatch.setattr(executors, "_popen_without_main", lambda: None)
+    assert executors._spawn_context(False) is multiprocessing.get_context("spawn")

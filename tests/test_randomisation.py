@@ -353,27 +353,34 @@ def test_the_two_checks_share_floor_ceiling_and_original_explanations(tmp_path, 
     assert n_both == n_alone - 2 * (2 * 2 + 1)  # floor, ceiling per repeat; the original
 
 
-@pytest.mark.parametrize("cap", [None, 0])
-def test_the_runner_computes_a_methods_noise_ensembles_together(tmp_path, monkeypatch, cap):
+@pytest.mark.parametrize("mode", ["shared", "no room", "an ensemble fails"])
+def test_the_runner_computes_a_methods_noise_ensembles_together(tmp_path, monkeypatch, mode):
     """SmoothGrad and VarGrad of one method average the same noisy maps: the runner
     computes them once for both, attributions and sanity steps alike, and every cell
-    equals the one of a run of each estimator alone. With no room to hold maps
-    (cap 0) each is computed alone again, with the same cells."""
+    equals the one of a run of each estimator alone. With no room to hold maps, or
+    when the joint call fails, each is computed alone, with the same cells."""
     import pandas as pd
 
     from quantus_roar.benchmark import RunConfig, run, specs
     from quantus_roar.benchmark.store import ResultStore
 
-    calls = []
-    together = specs.explain_ensembles
+    calls, alone_calls = [], []
+    together, one = specs.explain_ensembles, specs.explain
 
     def counted(*args, **kwargs):
         calls.append(kwargs["noises"])
+        if mode == "an ensemble fails":
+            raise ValueError("explain(method='Gradient') produced 1 NaN or inf value(s)")
         return together(*args, **kwargs)
 
+    def counted_alone(*args, **kwargs):
+        alone_calls.append(kwargs["noise"])
+        return one(*args, **kwargs)
+
     monkeypatch.setattr(specs, "explain_ensembles", counted)
-    if cap is not None:
-        monkeypatch.setattr(specs, "SHARED_MAPS_BYTES", cap)
+    monkeypatch.setattr(specs, "explain", counted_alone)
+    if mode == "no room":
+        monkeypatch.setattr(specs, "SHARED_MAPS_BYTES", 0)
     common = dict(percentages=(50,), sanity_samples=12, similarities=("spearman",),
                   metrics=("roar-noretrain", "model-randomisation"), device="cpu")
 
@@ -385,7 +392,7 @@ def test_the_runner_computes_a_methods_noise_ensembles_together(tmp_path, monkey
 
     pair = ("Gradient_SmoothGrad", "Gradient_VarGrad")
     both = cells(tmp_path / "both", pair)
-    n_both = len(calls)
+    n_both, n_alone = len(calls), len(alone_calls)
     assert all(noises == ("SmoothGrad", "VarGrad") for noises in calls)
     alone = pd.concat([cells(tmp_path / e, (e,)) for e in pair])
     assert len(calls) == n_both  # one estimator of a method: explain as before
@@ -394,4 +401,7 @@ def test_the_runner_computes_a_methods_noise_ensembles_together(tmp_path, monkey
                                   alone.sort_values(key).reset_index(drop=True))
     # test attributions, the original, 3 layers, floor and ceiling; each once for the pair
     maps_needed = 1 + 1 + 3 + 2
-    assert n_both == (maps_needed if cap is None else 2 * maps_needed)
+    assert n_both == maps_needed  # asked by the first of the pair
+    expected_alone = {"shared": [], "no room": ["VarGrad"] * maps_needed,
+                      "an ensemble fails": ["SmoothGrad", "VarGrad"] * maps_needed}[mode]
+    assert sorted(alone_calls[:n_alone]) == sorted(expected_alone)

@@ -192,63 +192,96 @@ def _content_key(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
     return h.digest()
 
 
+class _HeldMaps:
+    """Maps computed ahead for an estimator, by (estimator, content), for the whole run:
+    at most :data:`SHARED_MAPS_BYTES`, the oldest dropped first."""
+
+    def __init__(self) -> None:
+        self.maps: dict[tuple[str, bytes], np.ndarray] = {}
+        self.bytes = 0
+
+    def take(self, key: tuple[str, bytes]) -> np.ndarray | None:
+        a = self.maps.pop(key, None)
+        if a is not None:
+            self.bytes -= a.nbytes
+        return a
+
+    def hold(self, key: tuple[str, bytes], a: np.ndarray) -> None:
+        self.take(key)
+        if a.nbytes > SHARED_MAPS_BYTES:
+            return
+        while self.maps and self.bytes + a.nbytes > SHARED_MAPS_BYTES:
+            self.take(next(iter(self.maps)))  # the oldest
+        self.maps[key] = a
+        self.bytes += a.nbytes
+
+
 class _Siblings:
     """The noise ensembles of one base method in a run, computed together.
 
     SmoothGrad, SmoothGrad² and VarGrad of a method average the same maps of the
-    same noisy copies (:func:`~quantus_roar.explainers.explain_ensembles`): the
-    first of them asked for a model and inputs computes all, and the others'
-    maps wait here, keyed by content, until they are asked for the same model
-    and inputs (their attributions, every step of the sanity checks), up to
-    :data:`SHARED_MAPS_BYTES`. A map is the same, bit for bit, as computed
-    alone.
+    same noisy copies (:func:`~quantus_roar.explainers.explain_ensembles`): when
+    one of them is asked for a model and inputs, all are computed, and the maps
+    of the siblings after it in the run's order wait in the run's
+    :class:`_HeldMaps`, keyed by content, until they are asked for the same
+    model and inputs (their attributions, every step of the sanity checks). A
+    map is the same, bit for bit, as computed alone; one that is not held (no
+    room, or a model whose weights cannot be hashed) is computed again, as
+    before, and an ensemble that fails (NaN or inf) fails only its own
+    estimator.
     """
 
-    def __init__(self, config: RunConfig, base: str, noises: dict[str, str]):
-        self.config, self.base, self.noises = config, base, noises  # estimator -> noise
-        self.held: dict[tuple[str, bytes], np.ndarray] = {}
-        self.bytes = 0
+    def __init__(self, config: RunConfig, base: str, noises: dict[str, str],
+                 held: _HeldMaps):
+        self.config, self.base, self.noises, self.held = config, base, noises, held
+        self.order = list(noises)  # estimator -> noise, in the run's order
 
-    def _hold(self, key: tuple[str, bytes], a: np.ndarray) -> None:
-        if key in self.held:
-            self.bytes -= self.held.pop(key).nbytes
-        while self.held and self.bytes + a.nbytes > SHARED_MAPS_BYTES:
-            self.bytes -= self.held.pop(next(iter(self.held))).nbytes  # the oldest
-        if a.nbytes <= SHARED_MAPS_BYTES:
-            self.held[key] = a
-            self.bytes += a.nbytes
+    def _alone(self, name: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+               device: torch.device) -> np.ndarray:
+        return explain(model, x, t, **ESTIMATORS[name], seed=self.config.pipeline_seed,
+                       device=device, batch_size=self.config.explain_batch_size)
 
     def explainer(self, name: str) -> Explainer:
+        later = self.order[self.order.index(name) + 1:]
+
         def shared(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
                    device: torch.device) -> np.ndarray:
-            content = _content_key(model, x, t, device)
-            if (name, content) in self.held:
-                a = self.held.pop((name, content))
-                self.bytes -= a.nbytes
-                return a
-            maps = explain_ensembles(model, x, t, method=self.base,
-                                     noises=tuple(self.noises.values()),
-                                     seed=self.config.pipeline_seed, device=device,
-                                     batch_size=self.config.explain_batch_size)
-            for other, noise in self.noises.items():
-                if other != name:
-                    self._hold((other, content), maps[noise])
+            try:
+                content = _content_key(model, x, t, device)
+            except (TypeError, RuntimeError):  # weights numpy cannot read
+                return self._alone(name, model, x, t, device)
+            ready = self.held.take((name, content))
+            if ready is not None:
+                return ready
+            if not later:
+                return self._alone(name, model, x, t, device)
+            try:
+                maps = explain_ensembles(
+                    model, x, t, method=self.base,
+                    noises=tuple(self.noises[e] for e in [name, *later]),
+                    seed=self.config.pipeline_seed, device=device,
+                    batch_size=self.config.explain_batch_size)
+            except ValueError:  # one ensemble not finite: each on its own, as before
+                return self._alone(name, model, x, t, device)
+            for other in later:
+                self.held.hold((other, content), maps[self.noises[other]])
             return maps[self.noises[name]]
         return shared
 
 
 def shared_noise_explainers(config: RunConfig, names: list[str]) -> dict[str, Explainer]:
-    """Explainers for the built-in noise ensembles among ``names`` that share a base method
-    with another of them (:class:`_Siblings`); the others are left out."""
+    """Explainers for the built-in noise ensembles among ``names`` (in the run's order)
+    that share a base method with another of them (:class:`_Siblings`), holding maps in
+    one store for the run; the others are left out."""
     groups: dict[str, dict[str, str]] = {}
     for name in names:
         spec = ESTIMATORS.get(name)
         if spec is not None and spec["noise"] is not None:
             groups.setdefault(spec["method"], {})[name] = spec["noise"]
-    out: dict[str, Explainer] = {}
+    held, out = _HeldMaps(), {}
     for base, noises in groups.items():
         if len(noises) > 1:
-            siblings = _Siblings(config, base, noises)
+            siblings = _Siblings(config, base, noises, held)
             out.update({name: siblings.explainer(name) for name in noises})
     return out
 

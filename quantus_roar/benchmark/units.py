@@ -291,11 +291,13 @@ def _model_randomisation_unit(ctx: RunContext, metric: str, estimator: str,
     explain, cells = _sanity_explain(ctx, estimator), []
     bar = tqdm(total=len(keys), desc="randomising layers", leave=False, disable=not ctx.progress)
     for s, wanted in _by_repeat(keys).items():
-        comparisons = _sharing(ctx, estimator, s, {key[2] for key in wanted},
-                               lambda steps, s=s: model_randomisation(
-            ctx.model, explain, ctx.layers, seeds=ctx.sanity_seeds(s),
-            similarities=ctx.config.similarities, layer_order=ctx.config.layer_order,
-            ceiling=ctx.ceiling_model(s) if "ceiling" in steps else None, steps=steps))
+        def compute(steps: set[str], s: int = s) -> Iterator[Comparison]:
+            return model_randomisation(
+                ctx.model, explain, ctx.layers, seeds=ctx.sanity_seeds(s),
+                similarities=ctx.config.similarities, layer_order=ctx.config.layer_order,
+                ceiling=ctx.ceiling_model(s) if "ceiling" in steps else None, steps=steps)
+
+        comparisons = _sharing(ctx, estimator, s, {key[2] for key in wanted}, compute)
         cells += _sanity_cells(_counted(comparisons, bar), wanted)
     bar.close()
     return cells
@@ -314,13 +316,15 @@ def _data_randomisation_unit(ctx: RunContext, metric: str, estimator: str,
         return cells
     explain, cells = _sanity_explain(ctx, estimator), []
     for s, wanted in _by_repeat(keys).items():
-        comparisons = _sharing(ctx, estimator, s, {key[2] for key in wanted},
-                               lambda steps, s=s: data_randomisation(
-            ctx.model, explain, ctx.layers, seeds=ctx.sanity_seeds(s),
-            similarities=ctx.config.similarities,
-            random_label_model=(ctx.random_label_model(s)[0] if "random_labels" in steps
-                                else None),
-            ceiling=ctx.ceiling_model(s) if "ceiling" in steps else None, steps=steps))
+        def compute(steps: set[str], s: int = s) -> Iterator[Comparison]:
+            return data_randomisation(
+                ctx.model, explain, ctx.layers, seeds=ctx.sanity_seeds(s),
+                similarities=ctx.config.similarities,
+                random_label_model=(ctx.random_label_model(s)[0] if "random_labels" in steps
+                                    else None),
+                ceiling=ctx.ceiling_model(s) if "ceiling" in steps else None, steps=steps)
+
+        comparisons = _sharing(ctx, estimator, s, {key[2] for key in wanted}, compute)
         cells += _sanity_cells(comparisons, wanted)
     return cells
 

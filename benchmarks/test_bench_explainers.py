@@ -120,3 +120,27 @@ def test_prunegrad_against_gradient(benchmark, case):
     print(f"\n{case}: PruneGrad {min(prune) * 1000:.1f} ms, Gradient {min(grad) * 1000:.1f} ms "
           f"({ratio:.2f}x; target at most {PRUNEGRAD_FACTOR}x)")
     assert ratio <= PRUNEGRAD_FACTOR
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_noise_ensembles_together(benchmark, case):
+    """A method's three noise ensembles from one set of noisy maps (explain_ensembles)
+    against three explain calls, in the same run; the maps are the same bit for bit.
+    Target: the three together cost about one ensemble (under 0.5x the three calls)."""
+    from quantus_roar.explainers import NOISE_TYPES, explain_ensembles
+
+    model, x, y = CASES[case]()
+    together = benchmark.pedantic(
+        lambda: explain_ensembles(model, x, y, method="Gradient"), rounds=3, iterations=1)
+    t_together = best_time(lambda: explain_ensembles(model, x, y, method="Gradient"))
+    t_apart = best_time(lambda: [explain(model, x, y, method="Gradient", noise=n)
+                                 for n in NOISE_TYPES])
+    for noise in NOISE_TYPES:
+        assert np.array_equal(together[noise], explain(model, x, y, method="Gradient",
+                                                       noise=noise))
+    ratio = t_together / t_apart
+    benchmark.extra_info.update(together_s=t_together, apart_s=t_apart, ratio=ratio)
+    print(f"\n{case}: Gradient's SmoothGrad, SmoothGrad² and VarGrad together "
+          f"{t_together * 1000:.0f} ms, as three explain calls {t_apart * 1000:.0f} ms "
+          f"({ratio:.2f}x; target under 0.5x)")
+    assert ratio < 0.5

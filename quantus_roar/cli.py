@@ -254,7 +254,8 @@ def _command(args: argparse.Namespace) -> int:
         if executor is not None and not isinstance(executor, str):
             executor.close()
     print(f"{len(summary.computed)} cells computed, {summary.skipped} already stored, "
-          f"{summary.wall_s:.1f} s. Report: {args.out / 'report.md'}")
+          f"{summary.wall_s:.1f} s, report {summary.report_s:.1f} s. "
+          f"Report: {args.out / 'report.md'}")
     if summary.failed:
         for metric, estimator, error in summary.failed:
             print(f"quantus-roar: {metric} {estimator} failed on every retry: {error}",

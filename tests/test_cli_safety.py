@@ -7,6 +7,7 @@ a few seconds each.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -209,7 +210,9 @@ def test_fresh_on_a_finished_run_clears_only_its_files_and_recomputes(
     (out / "attributions" / "Random.test.partial.npy").write_bytes(b"stale")
     capsys.readouterr()
     assert _run(out, "--fresh") == 0
-    assert f"{n // 2} cells computed, 0 already stored" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{n // 2} cells computed, 0 already stored" in printed
+    assert re.search(r", report \d+\.\d s\. Report: ", printed)  # the report's own time
     assert _cells(out) == n
     assert (out / "cache" / "notes.txt").read_text() == "mine"
     assert (out / "figures" / "extra.png").read_bytes() == b"mine"
@@ -755,3 +758,11 @@ def test_a_builtin_model_imports_nothing_from_the_working_folder(tmp_path, monke
     assert _run(tmp_path / "out", "--model", "smallcnn") == 0
     assert not marker.exists()
     assert "evilmod" not in sys.modules and "smallcnn" not in sys.modules
+
+
+def test_the_summary_times_the_report_apart(tmp_path):
+    with_report = run(RunConfig(**TINY_CONFIG), tmp_path / "a", progress=False)
+    without = run(RunConfig(**TINY_CONFIG), tmp_path / "b", progress=False, report=False)
+    assert with_report.report_s > 0 and (tmp_path / "a" / "report.md").is_file()
+    assert without.report_s == 0 and not (tmp_path / "b" / "report.md").exists()
+    assert "quantus-roar run` prints its time" in (tmp_path / "a" / "report.md").read_text()

@@ -922,7 +922,9 @@ def _timings_lines(timings: Any) -> list[str]:
                                            f", {workers} worker{'s' if workers != 1 else ''}")
     return [f"Time per phase in the last call of the run ({where}): " + ", ".join(shown)
             + ". Masks and retraining are summed over the processes that ran them, so with "
-            "workers they overlap with the other phases and with each other.", ""]
+            "workers they overlap with the other phases and with each other. Building this "
+            "report comes after them: `quantus-roar run` prints its time on its last line "
+            "(`RunSummary.report_s`).", ""]
 
 
 def _curve_sections(tables: _Tables, fills: list[str | None]) -> list[str]:

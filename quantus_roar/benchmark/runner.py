@@ -93,6 +93,9 @@ class RunSummary:
     skipped : int
         Cells found already stored and not recomputed.
     wall_s : float
+        Seconds of the call before the report (every phase in ``report.md``).
+    report_s : float
+        Seconds spent building the report (0 without one).
     failed : list of (metric, estimator, error)
         Retraining tasks that failed on every retry; their cells are missing
         and a rerun computes them.
@@ -104,6 +107,7 @@ class RunSummary:
     computed: list[Key] = field(default_factory=list)
     skipped: int = 0
     wall_s: float = 0.0
+    report_s: float = 0.0
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     repeats: list[RunSummary] = field(default_factory=list)
 
@@ -280,6 +284,7 @@ def run(
                 from quantus_roar.benchmark.report import build_report
 
                 build_report(out)
+                summary.report_s = time.perf_counter() - t0 - summary.wall_s
     finally:
         if ex is not executor:
             ex.close()

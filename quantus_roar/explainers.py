@@ -490,6 +490,14 @@ def explain_ensembles(
     >>> sorted(maps), bool((maps["VarGrad"] == explain(model, x, [0, 1, 2],
     ...     method="Gradient_VarGrad", n_samples=4)).all())
     (['SmoothGrad', 'SmoothGradSquared', 'VarGrad'], True)
+
+    References
+    ----------
+    .. [1] Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017.
+    .. [2] Hooker et al., "A Benchmark for Interpretability Methods in Deep
+       Neural Networks", NeurIPS 2019 (SmoothGrad²).
+    .. [3] Adebayo et al., "Local Explanation Methods for Deep Neural Networks
+       Lack Sensitivity to Parameter Values", ICLR workshop 2018 (VarGrad).
     """
     owner = "explain_ensembles"
     if isinstance(noises, str) or not noises:

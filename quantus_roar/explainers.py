@@ -509,12 +509,11 @@ def explain_ensembles(
     if len(set(noises)) != len(noises):
         raise ValueError(f"The 'noises' parameter of {owner} names a noise type twice: "
                          f"{list(noises)}.")
-    preset = ESTIMATORS.get(QUANTUS_ALIASES.get(method, method), {}) if isinstance(
-        method, str) else {}
-    if preset.get("noise") is not None:
+    base, implied = _resolved(method, None, owner)
+    if implied is not None:
         raise ValueError(f"{owner} needs a base method ({list(BASE_METHODS)}), not the preset "
                          f"{method!r}, which has a noise type of its own.")
-    method, _ = _resolved(method, None, owner)
+    method = base
     if method in CONTROLS:
         raise ValueError(f"{owner}(method={method!r}) is a control; it takes no noise "
                          "ensemble.")

@@ -97,8 +97,8 @@ class _Layers:
                 h.remove()
 
 
-def _check_layers(model: nn.Module, layers: _Layers) -> None:
-    if not layers.modules:
+def _check_layers(model: nn.Module, modules: list[nn.Module]) -> None:
+    if not modules:
         raise FunctionalReLUError(
             f"PruneGrad prunes the outputs of activation modules (nn.ReLU, nn.GELU, ...), but "
             f"{type(model).__name__} has none. Apply its nonlinearities as modules "
@@ -110,7 +110,7 @@ def check_activation_modules(model: nn.Module, example: torch.Tensor) -> None:
     ``example`` is an activation module PruneGrad can prune."""
     modules, functional = functional_calls(model, example, ACTIVATIONS, ACTIVATION_FUNCS)
     if not modules:
-        _check_layers(model, _Layers(model))
+        _check_layers(model, [])
     if functional:
         raise FunctionalReLUError(
             f"PruneGrad prunes the outputs of activation modules, but {type(model).__name__} "
@@ -148,7 +148,13 @@ def unit_masks(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
     order of the forward pass (see the module docstring); computed in ``eval()`` mode."""
     keep = _checked_keep(keep)
     layers = _Layers(model)
-    _check_layers(model, layers)
+    _check_layers(model, layers.modules)
+    return _unit_masks(model, layers, x, t, keep)
+
+
+def _unit_masks(model: nn.Module, layers: _Layers, x: torch.Tensor, t: torch.Tensor,
+                keep: float) -> list[torch.Tensor]:
+    """:func:`unit_masks` with ``keep`` checked and the model's activation modules found."""
     with evaluating(model), torch.enable_grad(), layers.hooked(None):
         logit = _target_logit(model, x.detach().clone().requires_grad_(True), t)
         outs = layers.outputs
@@ -170,8 +176,8 @@ def prunegrad(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
     """
     keep = _checked_keep(keep)
     layers = _Layers(model)
-    _check_layers(model, layers)
-    masks = unit_masks(model, x, t, keep) if keep < 1.0 else None
+    _check_layers(model, layers.modules)
+    masks = _unit_masks(model, layers, x, t, keep) if keep < 1.0 else None
     xg = x.detach().clone().requires_grad_(True)
     with evaluating(model), torch.enable_grad(), layers.hooked(masks):
         logit = _target_logit(model, xg, t)
